@@ -1,0 +1,54 @@
+"""Round-to-nearest quantization of float weights into the packed INT4 format.
+
+So that tests can start from realistic float weights. Symmetric: s = max|w| / 7,
+v = clip(rint(w / s), -8, 7), no zero points. Asymmetric: s = (max - min) / 15,
+z = rint(-min / s) - 8 (an integer), v = clip(rint(w / s) + z, -8, 7).
+Statistics are taken per tensor, per output channel or per group of `group_size`
+input columns (the last group may be ragged).
+"""
+import math
+
+import numpy as np
+
+from reference.granularity import expand
+from reference.packing import pack
+
+
+def _reduce(w, granularity, group_size, reducer):
+    """Reduce |w| or w per tensor ([1]), per channel ([out]) or per group ([out, groups])."""
+    out_features, in_features = w.shape
+    if granularity == "per-tensor":
+        return np.asarray([reducer(w)])
+    if granularity == "per-channel":
+        return reducer(w, axis=1)
+    if granularity != "grouped":
+        raise ValueError(f"granularity must be per-tensor, per-channel or grouped, got {granularity!r}")
+    if group_size is None or group_size <= 0:
+        raise ValueError(f"group_size must be a positive int for grouped quantization, got {group_size!r}")
+    num_groups = math.ceil(in_features / group_size)
+    return np.stack([reducer(w[:, g * group_size:(g + 1) * group_size], axis=1) for g in range(num_groups)], axis=1)
+
+
+def quantize(weights, granularity="grouped", group_size=128, symmetric=True):
+    """weights: float [out, in] (in even) -> (packed uint8 [out, in//2], scales float64, zero_points float64 | None).
+
+    scales/zero_points have the shape of `granularity` (see reference.granularity).
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 2 or w.shape[1] % 2:
+        raise ValueError(f"weights must be 2-D with an even number of columns, got shape {w.shape}")
+    out_features, in_features = w.shape
+    if symmetric:
+        scales = _reduce(np.abs(w), granularity, group_size, np.max) / 7.0
+        zero_points = None
+    else:
+        low = np.minimum(_reduce(w, granularity, group_size, np.min), 0.0)
+        high = np.maximum(_reduce(w, granularity, group_size, np.max), 0.0)
+        scales = (high - low) / 15.0
+    scales = np.where(scales > 0, scales, 1.0)  # an all-zero group quantizes to 0 with any scale
+    if not symmetric:
+        zero_points = np.rint(-low / scales) - 8.0
+    s = expand(scales, out_features, in_features, group_size, "scales")
+    z = 0.0 if zero_points is None else expand(zero_points, out_features, in_features, group_size, "zero_points")
+    values = np.clip(np.rint(w / s) + z, -8, 7).astype(np.int8)
+    return pack(values), scales, zero_points
