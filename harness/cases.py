@@ -1,0 +1,145 @@
+"""Whole, valid inputs for the two contracts, built from a few named parameters and a seed.
+
+A case holds NumPy arrays (the reference's inputs) plus the dtype each stands for;
+`torch_args` turns it into the contract's tensors on a device. Float arrays hold
+values already rounded to their dtype (bf16 values are stored as float32), so the
+reference and the candidate see exactly the same numbers.
+"""
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from reference.rounding import round_to
+
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
+                "int32": torch.int32, "int64": torch.int64}
+DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+POPULARITIES = ("uniform", "distinct", "skewed", "identical", "none")
+
+
+@dataclass
+class Weights:
+    """The packed base of SPEC §1-2. packed: uint8 [out, in // 2]."""
+    packed: np.ndarray
+    scales: np.ndarray
+    scales_dtype: str
+    zero_points: np.ndarray | None
+    zero_points_dtype: str | None
+    group_size: int | None
+
+    @property
+    def shape(self):
+        return self.packed.shape[0], 2 * self.packed.shape[1]
+
+    def torch_args(self, device):
+        """(packed_weights, scales, zero_points, group_size) as tensors on `device`."""
+        zeros = None if self.zero_points is None else tensor(self.zero_points, self.zero_points_dtype, device)
+        return (torch.from_numpy(self.packed.copy()).to(device), tensor(self.scales, self.scales_dtype, device),
+                zeros, self.group_size)
+
+
+@dataclass
+class DequantCase:
+    weights: Weights
+    output_dtype: str
+
+    def torch_kwargs(self, device):
+        packed, scales, zero_points, group_size = self.weights.torch_args(device)
+        return dict(packed_weights=packed, scales=scales, zero_points=zero_points, group_size=group_size,
+                    output_dtype=TORCH_DTYPES[self.output_dtype])
+
+
+@dataclass
+class LinearCase:
+    weights: Weights
+    x: np.ndarray  # [M, in], values of x_dtype
+    x_dtype: str
+    lora_a: np.ndarray | None  # [L, rank, in], values of x_dtype
+    lora_b: np.ndarray | None  # [L, out, rank], values of x_dtype
+    lora_indices: np.ndarray  # int32 | int64 [M]
+    scaling: float
+    bias: np.ndarray | None  # [out], values of x_dtype
+    notes: dict = field(default_factory=dict)  # how the case was drawn, for humans
+
+    def reference_args(self):
+        """Positional arguments of reference.linear / linear_exact."""
+        w = self.weights
+        return (self.x, w.packed, w.scales, w.zero_points, w.group_size, self.lora_a, self.lora_b,
+                self.lora_indices, self.scaling, self.bias)
+
+    def torch_args(self, device):
+        """Positional arguments of the SPEC §4 contract, as tensors on `device`."""
+        opt = lambda a: None if a is None else tensor(a, self.x_dtype, device)  # noqa: E731
+        return (tensor(self.x, self.x_dtype, device), *self.weights.torch_args(device), opt(self.lora_a),
+                opt(self.lora_b), torch.from_numpy(self.lora_indices.copy()).to(device), self.scaling, opt(self.bias))
+
+
+def tensor(values, dtype, device):
+    """NumPy values -> torch tensor of dtype name `dtype` ('fp16', 'bf16', 'fp32', 'int32', 'int64')."""
+    t = torch.from_numpy(np.ascontiguousarray(values))
+    return t.to(TORCH_DTYPES[dtype]).to(device)
+
+
+def _param(rng, shape_kind, out_features, in_features, group_size):
+    """Random positive scale-like values in the shape of a granularity, log-uniform over [0.5, 2)."""
+    shape = {"per-tensor": (1,), "per-channel": (out_features,),
+             "grouped": (out_features, -(-in_features // (group_size or 1)))}[shape_kind]
+    return np.exp2(rng.uniform(-1.0, 1.0, size=shape))
+
+
+def make_weights(rng, out_features, in_features, group_size=128, scale_granularity="grouped",
+                 zero_granularity=None, zero_kind="int", scales_dtype="fp16", scale_exponent=-4.0):
+    """Random nibbles with scales of magnitude ~2**scale_exponent and optional zero points."""
+    packed = rng.integers(0, 256, size=(out_features, in_features // 2), dtype=np.uint8)
+    scales = round_to(np.exp2(scale_exponent) * _param(rng, scale_granularity, out_features, in_features,
+                                                       group_size), scales_dtype)
+    zero_points, zero_dtype = None, None
+    if zero_granularity is not None:
+        like = _param(rng, zero_granularity, out_features, in_features, group_size)
+        if zero_kind == "int":
+            zero_points, zero_dtype = rng.integers(-8, 8, size=like.shape).astype(np.int32), "int32"
+        else:  # fractional zero points, stored in the scales' float dtype
+            zero_points, zero_dtype = round_to(rng.uniform(-8.0, 8.0, size=like.shape), scales_dtype), scales_dtype
+    uses_groups = "grouped" in (scale_granularity, zero_granularity)
+    return Weights(packed, scales, scales_dtype, zero_points, zero_dtype, group_size if uses_groups else None)
+
+
+def make_lora_indices(rng, m, num_loras, popularity, index_dtype="int32"):
+    """int [M] adapter index per token; -1 = none. Mixes in -1 and the last index unless 'identical'/'none'."""
+    if popularity not in POPULARITIES:
+        raise ValueError(f"popularity must be one of {POPULARITIES}, got {popularity!r}")
+    if num_loras == 0 or popularity == "none":
+        indices = np.full(m, -1)
+    elif popularity == "identical":
+        indices = np.full(m, num_loras - 1)
+    elif popularity == "distinct":
+        indices = np.arange(m) % (num_loras + 1) - 1  # -1, 0, 1, ..., L-1, -1, ...
+    else:
+        weights = np.ones(num_loras + 1) if popularity == "uniform" else 1.0 / np.arange(1, num_loras + 2) ** 1.5
+        indices = rng.choice(np.arange(-1, num_loras), size=m, p=weights / weights.sum())
+        indices[: min(m, 2)] = [-1, num_loras - 1][: min(m, 2)]
+    return indices.astype(index_dtype)
+
+
+def make_linear_case(seed, out_features, in_features, m, x_dtype="fp16", rank=16, num_loras=4,
+                     popularity="uniform", scaling=1.0, bias=True, index_dtype="int32", **weight_params):
+    """A whole LinearCase; `weight_params` go to make_weights. Magnitudes keep y within x_dtype's range."""
+    rng = np.random.default_rng(seed)
+    weights = make_weights(rng, out_features, in_features, **weight_params)
+    w_scale = float(np.exp2(weight_params.get("scale_exponent", -4.0))) * 4.0  # ~ typical |W|
+    x = round_to(rng.standard_normal((m, in_features)), x_dtype)
+    y_scale = w_scale * np.sqrt(in_features)
+    lora_a = lora_b = None
+    if num_loras:
+        lora_a = round_to(rng.standard_normal((num_loras, rank, in_features)) * w_scale, x_dtype)
+        lora_b = round_to(rng.standard_normal((num_loras, out_features, rank)) / np.sqrt(rank), x_dtype)
+    indices = make_lora_indices(rng, m, num_loras, popularity, index_dtype)
+    b = round_to(rng.standard_normal(out_features) * y_scale, x_dtype) if bias else None
+    notes = dict(seed=seed, popularity=popularity, **weight_params)
+    return LinearCase(weights, x, x_dtype, lora_a, lora_b, indices, float(scaling), b, notes)
+
+
+def with_weights(case, weights):
+    """The same case with other base weights (e.g. to reuse activations across layers)."""
+    return replace(case, weights=weights)

@@ -1,0 +1,70 @@
+"""Argument checks of SPEC §2 and §4 for torch implementations, shared by every fast path.
+
+Each check raises ValueError naming the argument and the rule; nothing is guessed.
+"""
+import math
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def granularity(t, out_features, in_features, group_size, name):
+    """'per-tensor' | 'per-channel' | 'grouped' for scales or zero_points `t` (SPEC §2)."""
+    if t.numel() == 1:
+        return "per-tensor"
+    if t.dim() == 1 and t.shape[0] == out_features:
+        return "per-channel"
+    if t.dim() == 2 and t.shape[0] == out_features:
+        if group_size is None or group_size <= 0:
+            raise ValueError(f"group_size must be a positive int for grouped {name}, got {group_size!r}")
+        num_groups = math.ceil(in_features / group_size)
+        if t.shape[1] != num_groups:
+            raise ValueError(f"{name} has {t.shape[1]} groups but ceil(in_features / group_size) = "
+                             f"ceil({in_features} / {group_size}) = {num_groups}")
+        return "grouped"
+    raise ValueError(f"{name} must have 1 element, shape [{out_features}] or shape "
+                     f"[{out_features}, num_groups]; got shape {list(t.shape)}")
+
+
+def check_weights(packed_weights, scales, zero_points, group_size):
+    """Validate the packed base; return (out_features, in_features, scale_kind, zero_kind | None)."""
+    if not isinstance(packed_weights, torch.Tensor) or packed_weights.dtype != torch.uint8:
+        raise ValueError(f"packed_weights must be a torch.uint8 tensor, got {getattr(packed_weights, 'dtype', type(packed_weights))}")
+    if packed_weights.dim() != 2:
+        raise ValueError(f"packed_weights must be 2-D [out_features, in_features // 2], got shape {list(packed_weights.shape)}")
+    out_features, in_features = packed_weights.shape[0], 2 * packed_weights.shape[1]
+    if not scales.is_floating_point():
+        raise ValueError(f"scales must be floating point (fp16, bf16 or fp32), got {scales.dtype}")
+    scale_kind = granularity(scales, out_features, in_features, group_size, "scales")
+    zero_kind = None
+    if zero_points is not None:
+        zero_kind = granularity(zero_points, out_features, in_features, group_size, "zero_points")
+    return out_features, in_features, scale_kind, zero_kind
+
+
+def check_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, bias):
+    """Validate SPEC §4's arguments; return (out_features, in_features, scale_kind, zero_kind)."""
+    out_features, in_features, scale_kind, zero_kind = check_weights(packed_weights, scales, zero_points, group_size)
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"x must be fp16, bf16 or fp32, got {x.dtype}")
+    if x.dim() != 2 or x.shape[1] != in_features:
+        raise ValueError(f"x must have shape [M, {in_features}], got {list(x.shape)}")
+    m = x.shape[0]
+    if lora_indices.dtype not in (torch.int32, torch.int64) or lora_indices.shape != (m,):
+        raise ValueError(f"lora_indices must be int32 or int64 of shape [{m}], got {lora_indices.dtype} {list(lora_indices.shape)}")
+    if bias is not None and bias.shape != (out_features,):
+        raise ValueError(f"bias must have shape [{out_features}], got {list(bias.shape)}")
+    if (lora_a is None) != (lora_b is None):
+        raise ValueError("lora_a and lora_b must both be tensors or both be None")
+    num_loras = 0
+    if lora_a is not None:
+        if lora_a.dim() != 3 or lora_a.shape[2] != in_features:
+            raise ValueError(f"lora_a must have shape [num_loras, rank, {in_features}], got {list(lora_a.shape)}")
+        num_loras, rank = lora_a.shape[:2]
+        if lora_b.shape != (num_loras, out_features, rank):
+            raise ValueError(f"lora_b must have shape [{num_loras}, {out_features}, {rank}], got {list(lora_b.shape)}")
+    if m and (int(lora_indices.min()) < -1 or int(lora_indices.max()) >= num_loras):
+        raise ValueError(f"lora_indices must lie in [-1, {num_loras - 1}], got min {int(lora_indices.min())} "
+                         f"max {int(lora_indices.max())}")
+    return out_features, in_features, scale_kind, zero_kind
