@@ -46,10 +46,10 @@ class Domain:
 
 FULL = Domain()
 
-settings.register_profile("ci", max_examples=40, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("thorough", max_examples=600, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# The fixtures our tests take (device, backend) are plain values, so function scope is harmless.
+_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+settings.register_profile("ci", max_examples=40, deadline=None, print_blob=True, suppress_health_check=_QUIET)
+settings.register_profile("thorough", max_examples=600, deadline=None, print_blob=True, suppress_health_check=_QUIET)
 
 
 @st.composite

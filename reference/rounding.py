@@ -50,7 +50,7 @@ def spacing(values, dtype):
     fmt = float_format(dtype)
     magnitude = np.abs(np.asarray(values, dtype=np.float64))
     _, exponent = np.frexp(magnitude)  # magnitude = m * 2**exponent, m in [0.5, 1)
-    exponent = np.maximum(exponent - 1, fmt.min_exponent)
+    exponent = np.where(magnitude > 0, np.maximum(exponent - 1, fmt.min_exponent), fmt.min_exponent)
     return np.ldexp(1.0, exponent - fmt.precision + 1)
 
 

@@ -1,0 +1,225 @@
+"""Triton fast path for SPEC §3-4: a fused INT4 W4A16 GEMM with per-token multi-LoRA.
+
+    y[m] = x[m] @ W^T + bias + scaling * (x[m] @ A[i_m]^T) @ B[i_m]^T     (i_m = -1: no adapter)
+
+`linear` reads the packed uint8 weights directly (no [out, in] copy of W is ever allocated):
+`lora_shrink_kernel` writes x @ A[i]^T as fp32 partial sums, then `int4_lora_gemm_kernel`
+unpacks and dequantizes each weight tile in registers, accumulates in fp32, and adds bias and
+the LoRA expand in its epilogue before one rounding to x's dtype. No atomics: bitwise
+deterministic. `dequantize` is the verifier's dequantizer contract. The kernels live in
+kernels/triton_kernels.py; this module imports without triton or CUDA (see unavailable_reason).
+"""
+import os
+
+import torch
+
+from kernels.checks import check_linear, check_weights
+
+try:
+    from kernels import triton_kernels
+except ImportError as exc:  # no triton here: the module still imports, and says why it cannot run
+    triton_kernels = None
+    _IMPORT_ERROR = f"triton is not importable ({exc})"
+else:
+    _IMPORT_ERROR = None
+
+
+def interpreting():
+    """True when Triton's CPU interpreter is on (TRITON_INTERPRET=1, read when triton is imported)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def interpreted_bf16(x):
+    """True where bf16 tl.dot cannot be trusted: the interpreter multiplies bf16 bit patterns as integers.
+
+    There the kernels keep W in fp32 and multiply in fp32 (a design the tolerance model admits).
+    """
+    return x.dtype == torch.bfloat16 and interpreting()
+
+
+def unavailable_reason():
+    """None when this backend can run here, else a one-line reason."""
+    if _IMPORT_ERROR is not None:
+        return _IMPORT_ERROR
+    if not (torch.cuda.is_available() or interpreting()):
+        return "no CUDA device, and Triton's CPU interpreter is off (set TRITON_INTERPRET=1 before importing triton)"
+    return None
+
+
+def launch_config(m, n, k):
+    """Tile shape and launch settings for y[m, n] = x[m, k] @ W^T, chosen by the M regime.
+
+    decode (m <= 16): one 16-row tile covers every token, so each weight byte is unpacked once;
+    long K tiles keep enough weight bytes in flight to stream HBM. prefill: tensor-core tiles.
+    """
+    if m <= 16:
+        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=4)
+    if m <= 64:
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4)
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
+
+
+def shrink_config(m, k, rank_pad):
+    """(BLOCK_M, BLOCK_K, num_splits) for the LoRA shrink: split K until ~32 programs run."""
+    block_m = 16 if m <= 16 else 64
+    block_k = max(16, min(128, 4096 // rank_pad))  # a [BLOCK_K, RANK_PAD] tile of A stays small
+    k_tiles = cdiv(k, block_k)
+    num_splits = max(1, min(k_tiles, 32 // cdiv(m, block_m)))
+    return block_m, block_k, num_splits
+
+
+def cdiv(a, b):
+    """ceil(a / b) for positive ints."""
+    return -(-a // b)
+
+
+def chunks(kind, t, group_size, block_k):
+    """How many values of scales/zero_points `t` a row of a K tile of `block_k` columns reads.
+
+    1 where one value covers the tile (per-tensor, per-channel, one group, or groups that are a
+    multiple of the tile); one per group where power-of-two groups tile it; else one per column pair.
+    """
+    if kind != "grouped" or t.shape[1] == 1 or group_size % block_k == 0:
+        return 1
+    if group_size >= 2 and block_k % group_size == 0:
+        return block_k // group_size
+    return block_k // 2
+
+
+def pick_block_k(block_k, tensors, kinds, group_size):
+    """Halve `block_k` (down to 32) until multi-group tensors need no per-pair gather; else keep it."""
+    if not any(kind == "grouped" and t.shape[1] > 1 for t, kind in zip(tensors, kinds)):
+        return block_k
+    for candidate in (block_k >> i for i in range(8)):
+        if candidate < 32:
+            break
+        if group_size % candidate == 0 or (group_size >= 2 and candidate % group_size == 0):
+            return candidate
+    return block_k
+
+
+def weight_args(scales, zero_points, kinds, group_size, in_features, block_k):
+    """Kernel arguments for scales and zero points: tensors, [stride_n, stride_g] pairs, chunk counts."""
+    args = []
+    for t, kind in zip((scales, zero_points), kinds):
+        if t is None:
+            args.append((scales, 0, 0, 1))  # never read: HAS_ZERO is False
+        elif kind == "per-tensor":
+            args.append((t, 0, 0, 1))
+        elif kind == "per-channel":
+            args.append((t, t.stride(0), 0, 1))
+        else:
+            args.append((t, t.stride(0), t.stride(1), chunks(kind, t, group_size, block_k)))
+    return args
+
+
+def check_devices(first, **tensors):
+    """SPEC §4: every tensor lives on the first one's device, CUDA unless interpreting."""
+    device = tensors[first].device
+    if device.type != "cuda" and not interpreting():
+        raise ValueError(f"{first} must be a CUDA tensor (or set TRITON_INTERPRET=1), got device {device}")
+    for name, t in tensors.items():
+        if t is not None and t.device != device:
+            raise ValueError(f"{name} must be on {first}'s device {device}, got {t.device}")
+
+
+def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias):
+    """SPEC §4 INT4 base + multi-LoRA linear -> [M, out_features] in x.dtype, on x.device.
+
+    x: fp16/bf16/fp32 [M, in]; packed_weights: uint8 [out, in // 2]; scales: float, per-tensor,
+    [out] or [out, ceil(in / group_size)]; zero_points: None or int/float of any of those shapes;
+    group_size: int (grouped tensors); lora_a: float [L, rank, in] | None; lora_b: float
+    [L, out, rank] | None; lora_indices: int32/int64 [M], -1 = no adapter; scaling: float;
+    bias: float [out] | None. Raises ValueError naming the argument on any violation.
+    """
+    reason = unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"triton backend unavailable: {reason}")
+    _, _, scale_kind, zero_kind = check_linear(x, packed_weights, scales, zero_points, group_size,
+                                               lora_a, lora_b, lora_indices, bias)
+    check_devices("x", x=x, packed_weights=packed_weights, scales=scales, zero_points=zero_points, lora_a=lora_a,
+                  lora_b=lora_b, lora_indices=lora_indices, bias=bias)
+    return launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices,
+                         scaling, bias, (scale_kind, zero_kind))
+
+
+def launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias,
+                  kinds, config=None):
+    """`linear` without validation or host synchronization (for benchmarks and CUDA graphs).
+
+    kinds: (scale_kind, zero_kind) as check_linear returns them; config: a launch_config() dict.
+    """
+    m, n, k = x.shape[0], packed_weights.shape[0], 2 * packed_weights.shape[1]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)  # y: [M, out]
+    if y.numel() == 0:
+        return y
+    config = dict(config or launch_config(m, n, k))
+    config["BLOCK_K"] = pick_block_k(config["BLOCK_K"], (scales, zero_points), kinds, group_size)
+    (s, s_sn, s_sg, s_chunks), (z, z_sn, z_sg, z_chunks) = weight_args(scales, zero_points, kinds, group_size, k,
+                                                                       config["BLOCK_K"])
+    fp32_dot = x.dtype == torch.float32 or interpreted_bf16(x)
+    shrink, rank, num_loras, num_splits, rank_pad = lora_shrink(x, lora_a, lora_indices)
+    b, b_strides = (x, (0, 0, 0)) if lora_b is None else (lora_b, lora_b.stride())
+    grid = (cdiv(m, config["BLOCK_M"]), cdiv(n, config["BLOCK_N"]))
+    triton_kernels.int4_lora_gemm_kernel[grid](
+        x, packed_weights, s, z, x if bias is None else bias, y, shrink, b, lora_indices,
+        m, n, k, group_size or 1, rank, num_loras, num_splits, float(scaling),
+        x.stride(0), x.stride(1), packed_weights.stride(0), packed_weights.stride(1), s_sn, s_sg, z_sn, z_sg,
+        y.stride(0), y.stride(1), *b_strides,
+        HAS_ZERO=zero_points is not None, HAS_BIAS=bias is not None, HAS_LORA=lora_a is not None,
+        S_CHUNKS=s_chunks, Z_CHUNKS=z_chunks, EVEN_K=k % config["BLOCK_K"] == 0, FP32_DOT=fp32_dot,
+        RANK_PAD=rank_pad, **config)
+    return y
+
+
+def lora_shrink(x, lora_a, lora_indices):
+    """Run the shrink; return (fp32 [num_splits, M, RANK_PAD] partial sums, rank, num_loras, num_splits, RANK_PAD).
+
+    Without adapters: a placeholder that the GEMM never reads (HAS_LORA is False).
+    """
+    if lora_a is None:
+        return x, 0, 0, 0, 16
+    m, k = x.shape
+    num_loras, rank = lora_a.shape[:2]
+    rank_pad = max(16, next_pow2(rank))  # tl.dot needs every dimension >= 16
+    block_m, block_k, num_splits = shrink_config(m, k, rank_pad)
+    k_per_split = block_k * cdiv(cdiv(k, block_k), num_splits)
+    num_splits = cdiv(k, k_per_split)
+    shrink = torch.empty((num_splits, m, rank_pad), dtype=torch.float32, device=x.device)
+    triton_kernels.lora_shrink_kernel[(cdiv(m, block_m), num_splits)](
+        x, lora_a, lora_indices, shrink, m, k, rank, num_loras, k_per_split,
+        x.stride(0), x.stride(1), lora_a.stride(0), lora_a.stride(1), lora_a.stride(2),
+        FP32_DOT=x.dtype == torch.float32 or lora_a.dtype != x.dtype or interpreted_bf16(x), RANK_PAD=rank_pad,
+        BLOCK_M=block_m, BLOCK_K=block_k)
+    return shrink, rank, num_loras, num_splits, rank_pad
+
+
+def next_pow2(n):
+    """The smallest power of two >= n (n >= 1)."""
+    return 1 << (n - 1).bit_length()
+
+
+def dequantize(packed_weights, scales, zero_points=None, group_size=None, output_dtype=torch.float16):
+    """SPEC §3 dequantizer -> output_dtype [out, in] on packed_weights' device.
+
+    (v - z) * s is computed in fp32 and rounded once to output_dtype (fp16, bf16 or fp32).
+    """
+    reason = unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"triton backend unavailable: {reason}")
+    n, k, scale_kind, zero_kind = check_weights(packed_weights, scales, zero_points, group_size)
+    if output_dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"output_dtype must be torch.float16, torch.bfloat16 or torch.float32, got {output_dtype}")
+    check_devices("packed_weights", packed_weights=packed_weights, scales=scales, zero_points=zero_points)
+    out = torch.empty((n, k), dtype=output_dtype, device=packed_weights.device)  # out: [out, in]
+    if out.numel() == 0:
+        return out
+    block_n, block_k = 64, pick_block_k(128, (scales, zero_points), (scale_kind, zero_kind), group_size)
+    (s, s_sn, s_sg, s_chunks), (z, z_sn, z_sg, z_chunks) = weight_args(scales, zero_points, (scale_kind, zero_kind),
+                                                                       group_size, k, block_k)
+    triton_kernels.dequantize_kernel[(cdiv(k, block_k), cdiv(n, block_n))](
+        packed_weights, s, z, out, n, k, group_size or 1,
+        packed_weights.stride(0), packed_weights.stride(1), s_sn, s_sg, z_sn, z_sg, out.stride(0), out.stride(1),
+        HAS_ZERO=zero_points is not None, S_CHUNKS=s_chunks, Z_CHUNKS=z_chunks, EVEN_K=k % block_k == 0,
+        BLOCK_N=block_n, BLOCK_K=block_k)
+    return out

@@ -1,0 +1,78 @@
+"""Every backend in kernels.registry meets the shared properties on fuzzed cases, on every device here."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+
+from harness.cases import make_linear_case
+from harness.properties import assert_holds, check_dequantizer, check_linear
+from harness.strategies import dequant_cases, linear_cases
+from kernels.registry import BACKENDS
+
+# Under TRITON_INTERPRET=1 only the Triton backend is run (the `interpreter` group of tox -e test).
+INTERPRETED = __import__("os").environ.get("TRITON_INTERPRET") == "1"
+NAMES = ["triton"] if INTERPRETED else sorted(BACKENDS)
+
+
+@pytest.fixture(params=NAMES)
+def backend(request, device):
+    b = BACKENDS[request.param]
+    reason = b.unavailable_reason(device)
+    if reason:
+        pytest.skip(f"{b.name} on {device}: {reason}")
+    return b
+
+
+@pytest.mark.interpreter
+@given(case=dequant_cases())
+def test_dequantizer_meets_every_property(backend, device, case):
+    assert_holds(check_dequantizer(backend.dequantize, case, device))
+
+
+@pytest.mark.interpreter
+@given(case=linear_cases())
+def test_linear_meets_every_property(backend, device, case):
+    assert_holds(check_linear(backend.linear, case, device))
+
+
+def test_linear_without_adapters_equals_the_base_gemm(backend, device):
+    case = make_linear_case(3, 40, 96, 5, "bf16", num_loras=0, group_size=32, popularity="none")
+    assert_holds(check_linear(backend.linear, case, device))
+
+
+def _torch_linear_args():
+    return make_linear_case(0, 6, 16, 3, "fp16", rank=2, num_loras=2, group_size=8).torch_args("cpu")
+
+
+@pytest.mark.parametrize("position, bad, message", [
+    (1, torch.zeros(6, 8, dtype=torch.int8), "packed_weights must be a torch.uint8 tensor"),
+    (2, torch.ones(6, 3), r"scales has 3 groups but ceil\(in_features / group_size\)"),
+    (0, torch.zeros(3, 16, dtype=torch.int32), "x must be fp16, bf16 or fp32"),
+    (0, torch.zeros(3, 18, dtype=torch.float16), r"x must have shape \[M, 16\]"),
+    (7, torch.tensor([0, 2, -1]), r"lora_indices must lie in \[-1, 1\]"),
+    (7, torch.tensor([0, -2, -1]), r"lora_indices must lie in \[-1, 1\]"),
+    (7, torch.tensor([0.0, 1.0, 1.0]), "lora_indices must be int32 or int64"),
+    (9, torch.zeros(5, dtype=torch.float16), r"bias must have shape \[6\]"),
+    (5, torch.zeros(2, 2, 15, dtype=torch.float16), r"lora_a must have shape \[num_loras, rank, 16\]"),
+])
+def test_torch_linear_names_the_bad_argument(position, bad, message):
+    args = list(_torch_linear_args())
+    args[position] = bad
+    with pytest.raises(ValueError, match=message):
+        BACKENDS["torch"].linear(*args)
+
+
+def test_torch_dequantizer_refuses_a_missing_group_size_for_grouped_scales():
+    packed = torch.zeros(4, 8, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="group_size must be a positive int for grouped scales"):
+        BACKENDS["torch"].dequantize(packed, torch.ones(4, 2), None, None)
+
+
+def test_torch_dequantizer_rounds_once_where_torch_casts_would_round_twice():
+    # (v - z) * s = (1 + 2**-30) * (1 + 2**-11) lies just above an fp16 midpoint: RN gives 1 + 2**-10,
+    # while float64 -> fp32 -> fp16 first lands on the midpoint, then rounds to 1.0.
+    packed = torch.tensor([[0x99]], dtype=torch.uint8)  # v = 1 in both columns
+    scales = torch.tensor([1 + 2**-11], dtype=torch.float32)
+    zero_points = torch.tensor([-(2**-30)], dtype=torch.float32)
+    got = BACKENDS["torch"].dequantize(packed, scales, zero_points, None, torch.float16)
+    assert got.tolist() == [[1 + 2**-10, 1 + 2**-10]]

@@ -1,0 +1,43 @@
+"""The verifier has teeth: the shared properties reject every planted bug and accept the correct variants."""
+import pytest
+from hypothesis import Phase, given, settings
+
+from harness.planted import CORRECT_DEQUANTIZERS, CORRECT_LINEARS, DEQUANTIZER_BUGS, LINEAR_BUGS
+from harness.properties import assert_holds, check_dequantizer, check_linear
+from harness.strategies import dequant_cases, linear_cases
+
+
+def _search(check, candidate, strategy):
+    # A fixed search (derandomize, no example database) so a kill never depends on luck or a remembered
+    # example; no shrinking: a kill needs one counterexample, not the smallest.
+    @settings(database=None, derandomize=True, max_examples=100, phases=[Phase.explicit, Phase.generate])
+    @given(case=strategy)
+    def holds(case):
+        assert_holds(check(candidate, case, "cpu"))
+    holds()
+
+
+@pytest.mark.parametrize("name", sorted(DEQUANTIZER_BUGS))
+def test_properties_reject_planted_dequantizer_bug(name):
+    with pytest.raises(AssertionError):
+        _search(check_dequantizer, DEQUANTIZER_BUGS[name], dequant_cases())
+
+
+@pytest.mark.parametrize("name", sorted(LINEAR_BUGS))
+def test_properties_reject_planted_linear_bug(name):
+    with pytest.raises(AssertionError):
+        _search(check_linear, LINEAR_BUGS[name], linear_cases())
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT_DEQUANTIZERS))
+def test_properties_accept_correct_dequantizer_written_differently(name):
+    _search(check_dequantizer, CORRECT_DEQUANTIZERS[name], dequant_cases())
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT_LINEARS))
+def test_properties_accept_correct_linear_written_differently(name):
+    _search(check_linear, CORRECT_LINEARS[name], linear_cases())
+
+
+def test_there_are_at_least_twelve_planted_bugs():
+    assert len(DEQUANTIZER_BUGS) + len(LINEAR_BUGS) >= 12
