@@ -53,7 +53,7 @@ def launch_config(m, n, k):
     long K tiles keep enough weight bytes in flight to stream HBM. prefill: tensor-core tiles.
     """
     if m <= 16:
-        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=4)
+        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=6)
     if m <= 64:
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4)
     return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
@@ -113,6 +113,22 @@ def weight_args(scales, zero_points, kinds, group_size, in_features, block_k):
     return args
 
 
+def is_int(zero_points):
+    """True for integer zero points: 2**23 + 8 + z is then exact in fp32 (see unpack_tile)."""
+    return zero_points is not None and not zero_points.is_floating_point()
+
+
+def exact_in(dtype, zero_points):
+    """True where v - z (v in [-8, 7]) is exact in fp16/bf16 `dtype` for every value of zero_points' dtype.
+
+    fp16 holds the integers up to 2048, bf16 up to 256: int8/uint8 zero points fit fp16, int8 fits bf16.
+    """
+    if zero_points is None:
+        return True
+    fits = {torch.float16: (torch.int8, torch.uint8), torch.bfloat16: (torch.int8,)}
+    return zero_points.dtype in fits.get(dtype, ())
+
+
 def check_devices(first, **tensors):
     """SPEC §4: every tensor lives on the first one's device, CUDA unless interpreting."""
     device = tensors[first].device
@@ -158,6 +174,7 @@ def launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lo
     (s, s_sn, s_sg, s_chunks), (z, z_sn, z_sg, z_chunks) = weight_args(scales, zero_points, kinds, group_size, k,
                                                                        config["BLOCK_K"])
     fp32_dot = x.dtype == torch.float32 or interpreted_bf16(x)
+    native_v = not fp32_dot and exact_in(x.dtype, zero_points)
     shrink, rank, num_loras, num_splits, rank_pad = lora_shrink(x, lora_a, lora_indices)
     b, b_strides = (x, (0, 0, 0)) if lora_b is None else (lora_b, lora_b.stride())
     grid = (cdiv(m, config["BLOCK_M"]), cdiv(n, config["BLOCK_N"]))
@@ -166,9 +183,10 @@ def launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lo
         m, n, k, group_size or 1, rank, num_loras, num_splits, float(scaling),
         x.stride(0), x.stride(1), packed_weights.stride(0), packed_weights.stride(1), s_sn, s_sg, z_sn, z_sg,
         y.stride(0), y.stride(1), *b_strides,
-        HAS_ZERO=zero_points is not None, HAS_BIAS=bias is not None, HAS_LORA=lora_a is not None,
-        S_CHUNKS=s_chunks, Z_CHUNKS=z_chunks, EVEN_K=k % config["BLOCK_K"] == 0, FP32_DOT=fp32_dot,
-        RANK_PAD=rank_pad, **config)
+        HAS_ZERO=zero_points is not None, ZERO_IS_INT=is_int(zero_points), HAS_BIAS=bias is not None,
+        HAS_LORA=lora_a is not None, S_CHUNKS=s_chunks, Z_CHUNKS=z_chunks, EVEN_K=k % config["BLOCK_K"] == 0,
+        FP32_DOT=fp32_dot, NATIVE_V=native_v, NATIVE_S=native_v and scales.dtype == x.dtype,
+        SCALE_AFTER_DOT=s_chunks == 1 and config["BLOCK_M"] < config["BLOCK_K"], RANK_PAD=rank_pad, **config)
     return y
 
 
@@ -220,6 +238,7 @@ def dequantize(packed_weights, scales, zero_points=None, group_size=None, output
     triton_kernels.dequantize_kernel[(cdiv(k, block_k), cdiv(n, block_n))](
         packed_weights, s, z, out, n, k, group_size or 1,
         packed_weights.stride(0), packed_weights.stride(1), s_sn, s_sg, z_sn, z_sg, out.stride(0), out.stride(1),
-        HAS_ZERO=zero_points is not None, S_CHUNKS=s_chunks, Z_CHUNKS=z_chunks, EVEN_K=k % block_k == 0,
+        HAS_ZERO=zero_points is not None, ZERO_IS_INT=is_int(zero_points), S_CHUNKS=s_chunks, Z_CHUNKS=z_chunks,
+        EVEN_K=k % block_k == 0,
         BLOCK_N=block_n, BLOCK_K=block_k)
     return out

@@ -2,18 +2,22 @@
 
 Imports triton at the top: import it through kernels/triton_int4.py, which copes with its absence.
 
-Packed layout (SPEC §1): byte [o, j] holds column 2j in its low nibble and 2j + 1 in its high
-nibble, value = nibble - 8. A K tile of BLOCK_K columns is BLOCK_K // 2 bytes per row; it is
-unpacked into its even columns (low nibbles) and odd columns (high nibbles), and x's tile is
-split the same way, so the GEMM costs two tl.dot per tile and never interleaves W.
+Nibbles (SPEC §1): byte [o, j] holds column 2j in its low nibble and 2j + 1 in its high nibble,
+v = nibble - 8. A K tile of BLOCK_K columns is BLOCK_K // 2 bytes per row, unpacked into its
+even columns (low nibbles) and odd columns (high nibbles); x's tile is split the same way, so the
+GEMM costs two tl.dot per tile and never interleaves W.
+
+Unpacking uses no int-to-float conversion: OR-ing a nibble q into the bits of a power of two P
+whose last mantissa bit is worth 1 (2**23 in fp32, 2**10 in fp16, 2**7 in bf16) gives the float
+P + q exactly, and subtracting P + 8 leaves v, also exactly. In fp16/bf16 the compiler packs
+these into two-lane HADD2/HFMA2 instructions.
 
 Scales and zero points, whatever their granularity (SPEC §2), are read as a [BLOCK_N, CHUNKS]
-tile per K tile: the values for the first column of each of CHUNKS equal runs of the tile's
-columns, then repeated across each run. Per-tensor and per-channel tensors come with zero
-strides (one value for the whole row); a grouped tensor whose groups cover whole K tiles uses
-CHUNKS = 1, one whose power-of-two groups tile BLOCK_K uses one chunk per group, and any other
-group size (24, 96 with a large tile, odd) one chunk per column pair, with the odd column's
-group read separately.
+tile per K tile: the values at the first column of each of CHUNKS equal runs of the tile's
+columns, repeated across each run. Per-tensor and per-channel tensors come with zero strides; a
+grouped tensor whose groups cover whole K tiles uses CHUNKS = 1, one whose power-of-two groups
+tile BLOCK_K one chunk per group, and any other group size one chunk per column pair (the odd
+column's group is read separately, for odd group sizes).
 """
 import triton
 import triton.language as tl
@@ -30,55 +34,67 @@ def round_once(x, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _chunk_values(ptr, stride_n, stride_g, offs_n, n_mask, k0, K, group_size,
-                  CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr):
-    """fp32 ([BLOCK_N, CHUNKS], [BLOCK_N, CHUNKS]): values for the even and odd first columns of each chunk."""
+def chunk_values(ptr, stride_n, stride_g, offs_n, n_mask, k0, K, group_size, DTYPE: tl.constexpr,
+                 CHUNKS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """DTYPE (even, odd), each broadcastable to [BLOCK_N, BLOCK_K // 2]: scale or zero point of each column."""
     first = k0 + tl.arange(0, CHUNKS) * (BLOCK_K // CHUNKS)  # first column of each chunk: [CHUNKS]
     mask = n_mask[:, None] & (first < K)[None, :]
     row = ptr + offs_n[:, None] * stride_n
-    even = tl.load(row + (first // group_size)[None, :] * stride_g, mask=mask, other=0)
-    odd = tl.load(row + ((first + 1) // group_size)[None, :] * stride_g, mask=mask, other=0)
-    return even.to(tl.float32), odd.to(tl.float32)
-
-
-@triton.jit
-def _repeat_chunks(t, BLOCK_N: tl.constexpr, CHUNKS: tl.constexpr, HALF_K: tl.constexpr):
-    """[BLOCK_N, CHUNKS] -> broadcastable to [BLOCK_N, HALF_K]: each value over its HALF_K // CHUNKS bytes."""
+    even = tl.load(row + (first // group_size)[None, :] * stride_g, mask=mask, other=0).to(DTYPE)
+    odd = tl.load(row + ((first + 1) // group_size)[None, :] * stride_g, mask=mask, other=0).to(DTYPE)
     if CHUNKS == 1:
-        return t  # [BLOCK_N, 1] broadcasts as it is
+        return even, odd  # [BLOCK_N, 1] broadcasts as it is
     else:
-        return tl.reshape(tl.broadcast_to(t[:, :, None], (BLOCK_N, CHUNKS, HALF_K // CHUNKS)), (BLOCK_N, HALF_K))
+        shape: tl.constexpr = (BLOCK_N, CHUNKS, BLOCK_K // 2 // CHUNKS)
+        even = tl.reshape(tl.broadcast_to(even[:, :, None], shape), (BLOCK_N, BLOCK_K // 2))
+        odd = tl.reshape(tl.broadcast_to(odd[:, :, None], shape), (BLOCK_N, BLOCK_K // 2))
+        return even, odd
 
 
 @triton.jit
-def dequantize_tile(w_ptr, stride_wn, stride_wk, s_ptr, stride_sn, stride_sg, z_ptr, stride_zn, stride_zg,
-                    offs_n, n_mask, k0, K, group_size,
-                    HAS_ZERO: tl.constexpr, S_CHUNKS: tl.constexpr, Z_CHUNKS: tl.constexpr, EVEN_K: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """fp32 (w_even, w_odd), each [BLOCK_N, BLOCK_K // 2]: W[offs_n, k0 + 2j] and W[offs_n, k0 + 2j + 1].
+def unpack_tile(w_ptr, stride_wn, stride_wk, z_ptr, stride_zn, stride_zg, offs_n, n_mask, k0, K, group_size,
+                V_DTYPE: tl.constexpr, HAS_ZERO: tl.constexpr, ZERO_IS_INT: tl.constexpr, Z_CHUNKS: tl.constexpr,
+                EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """V_DTYPE (even, odd), each [BLOCK_N, BLOCK_K // 2]: v - z at columns k0 + 2j and k0 + 2j + 1; 0 past K.
 
-    W = (v - z) * s in fp32 (SPEC §3); columns past K come out as 0.
+    Exact in fp32 for integer zero points (fractional ones: one rounding of v - z); the wrapper
+    picks fp16/bf16 only where v - z is exact there too.
     """
-    HALF_K: tl.constexpr = BLOCK_K // 2
-    offs_j = k0 // 2 + tl.arange(0, HALF_K)  # packed byte columns: [HALF_K]
+    offs_j = k0 // 2 + tl.arange(0, BLOCK_K // 2)  # packed byte columns
     j_mask = offs_j < K // 2
     packed = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_j[None, :] * stride_wk,
-                     mask=n_mask[:, None] & j_mask[None, :], other=0x88)  # uint8 [BLOCK_N, HALF_K]
-    nibbles = packed.to(tl.int32)
-    # q - 8 without an int-to-float conversion: the fp32 with bits 0x4B000000 | q is 2**23 + q exactly.
-    v_even = ((nibbles & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
-    v_odd = ((nibbles >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
+                     mask=n_mask[:, None] & j_mask[None, :], other=0)  # uint8 [BLOCK_N, BLOCK_K // 2]
     if HAS_ZERO:
-        z_even, z_odd = _chunk_values(z_ptr, stride_zn, stride_zg, offs_n, n_mask, k0, K, group_size, Z_CHUNKS, BLOCK_K)
-        v_even -= _repeat_chunks(z_even, BLOCK_N, Z_CHUNKS, HALF_K)
-        v_odd -= _repeat_chunks(z_odd, BLOCK_N, Z_CHUNKS, HALF_K)
-    s_even, s_odd = _chunk_values(s_ptr, stride_sn, stride_sg, offs_n, n_mask, k0, K, group_size, S_CHUNKS, BLOCK_K)
-    w_even = v_even * _repeat_chunks(s_even, BLOCK_N, S_CHUNKS, HALF_K)
-    w_odd = v_odd * _repeat_chunks(s_odd, BLOCK_N, S_CHUNKS, HALF_K)
+        z_even, z_odd = chunk_values(z_ptr, stride_zn, stride_zg, offs_n, n_mask, k0, K, group_size, tl.float32,
+                                     Z_CHUNKS, BLOCK_N, BLOCK_K)
+    if V_DTYPE == tl.float32:
+        bits = packed.to(tl.int32)
+        even = ((bits & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)  # 2**23 + q
+        odd = ((bits >> 4) | 0x4B000000).to(tl.float32, bitcast=True)
+        if HAS_ZERO and ZERO_IS_INT:  # 2**23 + 8 + z is exact: one subtraction
+            even -= z_even + 8388616.0
+            odd -= z_odd + 8388616.0
+        else:
+            even -= 8388616.0
+            odd -= 8388616.0
+            if HAS_ZERO:
+                even -= z_even
+                odd -= z_odd
+    else:
+        bits = packed.to(tl.int16)
+        if V_DTYPE == tl.float16:
+            even = ((bits & 0xF) | 0x6400).to(tl.float16, bitcast=True) - 1032.0  # (2**10 + q) - (2**10 + 8)
+            odd = ((bits >> 4) | 0x6400).to(tl.float16, bitcast=True) - 1032.0
+        else:
+            even = ((bits & 0xF) | 0x4300).to(tl.bfloat16, bitcast=True) - 136.0  # (2**7 + q) - (2**7 + 8)
+            odd = ((bits >> 4) | 0x4300).to(tl.bfloat16, bitcast=True) - 136.0
+        if HAS_ZERO:
+            even -= z_even.to(V_DTYPE)
+            odd -= z_odd.to(V_DTYPE)
     if not EVEN_K:  # the K tail: x is 0 there, but (0 - z) * s may be inf in x's dtype and 0 * inf is NaN
-        w_even = tl.where(j_mask[None, :], w_even, 0.0)
-        w_odd = tl.where(j_mask[None, :], w_odd, 0.0)
-    return w_even, w_odd
+        even = tl.where(j_mask[None, :], even, 0.0)
+        odd = tl.where(j_mask[None, :], odd, 0.0)
+    return even, odd
 
 
 @triton.jit
@@ -118,34 +134,50 @@ def int4_lora_gemm_kernel(
         M, N, K, group_size, rank, num_loras, num_splits, scaling,
         stride_xm, stride_xk, stride_wn, stride_wk, stride_sn, stride_sg, stride_zn, stride_zg,
         stride_ym, stride_yn, stride_bl, stride_bn, stride_br,
-        HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr,
+        HAS_ZERO: tl.constexpr, ZERO_IS_INT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr,
         S_CHUNKS: tl.constexpr, Z_CHUNKS: tl.constexpr, EVEN_K: tl.constexpr, FP32_DOT: tl.constexpr,
-        RANK_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        NATIVE_V: tl.constexpr, NATIVE_S: tl.constexpr, SCALE_AFTER_DOT: tl.constexpr, RANK_PAD: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """y[M, N] = x[M, K] @ W^T + bias + LoRA expand, W read from packed uint8 [N, K // 2].
 
-    Grid: (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N)); axis 0 varies fastest, so the programs that share
-    a weight tile run together and the tile is read from HBM about once.
+    How W = (v - z) * s meets x (each is W rounded at most once to x's dtype, then exact
+    products and fp32 accumulation; FP32_DOT: everything fp32, no TF32):
+    - NATIVE_V: v - z is computed in x's dtype, where the wrapper knows it is exact.
+    - SCALE_AFTER_DOT (one scale per row of the tile): the [BLOCK_M, BLOCK_N] product of x and
+      v - z is multiplied by s in fp32, so W is never rounded at all.
+    - else W = (v - z) * s, in x's dtype where NATIVE_S (exact operands, one rounding) or in fp32.
+    Grid: (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N)); axis 0 varies fastest, so the programs that
+    share a weight tile run together and the tile is read from HBM about once.
     """
     HALF_K: tl.constexpr = BLOCK_K // 2
+    DOT_DTYPE: tl.constexpr = tl.float32 if FP32_DOT else x_ptr.dtype.element_ty
+    V_DTYPE: tl.constexpr = DOT_DTYPE if NATIVE_V else tl.float32
+    S_DTYPE: tl.constexpr = DOT_DTYPE if NATIVE_S else tl.float32
+    PRECISION: tl.constexpr = "ieee" if FP32_DOT else "tf32"  # "tf32" only matters for fp32 operands
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
     m_mask = offs_m < M
     n_mask = offs_n < N
-    offs_c = 2 * tl.arange(0, HALF_K)[None, :, None] + tl.arange(0, 2)[None, None, :]  # [1, HALF_K, 2]
-    x_rows = x_ptr + offs_m[:, None, None] * stride_xm
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        x = tl.load(x_rows + (k0 + offs_c) * stride_xk, mask=m_mask[:, None, None] & (k0 + offs_c < K), other=0.0)
-        x_even, x_odd = tl.split(x)  # [BLOCK_M, HALF_K] each
-        w_even, w_odd = dequantize_tile(w_ptr, stride_wn, stride_wk, s_ptr, stride_sn, stride_sg, z_ptr, stride_zn,
-                                        stride_zg, offs_n, n_mask, k0, K, group_size,
-                                        HAS_ZERO, S_CHUNKS, Z_CHUNKS, EVEN_K, BLOCK_N, BLOCK_K)
-        if FP32_DOT:  # fp32 activations (or bf16 in the interpreter): W kept fp32, full fp32 products, no TF32
-            acc = tl.dot(x_even.to(tl.float32), tl.trans(w_even), acc, input_precision="ieee")
-            acc = tl.dot(x_odd.to(tl.float32), tl.trans(w_odd), acc, input_precision="ieee")
-        else:  # W rounded once to x's dtype, exact products, fp32 accumulation
-            acc = tl.dot(x_even, tl.trans(w_even.to(x_ptr.dtype.element_ty)), acc)
-            acc = tl.dot(x_odd, tl.trans(w_odd.to(x_ptr.dtype.element_ty)), acc)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :] * stride_xk,
+                    mask=m_mask[:, None] & (k0 + offs_k < K)[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+        x_even, x_odd = tl.split(tl.reshape(x.to(DOT_DTYPE), (BLOCK_M, HALF_K, 2)))  # columns 2j, 2j + 1
+        w_even, w_odd = unpack_tile(w_ptr, stride_wn, stride_wk, z_ptr, stride_zn, stride_zg, offs_n, n_mask, k0, K,
+                                    group_size, V_DTYPE, HAS_ZERO, ZERO_IS_INT, Z_CHUNKS, EVEN_K, BLOCK_N, BLOCK_K)
+        if SCALE_AFTER_DOT:
+            part = tl.dot(x_even, tl.trans(w_even.to(DOT_DTYPE)), input_precision=PRECISION)
+            part = tl.dot(x_odd, tl.trans(w_odd.to(DOT_DTYPE)), part, input_precision=PRECISION)
+            s = tl.load(s_ptr + offs_n * stride_sn + (k0 // group_size) * stride_sg, mask=n_mask, other=0.0)
+            acc += part * s.to(tl.float32)[None, :]
+        else:
+            s_even, s_odd = chunk_values(s_ptr, stride_sn, stride_sg, offs_n, n_mask, k0, K, group_size, S_DTYPE,
+                                         S_CHUNKS, BLOCK_N, BLOCK_K)
+            w_even = (w_even.to(S_DTYPE) * s_even).to(DOT_DTYPE)
+            w_odd = (w_odd.to(S_DTYPE) * s_odd).to(DOT_DTYPE)
+            acc = tl.dot(x_even, tl.trans(w_even), acc, input_precision=PRECISION)
+            acc = tl.dot(x_odd, tl.trans(w_odd), acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_LORA:
@@ -195,17 +227,17 @@ def lora_shrink_kernel(x_ptr, a_ptr, idx_ptr, out_ptr, M, K, rank, num_loras, k_
 @triton.jit
 def dequantize_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K, group_size,
                       stride_wn, stride_wk, stride_sn, stride_sg, stride_zn, stride_zg, stride_on, stride_ok,
-                      HAS_ZERO: tl.constexpr, S_CHUNKS: tl.constexpr, Z_CHUNKS: tl.constexpr, EVEN_K: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                      HAS_ZERO: tl.constexpr, ZERO_IS_INT: tl.constexpr, S_CHUNKS: tl.constexpr,
+                      Z_CHUNKS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """out[N, K] = (v - z) * s computed in fp32, rounded once to out's dtype. Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N))."""
-    HALF_K: tl.constexpr = BLOCK_K // 2
     k0 = tl.program_id(0) * BLOCK_K
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    w_even, w_odd = dequantize_tile(w_ptr, stride_wn, stride_wk, s_ptr, stride_sn, stride_sg, z_ptr, stride_zn,
-                                    stride_zg, offs_n, n_mask, k0, K, group_size,
-                                    HAS_ZERO, S_CHUNKS, Z_CHUNKS, EVEN_K, BLOCK_N, BLOCK_K)
-    cols = k0 + 2 * tl.arange(0, HALF_K)[None, :, None] + tl.arange(0, 2)[None, None, :]  # [1, HALF_K, 2]
-    w = round_once(tl.join(w_even, w_odd), out_ptr.dtype.element_ty)  # [BLOCK_N, HALF_K, 2]
+    v_even, v_odd = unpack_tile(w_ptr, stride_wn, stride_wk, z_ptr, stride_zn, stride_zg, offs_n, n_mask, k0, K,
+                                group_size, tl.float32, HAS_ZERO, ZERO_IS_INT, Z_CHUNKS, EVEN_K, BLOCK_N, BLOCK_K)
+    s_even, s_odd = chunk_values(s_ptr, stride_sn, stride_sg, offs_n, n_mask, k0, K, group_size, tl.float32,
+                                 S_CHUNKS, BLOCK_N, BLOCK_K)
+    w = round_once(tl.join(v_even * s_even, v_odd * s_odd), out_ptr.dtype.element_ty)  # [BLOCK_N, BLOCK_K // 2, 2]
+    cols = k0 + 2 * tl.arange(0, BLOCK_K // 2)[None, :, None] + tl.arange(0, 2)[None, None, :]
     tl.store(out_ptr + offs_n[:, None, None] * stride_on + cols * stride_ok, w,
              mask=n_mask[:, None, None] & (cols < K))

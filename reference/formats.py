@@ -69,7 +69,7 @@ def nibbles_to_int32(nibbles, order=SEQUENTIAL):
     """uint8 [..., 8 n] in [0, 15] -> int32 [..., n]; the inverse of int32_to_nibbles."""
     blocks = nibbles.astype(np.uint32).reshape(*nibbles.shape[:-1], -1, 8)  # [..., n, 8] by element
     fields = blocks[..., list(order)] << (4 * np.arange(8, dtype=np.uint32))  # field i <- element order[i]
-    return np.bitwise_or.reduce(fields, axis=-1).view(np.int32)
+    return np.bitwise_or.reduce(fields, axis=-1).view(np.int32).copy()  # copy: plain C strides
 
 
 def pad_to_8(nibbles):
@@ -178,7 +178,7 @@ def _ct_zero_points(weight_zero_point, weight_scale, out_features):
     zp = _int32(weight_zero_point, "weight_zero_point")
     _shape(zp, (words_for(out_features), weight_scale.shape[1]), "weight_zero_point",
            "[ceil(out / 8), G], packed 8 output rows per int32 along dim 0")
-    return int32_to_nibbles(zp)[:out_features].astype(np.int8) - 8  # [out, G]
+    return int32_to_nibbles(zp.T)[:, :out_features].T.astype(np.int8) - 8  # [out, G]
 
 
 def to_compressed_tensors(c):
@@ -186,6 +186,7 @@ def to_compressed_tensors(c):
 
     Zero points must share the scales' granularity and lie in [-8, 7]; grouped layers need
     in % group_size == 0 (compressed-tensors' dequantize refuses ragged groups); no perm.
+    One-element scales are written per-tensor ([1], zero point unpacked), also when out == 1.
     """
     if c.perm is not None:
         raise ValueError("perm: this pack-quantized writer has no act-order (weight_g_idx) support")
@@ -197,7 +198,7 @@ def to_compressed_tensors(c):
     shape = {"per-tensor": (1,), "per-channel": (out_features, 1), "grouped": np.shape(c.scales)}[kind]
     tensors = {
         "weight_packed": nibbles_to_int32(pad_to_8((values + 8).astype(np.uint8))),  # [out, ceil(in/8)]
-        "weight_scale": np.asarray(c.scales).reshape(shape),
+        "weight_scale": np.asarray(c.scales).reshape(shape).copy(),
         "weight_shape": np.array([out_features, in_features], dtype=np.int64),
     }
     if c.zero_points is not None:
@@ -208,7 +209,7 @@ def to_compressed_tensors(c):
             tensors["weight_zero_point"] = z.reshape(1)
         else:
             nibbles = (z.reshape(out_features, -1).T + 8).astype(np.uint8)  # [G, out]
-            tensors["weight_zero_point"] = np.ascontiguousarray(nibbles_to_int32(pad_to_8(nibbles)).T)
+            tensors["weight_zero_point"] = nibbles_to_int32(pad_to_8(nibbles)).T.copy()  # [ceil(out/8), G]
     return tensors
 
 
@@ -258,7 +259,7 @@ def from_gptq(qweight, qzeros, scales, g_idx, version="v1", group_size=None):
     qzeros = _int32(qzeros, "qzeros")
     _shape(qzeros, (groups, words_for(out_features)), "qzeros", "[G, ceil(out / 8)]")
     perm, group_size = act_order(g_idx, in_features, groups, group_size)
-    values = int32_to_nibbles(np.ascontiguousarray(qweight.T)).astype(np.int8) - 8  # v: [out, in]
+    values = int32_to_nibbles(qweight.T).astype(np.int8) - 8  # v: [out, in]
     if perm is not None:
         values = values[:, perm]  # canonical column c <- original column perm[c]
     zeros = int32_to_nibbles(qzeros)[:, :out_features].astype(np.int8) - offset  # z: [G, out]
@@ -314,9 +315,9 @@ def to_gptq(c, version="v1"):
     inverse = _inverse(c.perm, in_features)  # original column j <- canonical column inverse[j]
     stored_zeros = _integers(zeros, "zero_points", -offset, 15 - offset) + offset  # [out, G]
     return {
-        "qweight": np.ascontiguousarray(nibbles_to_int32((values[:, inverse] + 8).astype(np.uint8)).T),  # [in/8, out]
-        "qzeros": nibbles_to_int32(pad_to_8(np.ascontiguousarray(stored_zeros.T).astype(np.uint8))),  # [G, ceil(out/8)]
-        "scales": np.ascontiguousarray(scales.T),  # [G, out]
+        "qweight": nibbles_to_int32((values[:, inverse] + 8).astype(np.uint8)).T.copy(),  # [in/8, out]
+        "qzeros": nibbles_to_int32(pad_to_8(stored_zeros.T.astype(np.uint8))),  # [G, ceil(out/8)]
+        "scales": scales.T.copy(),  # [G, out]
         "g_idx": (inverse // group_size).astype(np.int32),  # [in]
     }
 
@@ -367,7 +368,7 @@ def to_awq(c):
     scales, zeros, _, _ = _as_groups(c, *values.shape)
     stored_zeros = _integers(zeros, "zero_points", -8, 7) + 8  # [out, G]
     return {
-        "qweight": nibbles_to_int32(pad_to_8(np.ascontiguousarray((values + 8).T).astype(np.uint8)), AWQ_ORDER),
-        "qzeros": nibbles_to_int32(pad_to_8(np.ascontiguousarray(stored_zeros.T).astype(np.uint8)), AWQ_ORDER),
-        "scales": np.ascontiguousarray(scales.T),  # [G, out]
+        "qweight": nibbles_to_int32(pad_to_8((values + 8).T.astype(np.uint8)), AWQ_ORDER),  # [in, ceil(out/8)]
+        "qzeros": nibbles_to_int32(pad_to_8(stored_zeros.T.astype(np.uint8)), AWQ_ORDER),  # [G, ceil(out/8)]
+        "scales": scales.T.copy(),  # [G, out]
     }

@@ -1,0 +1,87 @@
+"""What a benchmark ran on: host, versions, and the peaks its GB/s and TFLOP/s are measured against.
+
+PEAKS holds vendor datasheet figures for known GPUs; a CPU gets a copy bandwidth
+measured here (labelled as measured in `peak_source`) and no compute peak.
+"""
+import importlib.metadata
+import math
+import platform
+import re
+import socket
+import time
+
+import torch
+
+# A word in torch.cuda.get_device_name -> (memory bandwidth GB/s, dense fp16/bf16 tensor-core TFLOP/s).
+# Vendor datasheets, without sparsity. First match wins: more specific names first.
+PEAKS = {
+    "H100 PCIe": (2000.0, 756.0),
+    "H100 NVL": (3900.0, 835.0),
+    "H100": (3350.0, 989.0),  # SXM5, reported as "NVIDIA H100 80GB HBM3"
+    "H200": (4800.0, 989.0),  # SXM, 141 GB HBM3e
+    "A100-SXM4-80GB": (2039.0, 312.0),
+    "A100 80GB PCIe": (1935.0, 312.0),
+    "A100": (1555.0, 312.0),  # the 40 GB parts
+    "L40S": (864.0, 362.0),
+    "L4": (300.0, 121.0),
+    "V100": (900.0, 125.0),  # SXM2
+}
+
+CPU_COPY_BYTES = 256 << 20  # large against any CPU cache, so the copy streams from memory
+
+
+def gpu_peaks(device_name):
+    """(GB/s, TFLOP/s, source) for a CUDA device name; NaNs and 'unknown device' when not in PEAKS."""
+    for name, (gbps, tflops) in PEAKS.items():
+        if re.search(rf"\b{re.escape(name)}\b", device_name):  # whole words: "L4" is not "L40S"
+            return gbps, tflops, f"datasheet: {name} in harness.devices.PEAKS"
+    return math.nan, math.nan, f"unknown device {device_name!r}: not in harness.devices.PEAKS"
+
+
+def measure_cpu_bandwidth(nbytes=CPU_COPY_BYTES, repeats=5):
+    """GB/s of the best of `repeats` torch copies of `nbytes`, counting bytes read and written."""
+    src = torch.ones(nbytes, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * nbytes / best / 1e9
+
+
+def cpu_name():
+    """The CPU's model name from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else (platform.processor() or platform.machine())
+
+
+def package_version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def describe(device):
+    """Row fields describing `device` ('cpu' | 'cuda'): host, device_name, versions, peaks and their source."""
+    if device == "cuda":
+        device_name = torch.cuda.get_device_name()
+        peak_gbps, peak_tflops, peak_source = gpu_peaks(device_name)
+    else:
+        device_name = f"{cpu_name()} ({torch.get_num_threads()} threads)"
+        peak_gbps, peak_tflops = measure_cpu_bandwidth(), math.nan
+        peak_source = (f"measured: best of 5 torch copies of {CPU_COPY_BYTES >> 20} MiB (read + write); "
+                       "compute peak not measured")
+    return dict(host=socket.gethostname(), device_name=device_name, torch_version=torch.__version__,
+                triton_version=package_version("triton"), peak_gbps=peak_gbps, peak_tflops=peak_tflops,
+                peak_source=peak_source)
+
+
+def l2_cache_bytes():
+    """The current CUDA device's L2 size in bytes (0 if torch does not report it)."""
+    return getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0)

@@ -1,0 +1,117 @@
+"""Judge implementations of the two contracts: search with Hypothesis, then examine the large tier.
+
+`verify_candidate` runs the shared properties (harness.properties) on fuzzed cases until
+one fails (then Hypothesis shrinks it to a minimal case) or the budget is spent, and
+then on every shape of the large tier. It returns a plain dict: the verdict per
+property with the number of cases run, the minimal failing case in words and its worst
+element. `python -m harness verify` (harness.__main__) drives it and writes JSON.
+"""
+import time
+from collections import Counter
+
+import numpy as np
+from hypothesis import Phase, given, settings
+
+from harness.cases import DequantCase, make_linear_case, make_weights
+from harness.properties import PROPERTIES, check_dequantizer, check_linear
+from harness.shapes import LARGE_TIER, LAYER_SHAPES
+from harness.strategies import FULL, dequant_cases, linear_cases
+
+CONTRACTS = {"dequantizer": (check_dequantizer, dequant_cases), "linear": (check_linear, linear_cases)}
+
+
+def describe_case(case):
+    """The case in words: shapes, dtypes, granularities, group size, M, rank, indices."""
+    w = case.weights
+    words = dict(out_features=w.shape[0], in_features=w.shape[1], scales=f"{w.scales_dtype} {list(w.scales.shape)}",
+                 zero_points=None if w.zero_points is None else f"{w.zero_points_dtype} {list(w.zero_points.shape)}",
+                 group_size=w.group_size)
+    if isinstance(case, DequantCase):
+        return dict(words, output_dtype=case.output_dtype)
+    lora = None if case.lora_a is None else dict(num_loras=case.lora_a.shape[0], rank=case.lora_a.shape[1])
+    return dict(words, x_dtype=case.x_dtype, M=case.x.shape[0], lora=lora, scaling=case.scaling,
+                lora_indices=case.lora_indices.tolist()[:64], bias=case.bias is not None)
+
+
+def large_tier_cases(contract, domain=FULL, seed=0):
+    """One case per LARGE_TIER shape: group size 128 (or the domain's first), M = 16, rank 16, 4 adapters."""
+    group_size = (domain.group_sizes or (128,))[0]
+    dtype = "fp16" if "fp16" in domain.dtypes else domain.dtypes[0]
+    zero = "grouped" if domain.zero_points and "grouped" in domain.granularities else None
+    scale_granularity = "grouped" if "grouped" in domain.granularities else domain.granularities[0]
+    for i, name in enumerate(LARGE_TIER):
+        out_features, in_features = LAYER_SHAPES[name]
+        params = dict(group_size=group_size, scale_granularity=scale_granularity, zero_granularity=zero)
+        if contract == "dequantizer":
+            yield name, DequantCase(make_weights(np.random.default_rng(seed + i), out_features, in_features,
+                                                 **params), dtype)
+        else:
+            yield name, make_linear_case(seed + i, out_features, in_features, 16, dtype, rank=min(16, domain.max_rank),
+                                         num_loras=min(4, domain.max_loras), bias=domain.bias, **params)
+
+
+def _tally(outcomes, counts, failed):
+    for o in outcomes:
+        counts[o.name] += 1
+        if not o.passed:
+            failed.setdefault(o.name, o)
+
+
+def verify_candidate(contract, candidate, device="cpu", max_examples=40, seed=0, domain=FULL, large_tier=True):
+    """Verdict dict for `candidate` implementing `contract` ('dequantizer' | 'linear')."""
+    check, strategy = CONTRACTS[contract]
+    counts, failed, last = Counter(), {}, {}
+    start = time.perf_counter()
+
+    @settings(max_examples=max_examples, database=None, derandomize=False, deadline=None, print_blob=False,
+              phases=[Phase.explicit, Phase.generate, Phase.shrink])
+    @given(case=strategy(domain))
+    def search(case):
+        try:
+            outcomes = check(candidate, case, device)
+        except Exception as error:  # the candidate raised: a verdict, with the case that triggered it
+            last.update(case=case, outcomes=None, error=f"{type(error).__name__}: {error}")
+            raise AssertionError(last["error"]) from None
+        if any(not o.passed for o in outcomes):
+            last.update(case=case, outcomes=outcomes, error=None)
+            raise AssertionError("; ".join(o.message for o in outcomes if not o.passed))
+        _tally(outcomes, counts, {})
+
+    search._hypothesis_internal_use_seed = seed  # same seed, same cases, same verdict
+    fuzz_failure = None
+    try:
+        search()
+    except AssertionError:
+        fuzz_failure = last
+    result = dict(contract=contract, device=device, domain=domain.describe() or ["full"], seed=seed,
+                  max_examples=max_examples, fuzzed_cases=counts[PROPERTIES[0]], large_tier=[])
+    if fuzz_failure is None and large_tier:
+        for name, case in large_tier_cases(contract, domain, seed):
+            outcomes = check(candidate, case, device)
+            _tally(outcomes, counts, failed)
+            ratios = [o.max_ratio for o in outcomes if o.max_ratio is not None]
+            result["large_tier"].append(dict(shape=name, passed=all(o.passed for o in outcomes),
+                                             max_ratio=ratios[0] if ratios else None))
+            if failed:
+                fuzz_failure = dict(case=case, outcomes=outcomes, error=None)
+                break
+    result["properties"] = _property_lines(counts, fuzz_failure)
+    result["failure"] = None if fuzz_failure is None else _failure(fuzz_failure)
+    result["passed"] = fuzz_failure is None
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    return result
+
+
+def _property_lines(counts, failure):
+    failed = {} if failure is None or failure["outcomes"] is None else \
+        {o.name: o for o in failure["outcomes"] if not o.passed}
+    return [dict(name=name, passed=name not in failed, cases=counts[name] + (name in failed),
+                 message=failed[name].message if name in failed else "") for name in PROPERTIES]
+
+
+def _failure(failure):
+    worst = None
+    if failure["outcomes"]:
+        worst = next((o.worst for o in failure["outcomes"] if o.worst and not o.passed), None)
+    return dict(case=describe_case(failure["case"]), raised=failure["error"], worst=worst,
+                failed=[o.name for o in failure["outcomes"] or [] if not o.passed])
