@@ -111,7 +111,11 @@ def candidates(args):
     if args.linear or args.dequantizer:
         contract = "linear" if args.linear else "dequantizer"
         target = args.linear or args.dequantizer
-        return [(target, contract, with_timeout(load_target(target, contract), args.timeout))]
+        function = load_target(target, contract)  # usage errors surface here, in this process
+        if args.isolate:
+            from harness.isolate import Isolated
+            return [(target, contract, Isolated(target, contract, args.device, args.timeout))]
+        return [(target, contract, with_timeout(function, args.timeout))]
     from kernels.registry import BACKENDS
     found = []
     for name, backend in BACKENDS.items():
@@ -133,10 +137,34 @@ def print_verdict(label, result):
     failure = result["failure"]
     if failure:
         if failure["raised"]:
-            print(f"    the candidate raised: {failure['raised']}")
+            print(f"    the candidate {failure['kind']}: {failure['raised']}")
         print(f"    minimal case: {json.dumps(failure['case'])}")
         if failure["worst"]:
             print(f"    worst element: {json.dumps(failure['worst'])}")
+        if result.get("repro"):
+            print(f"    repro: python {result['repro']}")
+    if "batch_invariance" in result:
+        b = result["batch_invariance"]
+        print(f"    info  batch invariance: {'rows equal alone and in a batch' if b['invariant'] else 'rows ' + str(b['rows_that_differ']) + ' differ when computed alone (max abs diff ' + format(b['max_abs_diff'], '.3g') + ')'}")
+
+
+def _repro(report, label, contract, function, case, result, device):
+    """Write the repro for the minimal failing case; the candidate is called once more for its values."""
+    from harness.repro import write_repro
+    got = None
+    try:
+        args = case.torch_kwargs(device) if contract == "dequantizer" else case.torch_args(device)
+        out = function(**args) if contract == "dequantizer" else function(*args)
+        if isinstance(out, torch.Tensor):
+            got = out.detach().to(torch.float32).cpu().numpy()
+    except Exception:  # the verdict already holds the exception; the repro only needs the case
+        got = None
+    if got is not None and got.shape != (case.weights.shape if contract == "dequantizer"
+                                         else (case.x.shape[0], case.weights.shape[0])):
+        got = None
+    failed = result["failure"]["failed"] or ["a call (it raised)"]
+    return write_repro(report, label, contract, label if ":" in label else f"kernels.registry:{label}", case, got,
+                       failed, result["failure"]["case"], device)
 
 
 def verify(args):
@@ -145,14 +173,17 @@ def verify(args):
         raise UsageError("--device cuda: CUDA is not available on this machine")
     examples = args.examples or PROFILES[args.profile]
     results = []
-    for label, contract, function in candidates(args):
-        result = verify_candidate(contract, function, args.device, examples, args.seed, domain,
-                                  large_tier=not args.no_large_tier)
-        result["candidate"] = label
-        print_verdict(label, result)
-        results.append(result)
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
+    for label, contract, function in candidates(args):
+        result, failing_case = verify_candidate(contract, function, args.device, examples, args.seed, domain,
+                                                large_tier=not args.no_large_tier)
+        result["candidate"] = label
+        if failing_case is not None:
+            result["repro"] = str(_repro(report, label, contract, function, failing_case, result, args.device))
+        getattr(function, "close", lambda: None)()
+        print_verdict(label, result)
+        results.append(result)
     verdict = dict(generated=time.strftime("%Y-%m-%dT%H:%M:%S"), device=args.device, profile=args.profile,
                    examples=examples, seed=args.seed, torch=torch.__version__, results=results)
     (report / "verify.json").write_text(json.dumps(verdict, indent=1, default=str))
@@ -180,6 +211,8 @@ def main(argv=None):
     v.add_argument("--no-bias", action="store_true", help="never pass a bias")
     v.add_argument("--no-large-tier", action="store_true", help="skip the realistic layer shapes (not a full verdict)")
     v.add_argument("--timeout", type=float, default=60.0, help="seconds a single call may take")
+    v.add_argument("--isolate", action="store_true",
+                   help="run the TARGET in a child process: a crash (segfault, CUDA error, os._exit) becomes a verdict")
     v.add_argument("--report", default="reports", help="folder for verify.json")
     args = parser.parse_args(argv)
     try:

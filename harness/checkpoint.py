@@ -3,12 +3,12 @@
 The format is told by the complete set of tensor names under the layer's prefix (a `bias` aside)
 and by their dtypes, never by one name alone:
 
-| fmt                | tensors                                                   | int32 tensors            |
-| ------------------ | --------------------------------------------------------- | ------------------------ |
-| compressed-tensors | weight_packed, weight_scale, weight_shape [, weight_zero_point] | weight_packed       |
-| gptq (v1 zeros)    | qweight, qzeros, scales, g_idx                            | qweight, qzeros          |
-| gptq_v2            | the same names; only an explicit fmt picks it             | qweight, qzeros          |
-| awq                | qweight, qzeros, scales                                   | qweight, qzeros          |
+| fmt                | tensors                                                         | int32        |
+| ------------------ | --------------------------------------------------------------- | ------------ |
+| compressed-tensors | weight_packed, weight_scale, weight_shape [, weight_zero_point] | weight_packed |
+| gptq (v1 zeros)    | qweight, qzeros, scales, g_idx                                  | qweight, qzeros |
+| gptq_v2            | the same names; only an explicit fmt picks it                   | qweight, qzeros |
+| awq                | qweight, qzeros, scales                                         | qweight, qzeros |
 
 A `weight` next to a `weight_scale` (fp8, int8 or a uint8 byte tensor) is not INT4-packed and is
 refused: the seed treated any uint8 weight with a weight_scale as INT4. Conventions of each

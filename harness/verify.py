@@ -63,26 +63,39 @@ def verify_candidate(contract, candidate, device="cpu", max_examples=40, seed=0,
     counts, failed, last = Counter(), {}, {}
     start = time.perf_counter()
 
+    def attempt(case):
+        """None if every property holds on `case`, else the failure in one line (kept in `last`)."""
+        if last.get("fatal"):  # after a hang or crash, keep the case that triggered it: no shrinking
+            return last["error"]
+        try:
+            outcomes = check(candidate, case, device)
+        except Exception as error:  # the candidate raised: a verdict, with the case that triggered it
+            last.update(case=case, outcomes=None, error=f"{type(error).__name__}: {error}",
+                        fatal=isinstance(error, TimeoutError) or type(error).__name__ == "CandidateCrashed")
+            return last["error"]
+        if any(not o.passed for o in outcomes):
+            last.update(case=case, outcomes=outcomes, error=None)
+            return "; ".join(o.message for o in outcomes if not o.passed)
+        _tally(outcomes, counts, {})
+        return None
+
     @settings(max_examples=max_examples, database=None, derandomize=False, deadline=None, print_blob=False,
               phases=[Phase.explicit, Phase.generate, Phase.shrink])
     @given(case=strategy(domain))
     def search(case):
-        try:
-            outcomes = check(candidate, case, device)
-        except Exception as error:  # the candidate raised: a verdict, with the case that triggered it
-            last.update(case=case, outcomes=None, error=f"{type(error).__name__}: {error}")
-            raise AssertionError(last["error"]) from None
-        if any(not o.passed for o in outcomes):
-            last.update(case=case, outcomes=outcomes, error=None)
-            raise AssertionError("; ".join(o.message for o in outcomes if not o.passed))
-        _tally(outcomes, counts, {})
+        message = attempt(case)
+        if message:
+            raise AssertionError(message)
 
     search._hypothesis_internal_use_seed = seed  # same seed, same cases, same verdict
     fuzz_failure = None
     try:
         search()
-    except AssertionError:
+    except Exception:  # AssertionError, or Hypothesis's own error around it (e.g. a flaky candidate)
+        if not last:
+            raise
         fuzz_failure = last
+        _tally(last["outcomes"] or [], counts, {})  # the minimal failing case counts as run
     result = dict(contract=contract, device=device, domain=domain.describe() or ["full"], seed=seed,
                   max_examples=max_examples, fuzzed_cases=counts[PROPERTIES[0]], large_tier=[])
     if fuzz_failure is None and large_tier:
@@ -98,14 +111,33 @@ def verify_candidate(contract, candidate, device="cpu", max_examples=40, seed=0,
     result["properties"] = _property_lines(counts, fuzz_failure)
     result["failure"] = None if fuzz_failure is None else _failure(fuzz_failure)
     result["passed"] = fuzz_failure is None
+    if contract == "linear" and fuzz_failure is None:
+        result["batch_invariance"] = batch_invariance(candidate, device, domain, seed)
     result["seconds"] = round(time.perf_counter() - start, 2)
-    return result
+    return result, None if fuzz_failure is None else fuzz_failure["case"]
+
+
+def batch_invariance(linear, device, domain=FULL, seed=0, m=33):
+    """Reported, never failed on: does row m of a batch equal the same row computed alone?"""
+    case = make_linear_case(seed, 48, 256, m, domain.dtypes[0], rank=min(8, domain.max_rank),
+                            num_loras=min(3, domain.max_loras), bias=domain.bias, group_size=64)
+    args = case.torch_args(device)
+    batch = linear(*args).double().cpu()
+    differ, worst = [], 0.0
+    for row in (0, m // 2, m - 1):
+        alone_args = (args[0][row:row + 1], *args[1:7], args[7][row:row + 1], *args[8:])
+        alone = linear(*alone_args).double().cpu()[0]
+        diff = float((alone - batch[row]).abs().max())
+        worst = max(worst, diff)
+        if diff:
+            differ.append(row)
+    return dict(invariant=not differ, rows_checked=3, rows_that_differ=differ, max_abs_diff=worst)
 
 
 def _property_lines(counts, failure):
     failed = {} if failure is None or failure["outcomes"] is None else \
         {o.name: o for o in failure["outcomes"] if not o.passed}
-    return [dict(name=name, passed=name not in failed, cases=counts[name] + (name in failed),
+    return [dict(name=name, passed=name not in failed, cases=counts[name],
                  message=failed[name].message if name in failed else "") for name in PROPERTIES]
 
 
@@ -113,5 +145,8 @@ def _failure(failure):
     worst = None
     if failure["outcomes"]:
         worst = next((o.worst for o in failure["outcomes"] if o.worst and not o.passed), None)
-    return dict(case=describe_case(failure["case"]), raised=failure["error"], worst=worst,
+    error = failure["error"] or ""
+    kind = "hung" if error.startswith("TimeoutError") else "crashed" if error.startswith("CandidateCrashed") else \
+        "raised" if error else None
+    return dict(case=describe_case(failure["case"]), raised=failure["error"], kind=kind, worst=worst,
                 failed=[o.name for o in failure["outcomes"] or [] if not o.passed])

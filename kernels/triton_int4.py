@@ -4,10 +4,17 @@
 
 `linear` reads the packed uint8 weights directly (no [out, in] copy of W is ever allocated):
 `lora_shrink_kernel` writes x @ A[i]^T as fp32 partial sums, then `int4_lora_gemm_kernel`
-unpacks and dequantizes each weight tile in registers, accumulates in fp32, and adds bias and
-the LoRA expand in its epilogue before one rounding to x's dtype. No atomics: bitwise
-deterministic. `dequantize` is the verifier's dequantizer contract. The kernels live in
-kernels/triton_kernels.py; this module imports without triton or CUDA (see unavailable_reason).
+unpacks each weight tile in registers, accumulates in fp32, and adds bias and the LoRA expand in
+its epilogue before one rounding to x's dtype. No atomics: bitwise deterministic. `dequantize`
+is the verifier's dequantizer contract. The kernels live in kernels/triton_kernels.py; this
+module imports without triton or CUDA (see unavailable_reason).
+
+Which numerics a call gets (each a design of harness/tolerance.py):
+  fp16/bf16 x, zero points exact in x's dtype (none, int8/uint8, or checked by value):
+      v - z in x's dtype (exact); decode multiplies the tile products by s in fp32 ("w in fp32"),
+      prefill rounds W = (v - z) * s once to x's dtype ("w in x.dtype").
+  other zero points: W = (v - z) * s in fp32, rounded once to x's dtype ("w in x.dtype").
+  fp32 x (and bf16 under the interpreter): W kept in fp32, fp32 products, no TF32 ("w in fp32").
 """
 import os
 
@@ -23,18 +30,13 @@ except ImportError as exc:  # no triton here: the module still imports, and says
 else:
     _IMPORT_ERROR = None
 
+# Largest |z| for which v - z (v in [-8, 7]) is an integer that fp16 (<= 2048) / bf16 (<= 256) holds exactly.
+EXACT_ZERO_LIMIT = {torch.float16: 2040, torch.bfloat16: 248}
+
 
 def interpreting():
     """True when Triton's CPU interpreter is on (TRITON_INTERPRET=1, read when triton is imported)."""
     return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def interpreted_bf16(x):
-    """True where bf16 tl.dot cannot be trusted: the interpreter multiplies bf16 bit patterns as integers.
-
-    There the kernels keep W in fp32 and multiply in fp32 (a design the tolerance model admits).
-    """
-    return x.dtype == torch.bfloat16 and interpreting()
 
 
 def unavailable_reason():
@@ -47,13 +49,13 @@ def unavailable_reason():
 
 
 def launch_config(m, n, k):
-    """Tile shape and launch settings for y[m, n] = x[m, k] @ W^T, chosen by the M regime.
+    """Tile shape and launch settings for y[m, n] = x[m, k] @ W^T, chosen by the M regime (deterministic).
 
-    decode (m <= 16): one 16-row tile covers every token, so each weight byte is unpacked once;
-    long K tiles keep enough weight bytes in flight to stream HBM. prefill: tensor-core tiles.
+    decode (m <= 16): one 16-row tile holds every token, so each weight byte is unpacked once, and
+    deep pipelining keeps enough weight bytes in flight to stream HBM. Larger m: tensor-core tiles.
     """
     if m <= 16:
-        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=6)
+        return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=6)
     if m <= 64:
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4)
     return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
@@ -63,14 +65,18 @@ def shrink_config(m, k, rank_pad):
     """(BLOCK_M, BLOCK_K, num_splits) for the LoRA shrink: split K until ~32 programs run."""
     block_m = 16 if m <= 16 else 64
     block_k = max(16, min(128, 4096 // rank_pad))  # a [BLOCK_K, RANK_PAD] tile of A stays small
-    k_tiles = cdiv(k, block_k)
-    num_splits = max(1, min(k_tiles, 32 // cdiv(m, block_m)))
+    num_splits = max(1, min(cdiv(k, block_k), 32 // cdiv(m, block_m)))
     return block_m, block_k, num_splits
 
 
 def cdiv(a, b):
     """ceil(a / b) for positive ints."""
     return -(-a // b)
+
+
+def next_pow2(n):
+    """The smallest power of two >= n (n >= 1)."""
+    return 1 << (n - 1).bit_length()
 
 
 def chunks(kind, t, group_size, block_k):
@@ -98,8 +104,8 @@ def pick_block_k(block_k, tensors, kinds, group_size):
     return block_k
 
 
-def weight_args(scales, zero_points, kinds, group_size, in_features, block_k):
-    """Kernel arguments for scales and zero points: tensors, [stride_n, stride_g] pairs, chunk counts."""
+def weight_args(scales, zero_points, kinds, group_size, block_k):
+    """Kernel arguments for scales and zero points: (tensor, stride_n, stride_g, chunks) each."""
     args = []
     for t, kind in zip((scales, zero_points), kinds):
         if t is None:
@@ -118,15 +124,23 @@ def is_int(zero_points):
     return zero_points is not None and not zero_points.is_floating_point()
 
 
-def exact_in(dtype, zero_points):
-    """True where v - z (v in [-8, 7]) is exact in fp16/bf16 `dtype` for every value of zero_points' dtype.
+def exact_zero(dtype, zero_points, check_values=False):
+    """True where v - z is exact in fp16/bf16 `dtype` for every zero point (always without zero points).
 
-    fp16 holds the integers up to 2048, bf16 up to 256: int8/uint8 zero points fit fp16, int8 fits bf16.
+    By dtype (int8/uint8 fit fp16, int8 fits bf16); with check_values, wider integer zero points
+    are checked by value (one reduction and one host synchronization).
     """
     if zero_points is None:
         return True
-    fits = {torch.float16: (torch.int8, torch.uint8), torch.bfloat16: (torch.int8,)}
-    return zero_points.dtype in fits.get(dtype, ())
+    if zero_points.is_floating_point() or dtype not in EXACT_ZERO_LIMIT:
+        return False
+    limit, info = EXACT_ZERO_LIMIT[dtype], torch.iinfo(zero_points.dtype)
+    if -limit <= info.min and info.max <= limit:
+        return True
+    if not check_values or zero_points.numel() == 0:
+        return False
+    low, high = torch.aminmax(zero_points)
+    return -limit <= int(low) and int(high) <= limit
 
 
 def check_devices(first, **tensors):
@@ -156,14 +170,16 @@ def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, l
     check_devices("x", x=x, packed_weights=packed_weights, scales=scales, zero_points=zero_points, lora_a=lora_a,
                   lora_b=lora_b, lora_indices=lora_indices, bias=bias)
     return launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices,
-                         scaling, bias, (scale_kind, zero_kind))
+                         scaling, bias, (scale_kind, zero_kind),
+                         zero_is_exact=exact_zero(x.dtype, zero_points, check_values=True))
 
 
 def launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias,
-                  kinds, config=None):
-    """`linear` without validation or host synchronization (for benchmarks and CUDA graphs).
+                  kinds, config=None, zero_is_exact=None):
+    """`linear` without validation or host synchronization (benchmarks, CUDA graphs); same arguments, plus:
 
-    kinds: (scale_kind, zero_kind) as check_linear returns them; config: a launch_config() dict.
+    kinds: (scale_kind, zero_kind) as check_linear returns them; config: a launch_config() dict
+    (default: by M); zero_is_exact: exact_zero()'s answer (default: decided by dtype alone).
     """
     m, n, k = x.shape[0], packed_weights.shape[0], 2 * packed_weights.shape[1]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)  # y: [M, out]
@@ -171,11 +187,14 @@ def launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lo
         return y
     config = dict(config or launch_config(m, n, k))
     config["BLOCK_K"] = pick_block_k(config["BLOCK_K"], (scales, zero_points), kinds, group_size)
-    (s, s_sn, s_sg, s_chunks), (z, z_sn, z_sg, z_chunks) = weight_args(scales, zero_points, kinds, group_size, k,
+    (s, s_sn, s_sg, s_chunks), (z, z_sn, z_sg, z_chunks) = weight_args(scales, zero_points, kinds, group_size,
                                                                        config["BLOCK_K"])
-    fp32_dot = x.dtype == torch.float32 or interpreted_bf16(x)
-    native_v = not fp32_dot and exact_in(x.dtype, zero_points)
-    shrink, rank, num_loras, num_splits, rank_pad = lora_shrink(x, lora_a, lora_indices)
+    # The interpreter's tl.dot multiplies bf16 bit patterns as integers: there bf16 runs the fp32 design.
+    fp32_dot = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and interpreting())
+    if zero_is_exact is None:
+        zero_is_exact = exact_zero(x.dtype, zero_points)
+    native_v = not fp32_dot and zero_is_exact
+    shrink, rank, num_loras, num_splits, rank_pad = lora_shrink(x, lora_a, lora_indices, fp32_dot)
     b, b_strides = (x, (0, 0, 0)) if lora_b is None else (lora_b, lora_b.stride())
     grid = (cdiv(m, config["BLOCK_M"]), cdiv(n, config["BLOCK_N"]))
     triton_kernels.int4_lora_gemm_kernel[grid](
@@ -186,11 +205,13 @@ def launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lo
         HAS_ZERO=zero_points is not None, ZERO_IS_INT=is_int(zero_points), HAS_BIAS=bias is not None,
         HAS_LORA=lora_a is not None, S_CHUNKS=s_chunks, Z_CHUNKS=z_chunks, EVEN_K=k % config["BLOCK_K"] == 0,
         FP32_DOT=fp32_dot, NATIVE_V=native_v, NATIVE_S=native_v and scales.dtype == x.dtype,
-        SCALE_AFTER_DOT=s_chunks == 1 and config["BLOCK_M"] < config["BLOCK_K"], RANK_PAD=rank_pad, **config)
+        # scaling after the dot needs one scale per row of the tile, and v - z exact in the dot's dtype
+        SCALE_AFTER_DOT=s_chunks == 1 and (native_v or fp32_dot) and config["BLOCK_M"] < config["BLOCK_K"],
+        USE_ASM=native_v and not interpreting(), RANK_PAD=rank_pad, **config)
     return y
 
 
-def lora_shrink(x, lora_a, lora_indices):
+def lora_shrink(x, lora_a, lora_indices, fp32_dot):
     """Run the shrink; return (fp32 [num_splits, M, RANK_PAD] partial sums, rank, num_loras, num_splits, RANK_PAD).
 
     Without adapters: a placeholder that the GEMM never reads (HAS_LORA is False).
@@ -207,20 +228,15 @@ def lora_shrink(x, lora_a, lora_indices):
     triton_kernels.lora_shrink_kernel[(cdiv(m, block_m), num_splits)](
         x, lora_a, lora_indices, shrink, m, k, rank, num_loras, k_per_split,
         x.stride(0), x.stride(1), lora_a.stride(0), lora_a.stride(1), lora_a.stride(2),
-        FP32_DOT=x.dtype == torch.float32 or lora_a.dtype != x.dtype or interpreted_bf16(x), RANK_PAD=rank_pad,
-        BLOCK_M=block_m, BLOCK_K=block_k)
+        FP32_DOT=fp32_dot or lora_a.dtype != x.dtype, RANK_PAD=rank_pad, BLOCK_M=block_m, BLOCK_K=block_k)
     return shrink, rank, num_loras, num_splits, rank_pad
-
-
-def next_pow2(n):
-    """The smallest power of two >= n (n >= 1)."""
-    return 1 << (n - 1).bit_length()
 
 
 def dequantize(packed_weights, scales, zero_points=None, group_size=None, output_dtype=torch.float16):
     """SPEC §3 dequantizer -> output_dtype [out, in] on packed_weights' device.
 
-    (v - z) * s is computed in fp32 and rounded once to output_dtype (fp16, bf16 or fp32).
+    (v - z) * s is computed in fp32 (in fp64 for fp32 output with floating zero points, where
+    fp32 could not round once) and rounded once to output_dtype (fp16, bf16 or fp32).
     """
     reason = unavailable_reason()
     if reason is not None:
@@ -232,13 +248,13 @@ def dequantize(packed_weights, scales, zero_points=None, group_size=None, output
     out = torch.empty((n, k), dtype=output_dtype, device=packed_weights.device)  # out: [out, in]
     if out.numel() == 0:
         return out
-    block_n, block_k = 64, pick_block_k(128, (scales, zero_points), (scale_kind, zero_kind), group_size)
-    (s, s_sn, s_sg, s_chunks), (z, z_sn, z_sg, z_chunks) = weight_args(scales, zero_points, (scale_kind, zero_kind),
-                                                                       group_size, k, block_k)
+    kinds = (scale_kind, zero_kind)
+    block_n, block_k = 64, pick_block_k(128, (scales, zero_points), kinds, group_size)
+    (s, s_sn, s_sg, s_chunks), (z, z_sn, z_sg, z_chunks) = weight_args(scales, zero_points, kinds, group_size, block_k)
     triton_kernels.dequantize_kernel[(cdiv(k, block_k), cdiv(n, block_n))](
         packed_weights, s, z, out, n, k, group_size or 1,
         packed_weights.stride(0), packed_weights.stride(1), s_sn, s_sg, z_sn, z_sg, out.stride(0), out.stride(1),
         HAS_ZERO=zero_points is not None, ZERO_IS_INT=is_int(zero_points), S_CHUNKS=s_chunks, Z_CHUNKS=z_chunks,
-        EVEN_K=k % block_k == 0,
-        BLOCK_N=block_n, BLOCK_K=block_k)
+        FP64=output_dtype == torch.float32 and zero_points is not None and zero_points.is_floating_point(),
+        EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k)
     return out

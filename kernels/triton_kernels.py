@@ -22,6 +22,46 @@ column's group is read separately, for odd group sizes).
 import triton
 import triton.language as tl
 
+# PTX for unpack_tile on the GPU (the interpreter runs the tl.* form beside it): four packed bytes
+# b0..b3 -> half2 (lo(b0) - 8, lo(b1) - 8), (lo(b2), lo(b3)) and the same for the high nibbles, in
+# 10 instructions. prmt spreads bytes into 16-bit lanes; lop3 computes (t & mask) | bits(2**10),
+# i.e. 2**10 + q (low nibble) or 2**10 + 16 q (high); then (2**10 + q) - 1032 = q - 8 and
+# (2**10 + 16 q) / 16 - 72 = q - 8, both exact. bf16 shifts the high nibbles down instead,
+# since 2**7 + 16 q leaves its binade.
+UNPACK_FP16_ASM = tl.constexpr("""{
+.reg .b32 t0, t1, c0, c1, c2;
+prmt.b32 t0, $4, 0, 0x4140;
+prmt.b32 t1, $4, 0, 0x4342;
+lop3.b32 $0, t0, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 $1, t1, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 $2, t0, 0x00F000F0, 0x64006400, 0xEA;
+lop3.b32 $3, t1, 0x00F000F0, 0x64006400, 0xEA;
+mov.b32 c0, 0xE408E408;
+mov.b32 c1, 0x2C002C00;
+mov.b32 c2, 0xD480D480;
+add.f16x2 $0, $0, c0;
+add.f16x2 $1, $1, c0;
+fma.rn.f16x2 $2, $2, c1, c2;
+fma.rn.f16x2 $3, $3, c1, c2;
+}""")
+UNPACK_BF16_ASM = tl.constexpr("""{
+.reg .b32 t0, t1, t2, t3, c0, c1;
+prmt.b32 t0, $4, 0, 0x4140;
+prmt.b32 t1, $4, 0, 0x4342;
+shr.b32 t2, t0, 4;
+shr.b32 t3, t1, 4;
+lop3.b32 $0, t0, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 $1, t1, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 $2, t2, 0x000F000F, 0x43004300, 0xEA;
+lop3.b32 $3, t3, 0x000F000F, 0x43004300, 0xEA;
+mov.b32 c0, 0x3F803F80;
+mov.b32 c1, 0xC308C308;
+fma.rn.bf16x2 $0, $0, c0, c1;
+fma.rn.bf16x2 $1, $1, c0, c1;
+fma.rn.bf16x2 $2, $2, c0, c1;
+fma.rn.bf16x2 $3, $3, c0, c1;
+}""")
+
 
 @triton.jit
 def round_once(x, DTYPE: tl.constexpr):
@@ -54,7 +94,7 @@ def chunk_values(ptr, stride_n, stride_g, offs_n, n_mask, k0, K, group_size, DTY
 @triton.jit
 def unpack_tile(w_ptr, stride_wn, stride_wk, z_ptr, stride_zn, stride_zg, offs_n, n_mask, k0, K, group_size,
                 V_DTYPE: tl.constexpr, HAS_ZERO: tl.constexpr, ZERO_IS_INT: tl.constexpr, Z_CHUNKS: tl.constexpr,
-                EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                EVEN_K: tl.constexpr, USE_ASM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """V_DTYPE (even, odd), each [BLOCK_N, BLOCK_K // 2]: v - z at columns k0 + 2j and k0 + 2j + 1; 0 past K.
 
     Exact in fp32 for integer zero points (fractional ones: one rounding of v - z); the wrapper
@@ -62,8 +102,11 @@ def unpack_tile(w_ptr, stride_wn, stride_wk, z_ptr, stride_zn, stride_zg, offs_n
     """
     offs_j = k0 // 2 + tl.arange(0, BLOCK_K // 2)  # packed byte columns
     j_mask = offs_j < K // 2
-    packed = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_j[None, :] * stride_wk,
-                     mask=n_mask[:, None] & j_mask[None, :], other=0)  # uint8 [BLOCK_N, BLOCK_K // 2]
+    mask = n_mask[:, None]
+    if not EVEN_K:
+        mask &= j_mask[None, :]
+    packed = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_j[None, :] * stride_wk, mask=mask, other=0)
+    # packed: uint8 [BLOCK_N, BLOCK_K // 2]
     if HAS_ZERO:
         z_even, z_odd = chunk_values(z_ptr, stride_zn, stride_zg, offs_n, n_mask, k0, K, group_size, tl.float32,
                                      Z_CHUNKS, BLOCK_N, BLOCK_K)
@@ -80,6 +123,16 @@ def unpack_tile(w_ptr, stride_wn, stride_wk, z_ptr, stride_zn, stride_zg, offs_n
             if HAS_ZERO:
                 even -= z_even
                 odd -= z_odd
+    elif USE_ASM:
+        if V_DTYPE == tl.float16:
+            even, odd = tl.inline_asm_elementwise(UNPACK_FP16_ASM, "=r,=r,=r,=r,r", [packed],
+                                                  dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+        else:
+            even, odd = tl.inline_asm_elementwise(UNPACK_BF16_ASM, "=r,=r,=r,=r,r", [packed],
+                                                  dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+        if HAS_ZERO:
+            even -= z_even.to(V_DTYPE)
+            odd -= z_odd.to(V_DTYPE)
     else:
         bits = packed.to(tl.int16)
         if V_DTYPE == tl.float16:
@@ -136,7 +189,8 @@ def int4_lora_gemm_kernel(
         stride_ym, stride_yn, stride_bl, stride_bn, stride_br,
         HAS_ZERO: tl.constexpr, ZERO_IS_INT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr,
         S_CHUNKS: tl.constexpr, Z_CHUNKS: tl.constexpr, EVEN_K: tl.constexpr, FP32_DOT: tl.constexpr,
-        NATIVE_V: tl.constexpr, NATIVE_S: tl.constexpr, SCALE_AFTER_DOT: tl.constexpr, RANK_PAD: tl.constexpr,
+        NATIVE_V: tl.constexpr, NATIVE_S: tl.constexpr, SCALE_AFTER_DOT: tl.constexpr, USE_ASM: tl.constexpr,
+        RANK_PAD: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """y[M, N] = x[M, K] @ W^T + bias + LoRA expand, W read from packed uint8 [N, K // 2].
 
@@ -161,11 +215,15 @@ def int4_lora_gemm_kernel(
     n_mask = offs_n < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :] * stride_xk,
-                    mask=m_mask[:, None] & (k0 + offs_k < K)[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+        x_mask = m_mask[:, None]
+        if not EVEN_K:
+            x_mask &= (k0 + offs_k < K)[None, :]
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :] * stride_xk, mask=x_mask, other=0.0)
+        # x: [BLOCK_M, BLOCK_K]
         x_even, x_odd = tl.split(tl.reshape(x.to(DOT_DTYPE), (BLOCK_M, HALF_K, 2)))  # columns 2j, 2j + 1
         w_even, w_odd = unpack_tile(w_ptr, stride_wn, stride_wk, z_ptr, stride_zn, stride_zg, offs_n, n_mask, k0, K,
-                                    group_size, V_DTYPE, HAS_ZERO, ZERO_IS_INT, Z_CHUNKS, EVEN_K, BLOCK_N, BLOCK_K)
+                                    group_size, V_DTYPE, HAS_ZERO, ZERO_IS_INT, Z_CHUNKS, EVEN_K, USE_ASM, BLOCK_N,
+                                    BLOCK_K)
         if SCALE_AFTER_DOT:
             part = tl.dot(x_even, tl.trans(w_even.to(DOT_DTYPE)), input_precision=PRECISION)
             part = tl.dot(x_odd, tl.trans(w_odd.to(DOT_DTYPE)), part, input_precision=PRECISION)
@@ -228,16 +286,30 @@ def lora_shrink_kernel(x_ptr, a_ptr, idx_ptr, out_ptr, M, K, rank, num_loras, k_
 def dequantize_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K, group_size,
                       stride_wn, stride_wk, stride_sn, stride_sg, stride_zn, stride_zg, stride_on, stride_ok,
                       HAS_ZERO: tl.constexpr, ZERO_IS_INT: tl.constexpr, S_CHUNKS: tl.constexpr,
-                      Z_CHUNKS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """out[N, K] = (v - z) * s computed in fp32, rounded once to out's dtype. Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N))."""
+                      Z_CHUNKS: tl.constexpr, FP64: tl.constexpr, EVEN_K: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[N, K] = (v - z) * s, rounded once to out's dtype. Grid: (cdiv(K, BLOCK_K), cdiv(N, BLOCK_N)).
+
+    fp32 math is exact up to the product's one rounding, except with fractional fp32 zero points,
+    where v - z rounds too: FP64 (chosen for fp32 output) then computes in fp64, as the reference does.
+    """
     k0 = tl.program_id(0) * BLOCK_K
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
+    MATH: tl.constexpr = tl.float64 if FP64 else tl.float32
     v_even, v_odd = unpack_tile(w_ptr, stride_wn, stride_wk, z_ptr, stride_zn, stride_zg, offs_n, n_mask, k0, K,
-                                group_size, tl.float32, HAS_ZERO, ZERO_IS_INT, Z_CHUNKS, EVEN_K, BLOCK_N, BLOCK_K)
-    s_even, s_odd = chunk_values(s_ptr, stride_sn, stride_sg, offs_n, n_mask, k0, K, group_size, tl.float32,
+                                group_size, tl.float32, HAS_ZERO and not FP64, ZERO_IS_INT, Z_CHUNKS, EVEN_K, False,
+                                BLOCK_N, BLOCK_K)
+    v_even, v_odd = v_even.to(MATH), v_odd.to(MATH)
+    if FP64 and HAS_ZERO:
+        z_even, z_odd = chunk_values(z_ptr, stride_zn, stride_zg, offs_n, n_mask, k0, K, group_size, MATH,
+                                     Z_CHUNKS, BLOCK_N, BLOCK_K)
+        v_even -= z_even
+        v_odd -= z_odd
+    s_even, s_odd = chunk_values(s_ptr, stride_sn, stride_sg, offs_n, n_mask, k0, K, group_size, MATH,
                                  S_CHUNKS, BLOCK_N, BLOCK_K)
-    w = round_once(tl.join(v_even * s_even, v_odd * s_odd), out_ptr.dtype.element_ty)  # [BLOCK_N, BLOCK_K // 2, 2]
+    w = tl.join(v_even * s_even, v_odd * s_odd)  # [BLOCK_N, BLOCK_K // 2, 2]
+    w = w.to(out_ptr.dtype.element_ty) if FP64 else round_once(w, out_ptr.dtype.element_ty)
     cols = k0 + 2 * tl.arange(0, BLOCK_K // 2)[None, :, None] + tl.arange(0, 2)[None, None, :]
     tl.store(out_ptr + offs_n[:, None, None] * stride_on + cols * stride_ok, w,
              mask=n_mask[:, None, None] & (cols < K))

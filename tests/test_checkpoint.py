@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 from safetensors.torch import save_file
 
 from harness.checkpoint import load_layer
-from reference import dequantize_exact, linear_exact
+from reference import linear_exact
 from reference.formats import Canonical
 from test_formats import gptq_checkpoints, gptq_weight, quantized_layers, to_format, valid, weights
 

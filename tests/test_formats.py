@@ -5,7 +5,7 @@ definition (docs/formats.md), independently of the vectorized converters.
 """
 import numpy as np
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import given, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from reference import dequantize_exact, linear_exact, quantize

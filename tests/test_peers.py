@@ -11,7 +11,7 @@ import torch
 from hypothesis import assume, given, strategies as st
 from hypothesis.extra.numpy import arrays
 
-from reference import dequantize, dequantize_exact, linear_exact, pack, quantize, unpack
+from reference import dequantize, dequantize_exact, linear_exact, pack, quantize
 from reference.formats import Canonical, from_compressed_tensors, to_compressed_tensors
 
 CT_STRATEGIES = {"per-tensor": "tensor", "per-channel": "channel", "grouped": "group"}

@@ -1,0 +1,123 @@
+"""Benchmark rows -> one parquet file per run, written atomically; all runs -> one DataFrame.
+
+A row is a plain dict with exactly SCHEMA's columns (docs/bench_schema.md says what each
+means). A run rewrites `reports/bench/<run-id>.parquet` after every row, through a temp
+file in the same folder and os.replace, so readers never see a partial file and an
+interrupted run keeps every row it completed.
+"""
+import math
+import os
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema([
+    # the run
+    ("run_id", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")), ("git_commit", pa.string()),
+    ("git_dirty", pa.bool_()), ("host", pa.string()), ("device_name", pa.string()), ("torch_version", pa.string()),
+    ("triton_version", pa.string()), ("grid", pa.string()), ("test_id", pa.string()),
+    # the case
+    ("backend", pa.string()), ("operation", pa.string()), ("layer", pa.string()), ("m", pa.int64()),
+    ("n", pa.int64()), ("k", pa.int64()), ("group_size", pa.int64()), ("scale_granularity", pa.string()),
+    ("zero_granularity", pa.string()), ("rank", pa.int64()), ("num_loras", pa.int64()), ("popularity", pa.string()),
+    ("dtype", pa.string()), ("cache_mode", pa.string()),
+    # the check that came before the timing
+    ("verified_m", pa.int64()), ("verification", pa.string()),
+    # the timing
+    ("timer", pa.string()), ("median_s", pa.float64()), ("iqr_s", pa.float64()), ("min_s", pa.float64()),
+    ("rounds", pa.int64()),
+    # work, rates and peaks
+    ("bytes_moved", pa.int64()), ("flops", pa.int64()), ("achieved_gbps", pa.float64()),
+    ("achieved_tflops", pa.float64()), ("peak_gbps", pa.float64()), ("peak_tflops", pa.float64()),
+    ("peak_source", pa.string()), ("frac_peak_bandwidth", pa.float64()), ("frac_peak_compute", pa.float64()),
+    # memory
+    ("packed_weight_bytes", pa.int64()), ("fp16_weight_bytes", pa.int64()), ("peak_memory_bytes", pa.float64()),
+])
+
+# The columns that name a case: two runs are compared row by row on these.
+CASE_COLUMNS = ["backend", "operation", "layer", "m", "n", "k", "group_size", "scale_granularity",
+                "zero_granularity", "rank", "num_loras", "popularity", "dtype", "cache_mode"]
+
+RATE_COLUMNS = ("achieved_gbps", "achieved_tflops", "frac_peak_bandwidth", "frac_peak_compute")
+
+
+def with_rates(row):
+    """`row` plus GB/s, TFLOP/s and fractions of peak, from its bytes_moved, flops, median_s and peaks."""
+    seconds = row["median_s"]
+    gbps = row["bytes_moved"] / seconds / 1e9
+    tflops = row["flops"] / seconds / 1e12
+    return {**row, "achieved_gbps": gbps, "achieved_tflops": tflops,
+            "frac_peak_bandwidth": gbps / row["peak_gbps"] if row["peak_gbps"] > 0 else math.nan,
+            "frac_peak_compute": tflops / row["peak_tflops"] if row["peak_tflops"] > 0 else math.nan}
+
+
+def to_table(rows):
+    """list of dicts with exactly SCHEMA's columns -> pyarrow.Table; ValueError names a row's wrong columns."""
+    expected = set(SCHEMA.names)
+    for i, row in enumerate(rows):
+        missing, extra = sorted(expected - row.keys()), sorted(row.keys() - expected)
+        if missing or extra:
+            raise ValueError(f"row {i} does not match harness.perf_store.SCHEMA: missing {missing}, unexpected {extra}")
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def write_rows(rows, path):
+    """Write `rows` to the parquet file `path`, atomically: a temp file in the same folder, then os.replace."""
+    path = Path(path)
+    table = to_table(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # not *.parquet: load_runs never reads it
+    try:
+        pq.write_table(table, temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def append_row(rows, row, path):
+    """Rewrite `path` with `rows` + `row`, then add `row` to `rows` (which is left as it was if writing fails)."""
+    write_rows([*rows, row], path)
+    rows.append(row)
+
+
+def load_runs(folder="reports/bench"):
+    """Every `*.parquet` run in `folder` as one DataFrame with SCHEMA's columns (and any extra ones).
+
+    A file that cannot be read, or lacks some of SCHEMA's columns, is skipped and never
+    silently: each is named with its reason in a warning and in df.attrs["skipped_files"].
+    """
+    frames, skipped = [], []
+    for path in sorted(Path(folder).glob("*.parquet")):
+        try:
+            frame = pq.read_table(path).to_pandas()
+        except (OSError, ValueError, pa.ArrowException) as error:
+            skipped.append(f"{path}: unreadable ({type(error).__name__}: {error})")
+            continue
+        missing = [c for c in SCHEMA.names if c not in frame.columns]
+        if missing:
+            skipped.append(f"{path}: missing columns {missing}")
+            continue
+        frames.append(frame)
+    df = pd.concat(frames, ignore_index=True) if frames else SCHEMA.empty_table().to_pandas()
+    if skipped:
+        warnings.warn(f"load_runs skipped {len(skipped)} file(s) in {folder}: " + "; ".join(skipped), stacklevel=2)
+    df.attrs["skipped_files"] = skipped
+    return df
+
+
+def compare(df, run_a, run_b):
+    """Per case present in both runs: median_s_a, median_s_b and speedup = median_s_a / median_s_b (> 1: b is faster)."""
+    runs = sorted(df["run_id"].unique())
+    for run in (run_a, run_b):
+        if run not in runs:
+            raise ValueError(f"run {run!r} is not in the data; runs: {runs}")
+    a, b = (df.loc[df["run_id"] == run, [*CASE_COLUMNS, "median_s"]] for run in (run_a, run_b))
+    for run, frame in ((run_a, a), (run_b, b)):
+        if frame.duplicated(CASE_COLUMNS).any():
+            raise ValueError(f"run {run!r} holds the same case more than once; compare needs one row per case")
+    merged = a.merge(b, on=CASE_COLUMNS, suffixes=("_a", "_b"))  # null keys (m of dequantize) match null keys
+    merged["speedup"] = merged["median_s_a"] / merged["median_s_b"]
+    return merged

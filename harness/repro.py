@@ -1,0 +1,94 @@
+"""Write a standalone repro for a failing case: repro_<name>.py (torch only) and its tensors, repro_<name>.pt.
+
+The .pt file holds the contract's inputs, the expected values (float64) and the absolute error
+allowed per element; the script loads them, calls the candidate and prints the mismatch.
+"""
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.cases import DequantCase
+from harness.tolerance import dequant_error, linear_error
+from reference.rounding import spacing
+
+SCRIPT = '''"""Repro written by `python -m harness verify`: {target} ({contract}) on a case where {failed} failed.
+
+Case: {case}
+Run: python {script_name}   (exit status 1 while the mismatch is there)
+"""
+import importlib
+import importlib.util
+import pathlib
+import sys
+
+import torch
+
+TARGET = {target!r}
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def load(target):
+    module_name, _, function_name = target.rpartition(":")
+    if module_name.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(pathlib.Path(module_name).stem, module_name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        sys.path.insert(0, str(pathlib.Path.cwd()))
+        module = importlib.import_module(module_name)
+    return getattr(module, function_name)
+
+
+case = torch.load(HERE / {data_name!r})
+device = sys.argv[1] if len(sys.argv) > 1 else {device!r}
+inputs = {{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in case["inputs"].items()}}
+function = load(TARGET)
+got = function(**inputs) if case["contract"] == "dequantizer" else function(*inputs.values())
+if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(case["expected"].shape):
+    print(f"MISMATCH: expected a tensor of shape {{list(case['expected'].shape)}}, got {{type(got).__name__}} "
+          f"{{list(getattr(got, 'shape', []))}}")
+    sys.exit(1)
+error = (got.double().cpu() - case["expected"]).abs()
+bad = ~(error <= case["allowed"])  # NaN counts as bad
+print(f"{{int(bad.sum())}} of {{bad.numel()}} elements outside the allowed error")
+if bad.any():
+    worst = torch.nan_to_num(error - case["allowed"], nan=float("inf")).flatten().argmax()
+    index = tuple(int(i) for i in torch.unravel_index(worst, error.shape))
+    print(f"worst element {{index}}: expected {{case['expected'][index].item()!r}}, got {{got.cpu()[index].item()!r}}, "
+          f"allowed error {{case['allowed'][index].item():.3g}}")
+    sys.exit(1)
+print("no mismatch: the candidate now passes this case")
+'''
+
+
+def _allowed_abs(case, got):
+    """float64 absolute error allowed per element, the envelope of harness.tolerance's rule."""
+    if isinstance(case, DequantCase):
+        w = case.weights
+        report = dequant_error(got, w.packed, w.scales, w.zero_points, w.group_size, case.output_dtype)
+        return report.expected, report.allowed * spacing(report.expected, case.output_dtype)
+    report = linear_error(got, case)
+    return report.expected, report.allowed + 0.5 * spacing(np.abs(report.expected) + report.allowed, case.x_dtype)
+
+
+def write_repro(folder, label, contract, target, case, got, failed, case_words, device):
+    """Write repro_<name>.py and .pt into `folder`; return the script's path."""
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", label.rpartition(":")[2] or label)[:60] or "candidate"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    script, data = folder / f"repro_{name}.py", folder / f"repro_{name}.pt"
+    if got is not None:
+        expected, allowed = _allowed_abs(case, np.asarray(got, np.float64))
+    else:  # the candidate raised or returned no tensor: keep the reference values for the shape check
+        expected, allowed = _allowed_abs(case, np.zeros(case.weights.shape if isinstance(case, DequantCase)
+                                                        else (case.x.shape[0], case.weights.shape[0])))
+    inputs = case.torch_kwargs("cpu") if isinstance(case, DequantCase) else dict(
+        zip(["x", "packed_weights", "scales", "zero_points", "group_size", "lora_a", "lora_b", "lora_indices",
+             "scaling", "bias"], case.torch_args("cpu")))
+    torch.save(dict(contract=contract, inputs=inputs, expected=torch.from_numpy(np.asarray(expected, np.float64)),
+                    allowed=torch.from_numpy(np.asarray(allowed, np.float64))), data)
+    script.write_text(SCRIPT.format(target=target, contract=contract, failed=", ".join(failed) or "a call",
+                                    case=case_words, script_name=script.name, data_name=data.name, device=device))
+    return script

@@ -1,0 +1,31 @@
+"""Misbehaving candidates for the verify CLI tests (each is a TARGET: tests/candidates.py:NAME)."""
+import ctypes
+import time
+
+import torch
+
+from harness.planted import correct_dequantize_fp32_math
+
+
+def returns_list(packed_weights, scales, zero_points=None, group_size=None, output_dtype=torch.float16):
+    return correct_dequantize_fp32_math(packed_weights, scales, zero_points, group_size, output_dtype).tolist()
+
+
+def wrong_shape(packed_weights, scales, zero_points=None, group_size=None, output_dtype=torch.float16):
+    return correct_dequantize_fp32_math(packed_weights, scales, zero_points, group_size, output_dtype).T
+
+
+def raises(packed_weights, scales, zero_points=None, group_size=None, output_dtype=torch.float16):
+    raise RuntimeError("kernel launch failed: too many resources requested")
+
+
+def sleeps_forever(packed_weights, scales, zero_points=None, group_size=None, output_dtype=torch.float16):
+    time.sleep(10_000)
+
+
+def segfaults(packed_weights, scales, zero_points=None, group_size=None, output_dtype=torch.float16):
+    ctypes.string_at(0)
+
+
+def takes_two_arguments(packed_weights, scales):
+    return None
