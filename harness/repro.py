@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.cases import DequantCase
+from harness.cases import TORCH_DTYPES, DequantCase
 from harness.tolerance import dequant_error, linear_error
 from reference.rounding import spacing
 
@@ -46,9 +46,9 @@ device = sys.argv[1] if len(sys.argv) > 1 else {device!r}
 inputs = {{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in case["inputs"].items()}}
 function = load(TARGET)
 got = function(**inputs) if case["contract"] == "dequantizer" else function(*inputs.values())
-if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(case["expected"].shape):
-    print(f"MISMATCH: expected a tensor of shape {{list(case['expected'].shape)}}, got {{type(got).__name__}} "
-          f"{{list(getattr(got, 'shape', []))}}")
+if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(case["expected"].shape) or got.dtype != case["dtype"]:
+    print(f"MISMATCH: expected a {{case['dtype']}} tensor of shape {{list(case['expected'].shape)}}, got "
+          f"{{type(got).__name__}} {{getattr(got, 'dtype', '')}} {{list(getattr(got, 'shape', []))}}")
     sys.exit(1)
 error = (got.double().cpu() - case["expected"]).abs()
 bad = ~(error <= case["allowed"])  # NaN counts as bad
@@ -87,7 +87,8 @@ def write_repro(folder, label, contract, target, case, got, failed, case_words, 
     inputs = case.torch_kwargs("cpu") if isinstance(case, DequantCase) else dict(
         zip(["x", "packed_weights", "scales", "zero_points", "group_size", "lora_a", "lora_b", "lora_indices",
              "scaling", "bias"], case.torch_args("cpu")))
-    torch.save(dict(contract=contract, inputs=inputs, expected=torch.from_numpy(np.asarray(expected, np.float64)),
+    dtype = TORCH_DTYPES[case.output_dtype if isinstance(case, DequantCase) else case.x_dtype]
+    torch.save(dict(contract=contract, inputs=inputs, dtype=dtype, expected=torch.from_numpy(np.asarray(expected, np.float64)),
                     allowed=torch.from_numpy(np.asarray(allowed, np.float64))), data)
     script.write_text(SCRIPT.format(target=target, contract=contract, failed=", ".join(failed) or "a call",
                                     case=case_words, script_name=script.name, data_name=data.name, device=device))

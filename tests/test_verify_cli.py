@@ -9,7 +9,7 @@ import pytest
 from harness.planted import CORRECT_DEQUANTIZERS, CORRECT_LINEARS, DEQUANTIZER_BUGS, LINEAR_BUGS
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--no-large-tier", "--examples", "100", "--timeout", "20"]
+FAST = ["--no-large-tier", "--examples", "40", "--timeout", "20"]
 
 
 def verify(tmp_path, *args):

@@ -1,0 +1,703 @@
+"""python -m harness report: one self-contained HTML page from what `verify` and the benchmarks wrote.
+
+    python -m harness report                         # reports/verify.json + reports/bench/*.parquet -> reports/index.html
+    python -m harness report --compare RUN_A RUN_B   # the two benchmark runs section 6 compares
+
+The page is harness/templates/report.html.j2 filled with plain tables (made here by small
+functions, one DataFrame each) and charts. Charts are matplotlib figures rendered to inline
+SVG: no JavaScript and no network, so the one file opens offline; vectors print sharply;
+and matplotlib is the only plotting dependency. Figures are made with matplotlib.figure.Figure,
+never pyplot, so no GUI backend and no global figure state is involved (headless, like Agg).
+
+A missing or unreadable input (no verify.json yet, no benchmark runs, a corrupt parquet or
+JSON file) becomes a line in the page naming it, never a traceback.
+"""
+import io
+import json
+import math
+import os
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import jinja2
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from harness import perf_store
+from harness.cases import DequantCase, make_linear_case, make_weights
+from harness.shapes import LAYER_SHAPES
+from harness.strategies import DTYPES, GRANULARITIES
+from harness.tolerance import dequant_error, linear_error
+
+TEMPLATES = Path(__file__).parent / "templates"
+REGRESSION_THRESHOLD = 0.10  # a case 10 % slower than in the older run is a regression
+BASELINE = "dense"  # the backend speedups are measured against: weights dequantized ahead of time
+
+# The values at which "vs M" charts hold the other axes (when the run has them; else its most common value).
+HEADLINE = dict(group_size=128, dtype="fp16", cache_mode="warm", rank=16, num_loras=4, popularity="uniform")
+LORA_AXES = ("rank", "num_loras", "popularity")  # only gemm_lora rows vary these
+
+# Section 5. Packed layout of SPEC §1-2 with group size 128 and fp16 scales, no zero points.
+MEMORY_GROUP_SIZE = 128
+SCALE_BYTES = 2
+# Every linear layer of a decoder block, (out_features, in_features), from each model's config.json:
+# Llama 3: 8 KV heads of 128 (k, v: 1024 out); Falcon-7B: fused QKV of 71 + 2 heads of 64.
+# Embeddings and the LM head are left out (they are not INT4 + LoRA layers).
+MODELS = {
+    "Llama-3-8B": (32, {"q_proj": (4096, 4096), "k_proj": (1024, 4096), "v_proj": (1024, 4096),
+                        "o_proj": (4096, 4096), "gate_proj": (14336, 4096), "up_proj": (14336, 4096),
+                        "down_proj": (4096, 14336)}),
+    "Llama-3-70B": (80, {"q_proj": (8192, 8192), "k_proj": (1024, 8192), "v_proj": (1024, 8192),
+                         "o_proj": (8192, 8192), "gate_proj": (28672, 8192), "up_proj": (28672, 8192),
+                         "down_proj": (8192, 28672)}),
+    "Falcon-7B": (32, {"query_key_value": (4672, 4544), "dense": (4544, 4544), "dense_h_to_4h": (18176, 4544),
+                       "dense_4h_to_h": (4544, 18176)}),
+}
+
+# Section 3: one seeded case per backend, contract, dtype and granularity. K = 1024 is where
+# the accumulation order starts to show; fp32 scales with fractional zero points make every
+# dequantized value round, in every output dtype.
+ERROR_DEQUANT_SHAPE = (128, 512)  # out, in
+ERROR_LINEAR_SHAPE = (64, 256, 1024)  # M, out, in
+ERROR_RANK, ERROR_LORAS = 16, 4
+
+
+# --- inputs ----------------------------------------------------------------------------------------
+
+def load_verify(path):
+    """(verdict dict | None, problems): reports/verify.json as `python -m harness verify` wrote it."""
+    path = Path(path)
+    if not path.is_file():
+        return None, [f"no verification results: {path} does not exist (run `python -m harness verify`)"]
+    try:
+        verify = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return None, [f"{path} is not readable JSON ({type(error).__name__}: {error}): skipped"]
+    if not isinstance(verify, dict) or not isinstance(verify.get("results"), list):
+        return None, [f"{path} has no 'results' list: skipped"]
+    results = [r for r in verify["results"] if isinstance(r, dict)]
+    problems = [f"{path}: {len(verify['results']) - len(results)} result(s) that are not objects skipped"] \
+        if len(results) < len(verify["results"]) else []
+    return dict(verify, results=results), problems
+
+
+def load_bench(folder):
+    """(every run in `folder` as one DataFrame of perf_store.SCHEMA, problems naming each skipped file)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return perf_store.SCHEMA.empty_table().to_pandas(), [
+            f"no benchmark runs: {folder} does not exist (run `tox -e bench`)"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # load_runs warns about skipped files; the page names them instead
+        df = perf_store.load_runs(folder)
+    problems = [f"skipped {skipped}" for skipped in df.attrs.get("skipped_files", [])]
+    if df.empty:
+        problems.append(f"no benchmark rows in {folder}/*.parquet (run `tox -e bench`)")
+    return df, problems
+
+
+def git_commit(folder=Path(__file__).parent):
+    """'abc1234' (+ ' (uncommitted changes)') of the checkout holding this code; 'unknown' outside git."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        commit, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" (uncommitted changes)" if dirty else "")
+
+
+# --- section 1 and 2: verification ------------------------------------------------------------------
+
+def verdicts(verify, backends=()):
+    """One row per verified candidate and contract: candidate, kind, contract, passed, cases, seconds, domain.
+
+    backends: the project's backend names (kernels.registry.BACKENDS); other candidates are
+    third-party implementations given to `verify --linear/--dequantizer`.
+    """
+    rows = [dict(candidate=str(r.get("candidate", "?")), contract=r.get("contract", "?"),
+                 kind="backend" if r.get("candidate") in backends else "third-party", passed=bool(r.get("passed")),
+                 fuzzed_cases=r.get("fuzzed_cases", 0), large_tier=len(r.get("large_tier") or []),
+                 seconds=r.get("seconds"), domain=", ".join(r.get("domain") or ["?"]))
+            for r in (verify or {}).get("results", [])]
+    return pd.DataFrame(rows, columns=["candidate", "kind", "contract", "passed", "fuzzed_cases", "large_tier",
+                                       "seconds", "domain"])
+
+
+def overall_verdicts(table, backends=()):
+    """One row per candidate: PASS if every contract it was verified on passed; backends never run: NOT RUN."""
+    rows = [dict(candidate=name, kind=group["kind"].iloc[0], verdict="PASS" if group["passed"].all() else "FAIL",
+                 contracts=", ".join(f"{c}: {'PASS' if p else 'FAIL'}" for c, p in zip(group["contract"],
+                                                                                   group["passed"])))
+            for name, group in table.groupby("candidate", sort=False)]
+    rows += [dict(candidate=name, kind="backend", verdict="NOT RUN", contracts="not in verify.json")
+             for name in backends if name not in set(table["candidate"])]
+    return pd.DataFrame(rows, columns=["candidate", "kind", "verdict", "contracts"])
+
+
+def repro_link(repro, reports_dir, page_dir):
+    """(href relative to the page | None, text) for a result's `repro` path (as verify wrote it)."""
+    if not repro:
+        return None, None
+    path = Path(repro)
+    for candidate in (path, Path(reports_dir) / path.name):
+        if candidate.is_file():
+            return Path(os.path.relpath(candidate.resolve(), Path(page_dir).resolve())).as_posix(), str(repro)
+    return None, f"{repro} (file not found)"
+
+
+def verification_blocks(verify, reports_dir, page_dir):
+    """Per result: its verdict, property lines, large tier, failure and repro link, ready for the template."""
+    blocks = []
+    for r in (verify or {}).get("results", []):
+        href, text = repro_link(r.get("repro"), reports_dir, page_dir)
+        failure = r.get("failure") or None
+        blocks.append(dict(candidate=r.get("candidate", "?"), contract=r.get("contract", "?"),
+                           passed=bool(r.get("passed")), device=r.get("device", "?"),
+                           domain=", ".join(r.get("domain") or ["?"]), seed=r.get("seed"),
+                           fuzzed_cases=r.get("fuzzed_cases", 0), seconds=r.get("seconds"),
+                           properties=r.get("properties") or [], large_tier=r.get("large_tier") or [],
+                           failure=failure, case_json=json.dumps(failure.get("case"), indent=1) if failure else "",
+                           batch_invariance=r.get("batch_invariance"), repro_href=href, repro_text=text))
+    return blocks
+
+
+# --- section 3: numerical error ---------------------------------------------------------------------
+
+def _dequant_samples(backend, dtype, granularity, device, seed):
+    w = make_weights(np.random.default_rng(seed), *ERROR_DEQUANT_SHAPE, group_size=128, scale_granularity=granularity,
+                     zero_granularity=granularity, zero_kind="float", scales_dtype="fp32")
+    out = backend.dequantize(**DequantCase(w, dtype).torch_kwargs(device))  # [out, in]
+    got = out.float().cpu().numpy().astype(np.float64)
+    return dequant_error(got, w.packed, w.scales, w.zero_points, w.group_size, dtype)
+
+
+def _linear_samples(backend, dtype, granularity, device, seed):
+    m, out_features, in_features = ERROR_LINEAR_SHAPE
+    case = make_linear_case(seed, out_features, in_features, m, dtype, rank=ERROR_RANK, num_loras=ERROR_LORAS,
+                            group_size=128, scale_granularity=granularity, zero_granularity=granularity)
+    got = backend.linear(*case.torch_args(device)).float().cpu().numpy().astype(np.float64)  # [M, out]
+    return linear_error(got, case)
+
+
+def error_samples(backends=None, device="cpu", dtypes=DTYPES, granularities=GRANULARITIES, seed=0):
+    """(tidy DataFrame, problems): one row per output element of seeded cases run through `backends`.
+
+    Columns: backend, contract ('dequantizer' | 'linear'), dtype, granularity (of scales and
+    zero points), ulps and ratio (harness.tolerance's per-element numbers: distance from the
+    correctly rounded value in ulps, and error / allowed). backends: {name: kernels.registry.Backend},
+    default every backend available on `device`. A backend that raises is named in `problems`.
+    """
+    if backends is None:
+        from kernels.registry import available
+        backends = available(device)
+    frames, problems = [], []
+    for name, backend in backends.items():
+        for contract, sample in (("dequantizer", _dequant_samples), ("linear", _linear_samples)):
+            for dtype in dtypes:
+                for granularity in granularities:
+                    try:
+                        report = sample(backend, dtype, granularity, device, seed)
+                    except Exception as error:  # the page says which case could not be sampled, and why
+                        problems.append(f"error samples: {name} {contract} {dtype} {granularity} raised "
+                                        f"{type(error).__name__}: {error}")
+                        continue
+                    frames.append(pd.DataFrame(dict(backend=name, contract=contract, dtype=dtype,
+                                                    granularity=granularity, ulps=report.ulps.ravel(),
+                                                    ratio=report.ratio.ravel())))
+    columns = ["backend", "contract", "dtype", "granularity", "ulps", "ratio"]
+    samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    for column in columns[:4]:
+        samples[column] = samples[column].astype("category")
+    return samples, problems
+
+
+def error_summary(samples):
+    """Per backend, contract, dtype and granularity: elements, max ulps, max and median ratio, share at 0."""
+    keys = ["backend", "contract", "dtype", "granularity"]
+    summary = samples.groupby(keys, observed=True, sort=False).agg(
+        elements=("ratio", "size"), max_ulps=("ulps", "max"), max_ratio=("ratio", "max"),
+        median_ratio=("ratio", "median"), share_zero=("ratio", lambda r: float((r == 0).mean())))
+    return summary.reset_index()
+
+
+# --- section 4 and 6: performance -------------------------------------------------------------------
+
+def run_table(bench):
+    """One row per benchmark run, newest first: run_id, started, device_name, grid, git_commit, rows, backends."""
+    if bench.empty:
+        return pd.DataFrame(columns=["run_id", "started", "device_name", "grid", "git_commit", "rows", "backends"])
+    runs = bench.groupby("run_id", sort=False).agg(
+        started=("timestamp", "min"), device_name=("device_name", "first"), grid=("grid", "first"),
+        git_commit=("git_commit", "first"), rows=("run_id", "size"),
+        backends=("backend", lambda b: ", ".join(sorted(b.unique()))))
+    return runs.reset_index().sort_values(["started", "run_id"], ascending=False, ignore_index=True)
+
+
+def latest_run(bench, run=None):
+    """`run` if given (ValueError if it is not in `bench`), else the run that started last; None without runs."""
+    runs = run_table(bench)
+    if run is not None:
+        if run not in set(runs["run_id"]):
+            raise ValueError(f"run {run!r} is not among the benchmark runs: {', '.join(runs['run_id'])}")
+        return run
+    return None if runs.empty else runs["run_id"].iloc[0]
+
+
+def _matches(series, value):
+    return series.isna() if pd.isna(value) else series == value
+
+
+def headline(rows):
+    """(rows at one value per non-M axis, the values chosen): HEADLINE's where present, else the most common.
+
+    The adapter axes (rank, num_loras, popularity) only filter gemm_lora rows.
+    """
+    keep, chosen = pd.Series(True, index=rows.index), {}
+    lora = rows["operation"] == "gemm_lora"
+    for axis, preferred in HEADLINE.items():
+        pool = rows.loc[lora, axis] if axis in LORA_AXES else rows[axis]
+        if pool.empty:
+            continue
+        value = preferred if (pool == preferred).any() else pool.mode(dropna=False).iloc[0]
+        chosen[axis] = value
+        match = _matches(rows[axis], value)
+        keep &= (match | ~lora) if axis in LORA_AXES else match
+    return rows[keep], chosen
+
+
+def _join_keys(rows, drop):
+    return [c for c in perf_store.CASE_COLUMNS if c not in drop and c in rows.columns]
+
+
+def speedup_vs_dense(rows):
+    """Rows of one run merged with the dense baseline's same case: speedup = dense median_s / median_s."""
+    keys = _join_keys(rows, ["backend"])
+    base = rows.loc[rows["backend"] == BASELINE, [*keys, "median_s"]].rename(columns={"median_s": "dense_s"})
+    merged = rows[rows["backend"] != BASELINE].merge(base, on=keys)
+    merged["speedup"] = merged["dense_s"] / merged["median_s"]
+    return merged
+
+
+def lora_overhead(rows):
+    """gemm_lora rows merged with the same backend's gemm on the same layer and M: overhead = lora_s / gemm_s - 1."""
+    keys = _join_keys(rows, ["operation", *LORA_AXES])
+    gemm = rows.loc[rows["operation"] == "gemm", [*keys, "median_s"]].rename(columns={"median_s": "gemm_s"})
+    merged = rows[rows["operation"] == "gemm_lora"].merge(gemm, on=keys)
+    merged["overhead"] = merged["median_s"] / merged["gemm_s"] - 1.0
+    return merged
+
+
+def pick_runs(bench, run_a=None, run_b=None):
+    """(older run, newer run) to compare: the given pair, else the newest two runs that share a device.
+
+    None when there is no such pair; ValueError when a given run is not in `bench`.
+    """
+    runs = run_table(bench)  # newest first
+    if run_a is not None or run_b is not None:
+        for run in (run_a, run_b):
+            if run not in set(runs["run_id"]):
+                raise ValueError(f"run {run!r} is not among the benchmark runs: {', '.join(runs['run_id'])}")
+        return run_a, run_b
+    for i, newer in runs.iterrows():
+        older = runs.loc[i + 1:][runs.loc[i + 1:, "device_name"] == newer["device_name"]]
+        if not older.empty:
+            return older["run_id"].iloc[0], newer["run_id"]
+    return None
+
+
+def comparison(bench, run_a, run_b, threshold=REGRESSION_THRESHOLD):
+    """perf_store.compare(run_a -> run_b) plus time_ratio = b / a and a verdict: regression, faster or same."""
+    compared = perf_store.compare(bench, run_a, run_b)
+    compared["time_ratio"] = compared["median_s_b"] / compared["median_s_a"]
+    compared["verdict"] = np.select([compared["time_ratio"] > 1 + threshold, compared["time_ratio"] < 1 / (1 + threshold)],
+                                    ["regression", "faster"], "same")
+    return compared.sort_values("time_ratio", ascending=False, ignore_index=True)
+
+
+def case_label(row):
+    """One line naming a benchmark case, e.g. 'torch gemm_lora llama3-8b.k_proj M=16 g128 r16x4 uniform fp16'."""
+    parts = [row["backend"], row["operation"], row["layer"]]
+    if pd.notna(row["m"]):
+        parts.append(f"M={int(row['m'])}")
+    parts.append(f"g{int(row['group_size'])}" if pd.notna(row["group_size"]) else "per-channel")
+    if row["operation"] == "gemm_lora":
+        parts += [f"r{int(row['rank'])}x{int(row['num_loras'])}", row["popularity"]]
+    parts += [row["dtype"], row["cache_mode"]]
+    return " ".join(str(p) for p in parts)
+
+
+# --- section 5: memory ------------------------------------------------------------------------------
+
+def layer_bytes(out_features, in_features, group_size=MEMORY_GROUP_SIZE):
+    """(packed, fp16) bytes of one layer: nibbles + one fp16 scale per group; the dense fp16 weight."""
+    groups = -(-in_features // group_size)  # the last group may be ragged
+    return out_features * in_features // 2 + out_features * groups * SCALE_BYTES, out_features * in_features * 2
+
+
+def memory_per_layer(shapes=LAYER_SHAPES):
+    """One row per layer shape: out, in, packed_bytes, fp16_bytes, ratio = fp16 / packed."""
+    rows = [dict(layer=name, out_features=o, in_features=i, **dict(zip(("packed_bytes", "fp16_bytes"),
+                                                                       layer_bytes(o, i))))
+            for name, (o, i) in shapes.items()]
+    table = pd.DataFrame(rows)
+    table["ratio"] = table["fp16_bytes"] / table["packed_bytes"]
+    return table
+
+
+def memory_per_model(models=MODELS):
+    """Per model: packed and fp16 bytes of every linear layer, and what materializing costs on top.
+
+    materialized_cached: an fp16 copy of every layer kept (the seed caches by id(module));
+    materialized_transient: the largest layer's fp16 copy, made and freed one layer at a time.
+    """
+    rows = []
+    for model, (blocks, projections) in models.items():
+        sizes = [layer_bytes(o, i) for o, i in projections.values()]
+        packed, fp16 = (blocks * sum(s[k] for s in sizes) for k in (0, 1))
+        rows.append(dict(model=model, blocks=blocks, projections=", ".join(projections), packed_bytes=packed,
+                         fp16_bytes=fp16, materialized_cached=packed + fp16,
+                         materialized_transient=packed + max(s[1] for s in sizes)))
+    return pd.DataFrame(rows)
+
+
+# --- charts -----------------------------------------------------------------------------------------
+
+def svg(fig):
+    """A matplotlib Figure as an inline <svg> element (text kept as text: smaller, searchable, crisp in print)."""
+    buffer = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _figure(panels, ncols=3, width=3.6, height=2.7):
+    """(Figure, flat list of `panels` axes) in a grid of `ncols` columns; unused axes hidden."""
+    ncols = max(1, min(ncols, panels))
+    nrows = math.ceil(panels / ncols)
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    return fig, list(axes[:panels])
+
+
+OPERATION_STYLE = {"gemm_lora": "-", "gemm": "--", "dequantize": ":"}
+
+
+def small_multiples(rows, y, ylabel, log_y=True, reference=None):
+    """One panel per layer, `y` against M, one line per backend (gemm_lora solid, gemm dashed)."""
+    rows = rows[rows["m"].notna()]
+    layers = sorted(rows["layer"].unique())
+    backends = sorted(rows["backend"].unique())
+    colors = {b: f"C{i}" for i, b in enumerate(backends)}
+    fig, axes = _figure(len(layers))
+    for ax, layer in zip(axes, layers):
+        for (backend, operation), line in rows[rows["layer"] == layer].groupby(["backend", "operation"]):
+            line = line.sort_values("m")
+            ax.plot(line["m"], line[y], OPERATION_STYLE.get(operation, "-."), marker="o", markersize=3,
+                    color=colors[backend], label=f"{backend} {operation}")
+        if reference is not None:
+            ax.axhline(reference, color="0.4", linewidth=0.8)
+        ax.set_xscale("log", base=2)
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_title(layer, fontsize=9)
+        ax.set_xlabel("M (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="major", alpha=0.3)
+    handles, labels = {}, {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(4, len(handles)),
+               fontsize=8, frameon=False)
+    return svg(fig)
+
+
+def roofline_chart(rows):
+    """Achieved TFLOP/s against FLOP per byte moved, under the device's bandwidth and compute ceilings."""
+    rows = rows[(rows["bytes_moved"] > 0) & (rows["flops"] > 0) & np.isfinite(rows["achieved_tflops"])]
+    intensity = rows["flops"] / rows["bytes_moved"]
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    markers = {"gemm_lora": "o", "gemm": "s", "dequantize": "^"}
+    for i, (backend, group) in enumerate(rows.groupby("backend")):
+        for operation, points in group.groupby("operation"):
+            ax.scatter(intensity[points.index], points["achieved_tflops"], s=18, color=f"C{i}",
+                       marker=markers.get(operation, "x"), label=f"{backend} {operation}", alpha=0.8)
+    peak_gbps, peak_tflops = rows["peak_gbps"].max(), rows["peak_tflops"].max()
+    x = np.logspace(np.log10(intensity.min() / 2), np.log10(intensity.max() * 2), 200)
+    if np.isfinite(peak_gbps):
+        roof = peak_gbps * x / 1e3  # GB/s * FLOP/B = GFLOP/s
+        if np.isfinite(peak_tflops):
+            roof = np.minimum(roof, peak_tflops)
+        ax.plot(x, roof, color="k", linewidth=1.2, label=f"ceiling: {peak_gbps:.0f} GB/s"
+                + (f", {peak_tflops:.0f} TFLOP/s" if np.isfinite(peak_tflops) else " (no compute peak)"))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP per byte moved)")
+    ax.set_ylabel("achieved TFLOP/s")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", frameon=False)
+    return svg(fig)
+
+
+ULP_BINS = ["0", "1", "2", "3+", "NaN"]
+
+
+def ulps_chart(samples):
+    """Dequantizer: share of elements at 0, 1, 2, 3+ ulps from the correctly rounded value, per dtype and granularity."""
+    panels = samples[["backend", "dtype"]].drop_duplicates().values.tolist()
+    fig, axes = _figure(len(panels), width=3.4, height=2.6)
+    granularities = list(samples["granularity"].cat.categories)
+    width = 0.8 / max(1, len(granularities))
+    for ax, (backend, dtype) in zip(axes, panels):
+        for j, granularity in enumerate(granularities):
+            ulps = samples.loc[(samples["backend"] == backend) & (samples["dtype"] == dtype)
+                               & (samples["granularity"] == granularity), "ulps"].to_numpy()
+            if ulps.size == 0:
+                continue
+            counts = [np.sum(ulps == 0), np.sum(ulps == 1), np.sum(ulps == 2),
+                      np.sum(np.isfinite(ulps) & (ulps >= 3)), np.sum(~np.isfinite(ulps))]
+            ax.bar(np.arange(len(ULP_BINS)) + (j - (len(granularities) - 1) / 2) * width,
+                   np.array(counts) / ulps.size, width, color=f"C{j}", label=granularity)
+        ax.axvline(1.5, color="C3", linewidth=1, linestyle="--")
+        ax.text(1.55, 0.5, "allowed: 1 ulp", color="C3", fontsize=7, transform=ax.get_xaxis_transform())
+        ax.set_xticks(range(len(ULP_BINS)), ULP_BINS)
+        ax.set_yscale("log")
+        ax.set_ylim(1e-6, 2)
+        ax.set_title(f"{backend} dequantizer, {dtype}", fontsize=9)
+        ax.set_xlabel("ulps from RN(exact)")
+        ax.set_ylabel("share of elements")
+    axes[0].legend(fontsize=7, frameon=False)
+    return svg(fig)
+
+
+RATIO_EDGES = np.arange(-8.0, 1.01, 0.25)  # log10(error / allowed); 0 is the bound
+
+
+def ratio_chart(samples):
+    """Linear: histogram of error / allowed (log scale), per dtype, one step line per granularity; bound at 1."""
+    panels = samples[["backend", "dtype"]].drop_duplicates().values.tolist()
+    fig, axes = _figure(len(panels), width=3.4, height=2.6)
+    for ax, (backend, dtype) in zip(axes, panels):
+        notes = []
+        for j, granularity in enumerate(samples["granularity"].cat.categories):
+            ratio = samples.loc[(samples["backend"] == backend) & (samples["dtype"] == dtype)
+                                & (samples["granularity"] == granularity), "ratio"].to_numpy()
+            if ratio.size == 0:
+                continue
+            nonzero = ratio[ratio > 0]
+            logs = np.clip(np.log10(nonzero), RATIO_EDGES[0], RATIO_EDGES[-1])
+            counts, _ = np.histogram(logs, RATIO_EDGES)
+            ax.stairs(counts / ratio.size, 10 ** RATIO_EDGES, color=f"C{j}", label=granularity)
+            notes.append(f"{granularity}: {100 * (ratio == 0).mean():.1f}% exact*")
+        ax.axvline(1.0, color="C3", linewidth=1, linestyle="--")
+        ax.text(0.97, 0.97, "\n".join(notes), fontsize=6, ha="right", va="top", transform=ax.transAxes)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylim(1e-5, 2)
+        ax.set_title(f"{backend} linear, {dtype}", fontsize=9)
+        ax.set_xlabel("error / allowed (bound at 1)")
+        ax.set_ylabel("share of elements")
+    axes[0].legend(fontsize=7, frameon=False, loc="upper left")
+    return svg(fig)
+
+
+def memory_chart(per_layer):
+    """Horizontal bars: packed vs materialized fp16 MiB per layer shape."""
+    fig = Figure(figsize=(7.5, 0.45 * len(per_layer) + 1.0), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(per_layer))
+    ax.barh(y + 0.2, per_layer["fp16_bytes"] / 2**20, 0.4, color="C3", label="materialized fp16")
+    ax.barh(y - 0.2, per_layer["packed_bytes"] / 2**20, 0.4, color="C0", label="packed INT4 + fp16 scales (g128)")
+    ax.set_yticks(y, per_layer["layer"])
+    ax.invert_yaxis()
+    ax.set_xlabel("MiB per layer")
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.grid(True, axis="x", alpha=0.3)
+    return svg(fig)
+
+
+# --- the page ---------------------------------------------------------------------------------------
+
+def fmt_seconds(s):
+    if s is None or not np.isfinite(s):
+        return "–"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if abs(s) >= scale:
+            return f"{s / scale:.3g} {unit}"
+    return f"{s / 1e-9:.3g} ns"
+
+
+def fmt_bytes(n):
+    if n is None or not np.isfinite(n):
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.4g} {unit}"
+        n /= 1024
+    return f"{n:.4g} TiB"
+
+
+def fmt_num(x, digits=3):
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "–" if x is None or np.isnan(x) else str(x)
+    return f"{x:.{digits}g}"
+
+
+def _records(df, limit=None):
+    return df.head(limit).to_dict("records") if limit else df.to_dict("records")
+
+
+def performance(bench, run=None):
+    """The template's section 4: the run shown, its headline axes, charts and tables; notes for what is missing."""
+    run = latest_run(bench, run)
+    if run is None:
+        return None
+    rows = bench[bench["run_id"] == run].copy()
+    rows["case"] = rows.apply(case_label, axis=1)
+    timed = rows[rows["operation"].isin(["gemm", "gemm_lora"])]
+    top, chosen = headline(timed)
+    speedups, overheads = speedup_vs_dense(rows), lora_overhead(rows)
+    top_speedups, _ = headline(speedups) if not speedups.empty else (speedups, {})
+    top_overheads, _ = headline(overheads) if not overheads.empty else (overheads, {})
+    dequant = rows[rows["operation"] == "dequantize"].sort_values(["layer", "backend"])
+    return dict(
+        run=run, device=rows["device_name"].iloc[0], peak_source=rows["peak_source"].iloc[0],
+        commit=rows["git_commit"].iloc[0], rows=len(rows), chosen=chosen,
+        latency_svg=small_multiples(top, "median_s", "median latency (s)") if not top.empty else None,
+        speedup_svg=small_multiples(top_speedups, "speedup", f"speedup over {BASELINE}", reference=1.0)
+        if not top_speedups.empty else None,
+        overhead_svg=small_multiples(top_overheads.assign(overhead_pct=100 * top_overheads["overhead"]),
+                                     "overhead_pct", "LoRA overhead (%)", log_y=False, reference=0.0)
+        if not top_overheads.empty else None,
+        roofline_svg=roofline_chart(rows) if np.isfinite(rows["achieved_tflops"]).any() else None,
+        speedups=_records(speedups.sort_values(["layer", "operation", "m", "backend"])),
+        overheads=_records(overheads.sort_values(["layer", "m", "backend", "rank", "num_loras"])),
+        dequant=_records(dequant), all_rows=_records(rows.sort_values(["layer", "operation", "m", "backend"])))
+
+
+def compare_section(bench, run_a=None, run_b=None, threshold=REGRESSION_THRESHOLD):
+    """The template's section 6: (context dict | None, problems)."""
+    try:
+        pair = pick_runs(bench, run_a, run_b)
+    except ValueError as error:
+        return None, [f"comparison: {error}"]
+    if pair is None:
+        return None, ["comparison: needs two benchmark runs on the same device; "
+                      f"found {bench['run_id'].nunique()} run(s)"]
+    try:
+        compared = comparison(bench, *pair, threshold)
+    except ValueError as error:  # perf_store.compare refuses duplicated cases: say so
+        return None, [f"comparison of {pair[0]} and {pair[1]}: {error}"]
+    compared["case"] = compared.apply(case_label, axis=1)
+    counts = compared["verdict"].value_counts()
+    only = {run: int((bench["run_id"] == run).sum()) - len(compared) for run in pair}
+    return dict(run_a=pair[0], run_b=pair[1], threshold=threshold, cases=len(compared),
+                regressions=int(counts.get("regression", 0)), faster=int(counts.get("faster", 0)),
+                geomean=float(np.exp(np.log(compared["time_ratio"]).mean())) if len(compared) else math.nan,
+                only=only, rows=_records(compared)), []
+
+
+def summary_lines(verify, bench, samples_info):
+    """What was run, one line each."""
+    lines = []
+    if verify:
+        lines.append(f"verify: {len(verify['results'])} result(s) on {verify.get('device', '?')}, profile "
+                     f"{verify.get('profile', '?')} ({verify.get('examples', '?')} fuzzed cases per contract), "
+                     f"seed {verify.get('seed', '?')}, torch {verify.get('torch', '?')}, "
+                     f"written {verify.get('generated', '?')}")
+    if not bench.empty:
+        lines.append(f"benchmarks: {bench['run_id'].nunique()} run(s), {len(bench)} rows, on "
+                     f"{', '.join(sorted(bench['device_name'].dropna().unique()))}")
+    if samples_info:
+        lines.append(samples_info)
+    return lines
+
+
+def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=None, threshold=REGRESSION_THRESHOLD,
+                 errors=True, device="cpu"):
+    """Write the page and return its path (default reports_dir/index.html).
+
+    reports_dir: holds verify.json and bench/*.parquet; run: the benchmark run section 4 shows
+    (default the latest); run_a, run_b: the runs section 6 compares (default the latest two on
+    one device); threshold: a time ratio above 1 + threshold is a regression; errors: run the
+    backends on `device` for section 3 (a few seconds).
+    """
+    from kernels.registry import BACKENDS
+    reports_dir = Path(reports_dir)
+    out = Path(out) if out else reports_dir / "index.html"
+    verify, problems = load_verify(reports_dir / "verify.json")
+    bench, bench_problems = load_bench(reports_dir / "bench")
+    problems += bench_problems
+    table = verdicts(verify, BACKENDS)
+
+    samples, samples_info, error_context = None, None, None
+    if errors:
+        start = time.perf_counter()
+        samples, sample_problems = error_samples(device=device)
+        problems += sample_problems
+        if samples.empty:
+            problems.append(f"error samples: no backend available on {device}")
+        else:
+            samples_info = (f"error samples: {', '.join(samples['backend'].cat.categories)} on {device}, "
+                            f"{len(samples)} elements in {time.perf_counter() - start:.1f} s")
+            by_contract = {c: samples[samples["contract"] == c] for c in ("dequantizer", "linear")}
+            error_context = dict(
+                ulps_svg=ulps_chart(by_contract["dequantizer"]) if len(by_contract["dequantizer"]) else None,
+                ratio_svg=ratio_chart(by_contract["linear"]) if len(by_contract["linear"]) else None,
+                summary=_records(error_summary(samples)), dequant_shape=ERROR_DEQUANT_SHAPE,
+                linear_shape=ERROR_LINEAR_SHAPE, rank=ERROR_RANK, loras=ERROR_LORAS, device=device)
+
+    try:
+        perf = performance(bench, run)
+    except ValueError as error:
+        perf, problems = None, problems + [f"performance: {error}"]
+    compared, compare_problems = compare_section(bench, run_a, run_b, threshold) if not bench.empty else (None, [])
+    problems += compare_problems
+    per_layer = memory_per_layer()
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(seconds=fmt_seconds, bytes=fmt_bytes, num=fmt_num)
+    page = env.get_template("report.html.j2").render(
+        generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), commit=git_commit(), problems=problems,
+        what_ran=summary_lines(verify, bench, samples_info), overall=_records(overall_verdicts(table, BACKENDS)),
+        verify=verify, blocks=verification_blocks(verify, reports_dir, out.parent), errors=error_context,
+        runs=_records(run_table(bench)), perf=perf, baseline=BASELINE, compared=compared,
+        memory_layers=_records(per_layer), memory_models=_records(memory_per_model()),
+        memory_svg=memory_chart(per_layer), models=MODELS, group_size=MEMORY_GROUP_SIZE)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def add_arguments(parser):
+    """The `report` subcommand's flags."""
+    parser.add_argument("--reports", default="reports", help="folder holding verify.json and bench/*.parquet")
+    parser.add_argument("--out", default=None, help="where to write the page (default: REPORTS/index.html)")
+    parser.add_argument("--run", default=None, help="benchmark run shown in the performance section (default: latest)")
+    parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), default=(None, None),
+                        help="two benchmark runs to compare, older first (default: the latest two on one device)")
+    parser.add_argument("--threshold", type=float, default=REGRESSION_THRESHOLD,
+                        help="a case slower by more than this fraction is flagged as a regression (default 0.10)")
+    parser.add_argument("--no-error-samples", action="store_true",
+                        help="skip running the backends for the numerical-error histograms")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the backends run for the numerical-error histograms")
+    return parser
+
+
+def run(args):
+    """Write the page; 0 once it is written (missing inputs are reported in the page and here)."""
+    out = build_report(args.reports, args.out, run=args.run, run_a=args.compare[0], run_b=args.compare[1],
+                       threshold=args.threshold, errors=not args.no_error_samples, device=args.device)
+    print(f"report written to {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
