@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from harness.strategies import DTYPES, FULL, GRANULARITIES, Domain
-from harness.verify import verify_candidate
+from harness.verify import checkpoint_cases, verify_candidate
 
 PROFILES = {"ci": 40, "thorough": 600}
 CONTRACT_PARAMETERS = {
@@ -143,6 +143,8 @@ def print_verdict(label, result):
             print(f"    worst element: {json.dumps(failure['worst'])}")
         if result.get("repro"):
             print(f"    repro: python {result['repro']}")
+    for example in result.get("checkpoint", []):
+        print(f"    {'PASS' if example['passed'] else 'FAIL'}  checkpoint example {example['shape']}")
     if "batch_invariance" in result:
         b = result["batch_invariance"]
         print(f"    info  batch invariance: {'rows equal alone and in a batch' if b['invariant'] else 'rows ' + str(b['rows_that_differ']) + ' differ when computed alone (max abs diff ' + format(b['max_abs_diff'], '.3g') + ')'}")
@@ -169,6 +171,10 @@ def _repro(report, label, contract, function, case, result, device):
 
 def verify(args):
     domain = parse_domain(args)
+    if bool(args.checkpoint) != bool(args.layer):
+        raise UsageError("--checkpoint FILE.safetensors and --layer PREFIX go together")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise UsageError(f"--checkpoint {args.checkpoint} does not exist")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: CUDA is not available on this machine")
     examples = args.examples or PROFILES[args.profile]
@@ -176,8 +182,15 @@ def verify(args):
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
     for label, contract, function in candidates(args):
+        checkpoint = None
+        if args.checkpoint:
+            try:
+                checkpoint = list(checkpoint_cases(contract, args.checkpoint, args.layer, domain, args.seed,
+                                                   fmt=args.format, group_size=args.checkpoint_group_size))
+            except ValueError as error:  # a prefix, format or tensor the loader refuses: the caller's to fix
+                raise UsageError(f"--checkpoint {args.checkpoint} --layer {args.layer}: {error}") from None
         result, failing_case = verify_candidate(contract, function, args.device, examples, args.seed, domain,
-                                                large_tier=not args.no_large_tier)
+                                                large_tier=not args.no_large_tier, checkpoint=checkpoint)
         result["candidate"] = label
         if failing_case is not None:
             result["repro"] = str(_repro(report, label, contract, function, failing_case, result, args.device))
@@ -213,7 +226,14 @@ def main(argv=None):
     v.add_argument("--timeout", type=float, default=60.0, help="seconds a single call may take")
     v.add_argument("--isolate", action="store_true",
                    help="run the TARGET in a child process: a crash (segfault, CUDA error, os._exit) becomes a verdict")
-    v.add_argument("--report", default="reports", help="folder for verify.json")
+    v.add_argument("--report", default="reports", help="folder for verify.json and repro scripts")
+    v.add_argument("--checkpoint", metavar="FILE.safetensors",
+                   help="also check a real layer of this checkpoint (compressed-tensors, GPTQ or AWQ) as explicit examples")
+    v.add_argument("--layer", metavar="PREFIX", help="the layer's tensor-name prefix, e.g. model.layers.0.mlp.down_proj")
+    v.add_argument("--format", choices=["compressed-tensors", "gptq", "gptq_v2", "awq"],
+                   help="the checkpoint's format (default: detected from the tensor names)")
+    v.add_argument("--checkpoint-group-size", type=int,
+                   help="group size of a grouped compressed-tensors or AWQ layer (it lives in the config, not the tensors)")
     args = parser.parse_args(argv)
     try:
         return verify(args)

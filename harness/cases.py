@@ -13,7 +13,7 @@ import torch
 from reference.rounding import round_to
 
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
-                "int32": torch.int32, "int64": torch.int64}
+                "int8": torch.int8, "int32": torch.int32, "int64": torch.int64}
 DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
 POPULARITIES = ("uniform", "distinct", "skewed", "identical", "none")
 
@@ -140,6 +140,14 @@ def make_linear_case(seed, out_features, in_features, m, x_dtype="fp16", rank=16
     return LinearCase(weights, x, x_dtype, lora_a, lora_b, indices, float(scaling), b, notes)
 
 
-def with_weights(case, weights):
-    """The same case with other base weights (e.g. to reuse activations across layers)."""
-    return replace(case, weights=weights)
+def weights_from_tensors(packed_weights, scales, zero_points, group_size):
+    """Weights from canonical torch tensors (e.g. a checkpoint's layer, harness.checkpoint.Layer)."""
+    zeros = None if zero_points is None else zero_points.cpu()
+    return Weights(packed_weights.cpu().numpy(), scales.cpu().float().numpy(), DTYPE_NAMES[scales.dtype],
+                   None if zeros is None else (zeros.float().numpy() if zeros.is_floating_point() else zeros.numpy()),
+                   None if zeros is None else DTYPE_NAMES[zeros.dtype], group_size)
+
+
+def with_weights(case, weights, bias=None):
+    """The same activations and adapters on other base weights (of the same shape), e.g. a real layer's."""
+    return replace(case, weights=weights, bias=bias)

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 import time
 import warnings
@@ -367,13 +368,18 @@ def memory_per_model(models=MODELS):
 
 # --- charts -----------------------------------------------------------------------------------------
 
-def svg(fig):
-    """A matplotlib Figure as an inline <svg> element (text kept as text: smaller, searchable, crisp in print)."""
+def svg(fig, name):
+    """A matplotlib Figure as an inline <svg> element whose ids all start with `name`- (unique in the page).
+
+    Text stays text (smaller, searchable, crisp in print); no metadata, no date: the same
+    data gives the same SVG.
+    """
     buffer = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "harness-report"}):
+        fig.savefig(buffer, format="svg", bbox_inches="tight",
+                    metadata={"Date": None, "Creator": None, "Type": None, "Format": None})
     text = buffer.getvalue()
-    return text[text.index("<svg"):]
+    return re.sub(r'(\bid="|href="#|url\(#)', rf"\g<1>{name}-", text[text.index("<svg"):])
 
 
 def _figure(panels, ncols=3, width=3.6, height=2.7):
@@ -390,7 +396,7 @@ def _figure(panels, ncols=3, width=3.6, height=2.7):
 OPERATION_STYLE = {"gemm_lora": "-", "gemm": "--", "dequantize": ":"}
 
 
-def small_multiples(rows, y, ylabel, log_y=True, reference=None):
+def small_multiples(rows, y, ylabel, name, log_y=True, reference=None):
     """One panel per layer, `y` against M, one line per backend (gemm_lora solid, gemm dashed)."""
     rows = rows[rows["m"].notna()]
     layers = sorted(rows["layer"].unique())
@@ -417,7 +423,7 @@ def small_multiples(rows, y, ylabel, log_y=True, reference=None):
             handles.setdefault(label, h)
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(4, len(handles)),
                fontsize=8, frameon=False)
-    return svg(fig)
+    return svg(fig, name)
 
 
 def roofline_chart(rows):
@@ -445,7 +451,7 @@ def roofline_chart(rows):
     ax.set_ylabel("achieved TFLOP/s")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", frameon=False)
-    return svg(fig)
+    return svg(fig, "roofline")
 
 
 ULP_BINS = ["0", "1", "2", "3+", "NaN"]
@@ -476,7 +482,7 @@ def ulps_chart(samples):
         ax.set_xlabel("ulps from RN(exact)")
         ax.set_ylabel("share of elements")
     axes[0].legend(fontsize=7, frameon=False)
-    return svg(fig)
+    return svg(fig, "ulps")
 
 
 RATIO_EDGES = np.arange(-8.0, 1.01, 0.25)  # log10(error / allowed); 0 is the bound
@@ -507,7 +513,7 @@ def ratio_chart(samples):
         ax.set_xlabel("error / allowed (bound at 1)")
         ax.set_ylabel("share of elements")
     axes[0].legend(fontsize=7, frameon=False, loc="upper left")
-    return svg(fig)
+    return svg(fig, "ratio")
 
 
 def memory_chart(per_layer):
@@ -522,7 +528,7 @@ def memory_chart(per_layer):
     ax.set_xlabel("MiB per layer")
     ax.legend(fontsize=8, frameon=False, loc="lower right")
     ax.grid(True, axis="x", alpha=0.3)
-    return svg(fig)
+    return svg(fig, "memory")
 
 
 # --- the page ---------------------------------------------------------------------------------------
@@ -572,11 +578,11 @@ def performance(bench, run=None):
     return dict(
         run=run, device=rows["device_name"].iloc[0], peak_source=rows["peak_source"].iloc[0],
         commit=rows["git_commit"].iloc[0], rows=len(rows), chosen=chosen,
-        latency_svg=small_multiples(top, "median_s", "median latency (s)") if not top.empty else None,
-        speedup_svg=small_multiples(top_speedups, "speedup", f"speedup over {BASELINE}", reference=1.0)
+        latency_svg=small_multiples(top, "median_s", "median latency (s)", "latency") if not top.empty else None,
+        speedup_svg=small_multiples(top_speedups, "speedup", f"speedup over {BASELINE}", "speedup", reference=1.0)
         if not top_speedups.empty else None,
         overhead_svg=small_multiples(top_overheads.assign(overhead_pct=100 * top_overheads["overhead"]),
-                                     "overhead_pct", "LoRA overhead (%)", log_y=False, reference=0.0)
+                                     "overhead_pct", "LoRA overhead (%)", "overhead", log_y=False, reference=0.0)
         if not top_overheads.empty else None,
         roofline_svg=roofline_chart(rows) if np.isfinite(rows["achieved_tflops"]).any() else None,
         speedups=_records(speedups.sort_values(["layer", "operation", "m", "backend"])),

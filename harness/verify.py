@@ -12,10 +12,11 @@ from collections import Counter
 import numpy as np
 from hypothesis import Phase, given, settings
 
-from harness.cases import DequantCase, make_linear_case, make_weights
+from harness.cases import DequantCase, make_linear_case, make_weights, weights_from_tensors, with_weights
 from harness.properties import PROPERTIES, check_dequantizer, check_linear
 from harness.shapes import LARGE_TIER, LAYER_SHAPES
 from harness.strategies import FULL, dequant_cases, linear_cases
+from reference.rounding import round_to
 
 CONTRACTS = {"dequantizer": (check_dequantizer, dequant_cases), "linear": (check_linear, linear_cases)}
 
@@ -50,6 +51,28 @@ def large_tier_cases(contract, domain=FULL, seed=0):
                                          num_loras=min(4, domain.max_loras), bias=domain.bias, **params)
 
 
+def checkpoint_cases(contract, path, prefix, domain=FULL, seed=0, m=8, fmt=None, group_size=None):
+    """The real layer `prefix` of a .safetensors file as explicit examples, one per dtype of the domain.
+
+    Linear cases draw x in the canonical column order (an original activation permuted by the
+    layer's act-order `perm`, which random activations need not undo) and use the layer's bias.
+    """
+    from harness.checkpoint import load_layer  # safetensors is only needed for this
+
+    layer = load_layer(path, prefix, fmt, group_size)
+    weights = weights_from_tensors(layer.packed_weights, layer.scales, layer.zero_points, layer.group_size)
+    out_features, in_features = weights.shape
+    for dtype in domain.dtypes:
+        name = f"{prefix} ({layer.fmt}, {dtype})"
+        if contract == "dequantizer":
+            yield name, DequantCase(weights, dtype)
+            continue
+        case = make_linear_case(seed, out_features, in_features, m, dtype, rank=min(16, domain.max_rank),
+                                num_loras=min(4, domain.max_loras), bias=False, group_size=2)
+        bias = None if layer.bias is None else round_to(layer.bias.float().numpy(), dtype)
+        yield name, with_weights(case, weights, bias)
+
+
 def _tally(outcomes, counts, failed):
     for o in outcomes:
         counts[o.name] += 1
@@ -57,33 +80,40 @@ def _tally(outcomes, counts, failed):
             failed.setdefault(o.name, o)
 
 
-def verify_candidate(contract, candidate, device="cpu", max_examples=40, seed=0, domain=FULL, large_tier=True):
-    """Verdict dict for `candidate` implementing `contract` ('dequantizer' | 'linear')."""
+def verify_candidate(contract, candidate, device="cpu", max_examples=40, seed=0, domain=FULL, large_tier=True,
+                     checkpoint=None):
+    """(verdict dict, minimal failing case | None) for `candidate` implementing `contract`.
+
+    contract: 'dequantizer' | 'linear'. After the fuzzed search, every large-tier shape and every
+    (name, case) of `checkpoint` (see checkpoint_cases) is examined as an explicit example.
+    """
     check, strategy = CONTRACTS[contract]
     counts, failed, last = Counter(), {}, {}
     start = time.perf_counter()
 
     def attempt(case):
-        """None if every property holds on `case`, else the failure in one line (kept in `last`)."""
+        """(None if every property holds on `case` else the failure in one line, the outcomes).
+
+        A failure is kept in `last`; outcomes are None when the candidate raised."""
         if last.get("fatal"):  # after a hang or crash, keep the case that triggered it: no shrinking
-            return last["error"]
+            return last["error"], None
         try:
             outcomes = check(candidate, case, device)
         except Exception as error:  # the candidate raised: a verdict, with the case that triggered it
             last.update(case=case, outcomes=None, error=f"{type(error).__name__}: {error}",
                         fatal=isinstance(error, TimeoutError) or type(error).__name__ == "CandidateCrashed")
-            return last["error"]
+            return last["error"], None
         if any(not o.passed for o in outcomes):
             last.update(case=case, outcomes=outcomes, error=None)
-            return "; ".join(o.message for o in outcomes if not o.passed)
+            return "; ".join(o.message for o in outcomes if not o.passed), outcomes
         _tally(outcomes, counts, {})
-        return None
+        return None, outcomes
 
     @settings(max_examples=max_examples, database=None, derandomize=False, deadline=None, print_blob=False,
               phases=[Phase.explicit, Phase.generate, Phase.shrink])
     @given(case=strategy(domain))
     def search(case):
-        message = attempt(case)
+        message, _ = attempt(case)
         if message:
             raise AssertionError(message)
 
@@ -97,17 +127,18 @@ def verify_candidate(contract, candidate, device="cpu", max_examples=40, seed=0,
         fuzz_failure = last
         _tally(last["outcomes"] or [], counts, {})  # the minimal failing case counts as run
     result = dict(contract=contract, device=device, domain=domain.describe() or ["full"], seed=seed,
-                  max_examples=max_examples, fuzzed_cases=counts[PROPERTIES[0]], large_tier=[])
-    if fuzz_failure is None and large_tier:
-        for name, case in large_tier_cases(contract, domain, seed):
-            outcomes = check(candidate, case, device)
-            _tally(outcomes, counts, failed)
-            ratios = [o.max_ratio for o in outcomes if o.max_ratio is not None]
-            result["large_tier"].append(dict(shape=name, passed=all(o.passed for o in outcomes),
-                                             max_ratio=ratios[0] if ratios else None))
-            if failed:
-                fuzz_failure = dict(case=case, outcomes=outcomes, error=None)
-                break
+                  max_examples=max_examples, fuzzed_cases=counts[PROPERTIES[0]], large_tier=[], checkpoint=[])
+    explicit = [("large_tier", name, case) for name, case in (large_tier_cases(contract, domain, seed) if large_tier
+                                                               else [])]
+    explicit += [("checkpoint", name, case) for name, case in (checkpoint or [])]
+    for kind, name, case in explicit if fuzz_failure is None else []:
+        message, outcomes = attempt(case)
+        ratios = [o.max_ratio for o in outcomes or [] if o.max_ratio is not None]
+        result[kind].append(dict(shape=name, passed=message is None, max_ratio=ratios[0] if ratios else None))
+        if message:
+            fuzz_failure = last
+            _tally(last["outcomes"] or [], counts, {})
+            break
     result["properties"] = _property_lines(counts, fuzz_failure)
     result["failure"] = None if fuzz_failure is None else _failure(fuzz_failure)
     result["passed"] = fuzz_failure is None

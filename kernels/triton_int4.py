@@ -51,21 +51,24 @@ def unavailable_reason():
 def launch_config(m, n, k):
     """Tile shape and launch settings for y[m, n] = x[m, k] @ W^T, chosen by the M regime (deterministic).
 
-    decode (m <= 16): one 16-row tile holds every token, so each weight byte is unpacked once, and
-    deep pipelining keeps enough weight bytes in flight to stream HBM. Larger m: tensor-core tiles.
+    decode (m <= 16): one 16-row tile holds every token, so each weight byte is unpacked once;
+    narrow N tiles give >= 128 programs on 4096-wide layers and 8 pipeline stages keep ~2 MB of
+    weights in flight. m <= 256: 64x64 tensor-core tiles (enough programs at small M); beyond,
+    128x128. Chosen from the generated code (wgmma, 16-byte shared stores, no spills), not from
+    timings: see benchmarks/gpu_table.py --sweep for the candidates to time on a GPU.
     """
     if m <= 16:
-        return dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=6)
-    if m <= 64:
+        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, num_warps=4, num_stages=8)
+    if m <= 256:
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=4)
     return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
 
 
 def shrink_config(m, k, rank_pad):
-    """(BLOCK_M, BLOCK_K, num_splits) for the LoRA shrink: split K until ~32 programs run."""
+    """(BLOCK_M, BLOCK_K, num_splits) for the LoRA shrink: split K until ~128 programs run."""
     block_m = 16 if m <= 16 else 64
     block_k = max(16, min(128, 4096 // rank_pad))  # a [BLOCK_K, RANK_PAD] tile of A stays small
-    num_splits = max(1, min(cdiv(k, block_k), 32 // cdiv(m, block_m)))
+    num_splits = max(1, min(cdiv(k, block_k), 128 // cdiv(m, block_m)))
     return block_m, block_k, num_splits
 
 
@@ -205,8 +208,9 @@ def launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lo
         HAS_ZERO=zero_points is not None, ZERO_IS_INT=is_int(zero_points), HAS_BIAS=bias is not None,
         HAS_LORA=lora_a is not None, S_CHUNKS=s_chunks, Z_CHUNKS=z_chunks, EVEN_K=k % config["BLOCK_K"] == 0,
         FP32_DOT=fp32_dot, NATIVE_V=native_v, NATIVE_S=native_v and scales.dtype == x.dtype,
-        # scaling after the dot needs one scale per row of the tile, and v - z exact in the dot's dtype
-        SCALE_AFTER_DOT=s_chunks == 1 and (native_v or fp32_dot) and config["BLOCK_M"] < config["BLOCK_K"],
+        # scaling after the dot needs one scale per row of the tile and v - z exact in the dot's dtype;
+        # it pays where the [BLOCK_M, BLOCK_N] product is much smaller than the [BLOCK_N, BLOCK_K] weights
+        SCALE_AFTER_DOT=s_chunks == 1 and (native_v or fp32_dot) and 4 * config["BLOCK_M"] <= config["BLOCK_K"],
         USE_ASM=native_v and not interpreting(), RANK_PAD=rank_pad, **config)
     return y
 

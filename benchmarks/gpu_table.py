@@ -1,0 +1,164 @@
+"""The Triton INT4 + multi-LoRA kernel against dense fp16 and against dequantize-then-matmul, on a GPU.
+
+For each Llama-3-8B layer and M this prints one markdown row: our kernel without and with
+adapters; (a) a dense fp16 matmul on weights dequantized ahead of time, plus the LoRA in plain
+torch; (b) dequantizing on every call (our Triton dequantize kernel, the fastest way to
+materialize W) and then (a)'s matmul; (c) the HBM roofline, the fewest bytes the base GEMM must
+move over the peak bandwidth. Timings are triton.testing.do_bench medians with the L2 cache
+flushed before every call (do_bench's default), so decode figures stream weights from HBM.
+Our kernel is timed through launch_linear: linear() adds a host sync (kernels.checks reads the
+index range back) that a serving loop would not repeat per layer.
+
+    python benchmarks/gpu_table.py                 # the table
+    python benchmarks/gpu_table.py --sweep         # time candidate launch configs per shape and M
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness.shapes import LAYER_SHAPES  # noqa: E402
+from kernels import triton_int4  # noqa: E402
+from kernels.checks import check_linear  # noqa: E402
+
+LAYERS = ["llama3-8b.q_proj", "llama3-8b.gate_proj", "llama3-8b.down_proj"]  # out x in: 4096x4096, 14336x4096, 4096x14336
+
+DECODE_CONFIGS = [dict(BLOCK_M=16, BLOCK_N=n, BLOCK_K=128, num_warps=w, num_stages=s)
+                  for n, w, s in [(32, 4, 4), (32, 4, 6), (32, 4, 8), (64, 4, 4), (64, 4, 6), (64, 4, 8),
+                                  (128, 4, 4), (128, 8, 4), (128, 8, 6), (64, 8, 6)]]
+PREFILL_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=w, num_stages=s)
+                   for bm, bn, bk, w, s in [(64, 64, 128, 4, 4), (64, 128, 64, 4, 4), (64, 128, 128, 4, 3),
+                                            (128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 128, 128, 8, 3),
+                                            (128, 256, 64, 8, 3)]]
+
+
+def make_problem(n, k, m, group_size, rank, num_loras, zero_points, seed=0):
+    """Random fp16 problem on the GPU: dict of the SPEC §4 arguments (no bias), plus the stacked LoRA views."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=gen, device="cuda")  # noqa: E731
+    groups = -(-k // group_size)
+    p = dict(x=rand(m, k).half(),
+             packed_weights=torch.randint(0, 256, (n, k // 2), generator=gen, device="cuda", dtype=torch.uint8),
+             scales=(rand(n, groups).abs() * 0.01 + 0.001).half(), zero_points=None, group_size=group_size,
+             lora_a=(rand(num_loras, rank, k) * 0.02).half(), lora_b=(rand(num_loras, n, rank) * 0.02).half(),
+             lora_indices=torch.randint(-1, num_loras, (m,), generator=gen, device="cuda"), scaling=0.5, bias=None)
+    if zero_points != "none":
+        p["zero_points"] = torch.randint(0, 16, (n, groups), generator=gen, device="cuda").to(getattr(torch, zero_points))
+    p["a_stacked"] = p["lora_a"].reshape(num_loras * rank, k)  # [L * rank, K]
+    p["b_stacked"] = p["lora_b"].permute(1, 0, 2).reshape(n, num_loras * rank).contiguous()  # [N, L * rank]
+    return p
+
+
+def torch_lora(p):
+    """scaling * (x @ A[i]^T) @ B[i]^T per token in plain torch, sync-free: all adapters' shrink, masked, one expand."""
+    num_loras, rank = p["lora_a"].shape[:2]
+    t = p["x"] @ p["a_stacked"].T  # [M, L * rank]
+    mine = (p["lora_indices"][:, None] == torch.arange(num_loras, device="cuda")).repeat_interleave(rank, dim=1)
+    return (t * mine * p["scaling"]) @ p["b_stacked"].T  # [M, N]
+
+
+def spec_args(p, lora):
+    keys = ["x", "packed_weights", "scales", "zero_points", "group_size", "lora_a", "lora_b", "lora_indices",
+            "scaling", "bias"]
+    args = [p[key] for key in keys]
+    if not lora:
+        args[5] = args[6] = None
+        args[7] = torch.full_like(p["lora_indices"], -1)
+    return args
+
+
+def triton_fn(p, lora, config=None):
+    """Our kernel, validated once here, then launched without the per-call host sync."""
+    args = spec_args(p, lora)
+    _, _, scale_kind, zero_kind = check_linear(*args[:8], args[9])
+    zero_is_exact = triton_int4.exact_zero(torch.float16, p["zero_points"], check_values=True)
+    return lambda: triton_int4.launch_linear(*args, (scale_kind, zero_kind), config=config, zero_is_exact=zero_is_exact)
+
+
+def base_bytes(n, k, m, p):
+    """Fewest bytes the base GEMM moves: packed weights, scales, zero points, x and y, each once."""
+    extra = sum(t.numel() * t.element_size() for t in (p["scales"], p["zero_points"]) if t is not None)
+    return n * k // 2 + extra + 2 * m * k + 2 * m * n
+
+
+def bench(fn, args):
+    from triton.testing import do_bench
+    return 1e3 * do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median")  # us
+
+
+def copy_bandwidth(args):
+    """Device-to-device copy of 1 GiB: bytes read + written over the median time, in TB/s."""
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / bench(lambda: dst.copy_(src), args) / 1e6
+
+
+def sweep(args):
+    """Time the base kernel under each candidate config; print the best per layer and M."""
+    print("| layer | M | best config | us | runner-up us | all (us) |\n| --- | --- | --- | --- | --- | --- |")
+    for layer in args.layers:
+        n, k = LAYER_SHAPES[layer]
+        for m in args.m:
+            p = make_problem(n, k, m, args.group_size, args.rank, args.num_loras, args.zero_points)
+            configs = DECODE_CONFIGS if m <= 16 else PREFILL_CONFIGS
+            times = [bench(triton_fn(p, False, c), args) for c in configs]
+            order = sorted(range(len(configs)), key=times.__getitem__)
+            best = configs[order[0]]
+            name = "BN{BLOCK_N} BM{BLOCK_M} BK{BLOCK_K} w{num_warps} s{num_stages}".format(**best)
+            print(f"| {layer} | {m} | {name} | {times[order[0]]:.1f} | {times[order[1]]:.1f} | "
+                  f"{' '.join(f'{t:.0f}' for t in times)} |", flush=True)
+
+
+def table(args):
+    print(f"device: {torch.cuda.get_device_name()}; triton kernel vs (a) dense fp16 + torch LoRA, "
+          f"(b) triton dequantize every call + (a); fp16, group {args.group_size}, rank {args.rank}, "
+          f"{args.num_loras} adapters, zero points: {args.zero_points}")
+    measured = copy_bandwidth(args)
+    print(f"roofline peak: {args.peak_tbps:.2f} TB/s (datasheet, used below); measured D2D copy: {measured:.2f} TB/s")
+    print("\n| layer (out x in) | M | triton base us | triton+LoRA us | (a) dense+LoRA us | (b) materialize+LoRA us "
+          "| roofline us | speedup vs (a) | % of roofline | LoRA overhead % | max rel err vs (a) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for layer in args.layers:
+        n, k = LAYER_SHAPES[layer]
+        for m in args.m:
+            p = make_problem(n, k, m, args.group_size, args.rank, args.num_loras, args.zero_points)
+            w16 = triton_int4.dequantize(p["packed_weights"], p["scales"], p["zero_points"], args.group_size)
+            dense = lambda: p["x"] @ w16.T + torch_lora(p)  # noqa: E731
+            materialize = lambda: p["x"] @ triton_int4.dequantize(  # noqa: E731
+                p["packed_weights"], p["scales"], p["zero_points"], args.group_size).T + torch_lora(p)
+            base, with_lora = triton_fn(p, False), triton_fn(p, True)
+            expected = (p["x"].float() @ w16.float().T + torch_lora(p).float())
+            err = ((with_lora().float() - expected).abs().max() / expected.abs().max()).item()
+            t_base, t_lora, t_a, t_b = (bench(f, args) for f in (base, with_lora, dense, materialize))
+            roofline = base_bytes(n, k, m, p) / (args.peak_tbps * 1e6)
+            print(f"| {layer} ({n}x{k}) | {m} | {t_base:.1f} | {t_lora:.1f} | {t_a:.1f} | {t_b:.1f} | {roofline:.1f} "
+                  f"| {t_a / t_lora:.2f}x | {100 * roofline / t_base:.0f}% | {100 * (t_lora / t_base - 1):.0f}% "
+                  f"| {err:.1e} |", flush=True)
+            del w16, p
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", nargs="+", default=LAYERS, choices=sorted(LAYER_SHAPES),
+                        help="layers of harness.shapes.LAYER_SHAPES to time (default: three Llama-3-8B layers)")
+    parser.add_argument("--m", nargs="+", type=int, default=[1, 4, 16, 64, 256, 1024], help="token counts M")
+    parser.add_argument("--group-size", type=int, default=128, help="quantization group size along in_features")
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank")
+    parser.add_argument("--num-loras", type=int, default=4, help="adapters; tokens pick one of them or none (-1)")
+    parser.add_argument("--zero-points", default="none", choices=["none", "uint8", "int32"],
+                        help="none: symmetric weights; else grouped integer zero points of that dtype")
+    parser.add_argument("--peak-tbps", type=float, default=3.35, help="HBM peak for the roofline (H100 SXM: 3.35)")
+    parser.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up time per measurement")
+    parser.add_argument("--rep-ms", type=int, default=100, help="do_bench measuring time per measurement")
+    parser.add_argument("--sweep", action="store_true", help="time candidate launch configs instead of the table")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks/gpu_table.py needs a CUDA GPU")
+    sweep(args) if args.sweep else table(args)
+
+
+if __name__ == "__main__":
+    main()

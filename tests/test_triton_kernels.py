@@ -1,0 +1,243 @@
+"""Tests specific to the Triton fast path (kernels/triton_int4.py); the shared properties live in test_backends.
+
+Runs on CUDA natively, or on CPU under Triton's interpreter (TRITON_INTERPRET=1, set before
+triton is imported), which costs ~0.1 s per program instance: shapes here stay within a few tiles.
+Every comparison uses harness.tolerance, the repo's error model of SPEC §5 (one bound per
+correct design, derived from unit roundoffs, K and sum |x||w|), except the one test that
+compares with reference.linear directly and states its own bound.
+"""
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import reference
+from harness.cases import make_linear_case, make_weights, tensor
+from harness.tolerance import dequant_error, linear_error
+from kernels import triton_int4
+
+if triton_int4.unavailable_reason() is not None:
+    pytest.skip(f"Triton backend cannot run here: {triton_int4.unavailable_reason()}", allow_module_level=True)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu only under the interpreter (checked above)
+pytestmark = pytest.mark.interpreter
+
+
+def run_case(case, **replacements):
+    """Run triton_int4.linear on a harness LinearCase (fields replaced as given); return (y, ErrorReport)."""
+    case = dataclasses.replace(case, **replacements)
+    y = triton_int4.linear(*case.torch_args(DEVICE))
+    return y, linear_error(y.float().cpu().numpy(), case)
+
+
+def assert_within_tolerance(report):
+    assert report.passed, f"error/allowed {report.max_ratio:.3g} at {report.worst()}"
+
+
+def test_launch_config_follows_the_m_regime():
+    decode = [triton_int4.launch_config(m, 4096, 4096) for m in (1, 7, 16)]
+    assert all(c == decode[0] and c["BLOCK_M"] == 16 for c in decode)
+    assert triton_int4.launch_config(17, 4096, 4096)["BLOCK_M"] == 64 == triton_int4.launch_config(256, 4096, 4096)["BLOCK_M"]
+    prefill = triton_int4.launch_config(1024, 4096, 4096)
+    assert prefill["BLOCK_M"] == 128 and prefill == triton_int4.launch_config(1024, 4096, 4096)  # deterministic
+
+
+@pytest.mark.parametrize("x_dtype", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("m", [1, 16, 21, 300])  # decode tile, full decode tile, M % BLOCK_M != 0, 128-row tiles
+def test_linear_matches_the_reference_in_every_m_regime(x_dtype, m):
+    case = make_linear_case(m, 48, 256, m, x_dtype, rank=8, num_loras=3, group_size=128,
+                            zero_granularity="grouped")
+    assert_within_tolerance(run_case(case)[1])
+
+
+def test_linear_equals_reference_linear_within_a_stated_bound():
+    # Direct comparison with reference.linear (float64, rounded once to fp16). Bound: the reference's
+    # and our final roundings (u16 |y| each), W rounded to fp16 (u16 sum |x||w|) and fp32 accumulation
+    # (K u32 sum |x||w|, Higham's worst case), with u16 = 2**-11, u32 = 2**-24.
+    case = make_linear_case(7, 40, 128, 9, "fp16", rank=5, num_loras=2, group_size=32, zero_granularity="per-channel")
+    y = triton_int4.linear(*case.torch_args(DEVICE)).float().cpu().numpy()
+    expected = reference.linear(*case.reference_args(), x_dtype="fp16").astype(np.float64)
+    w = reference.dequantize_exact(case.weights.packed, case.weights.scales, case.weights.zero_points, 32)
+    magnitude = np.abs(case.x) @ np.abs(w).T + np.abs(case.bias)
+    bound = 2 * 2.0**-11 * np.abs(expected) + (2.0**-11 + 128 * 2.0**-24) * magnitude
+    assert np.all(np.abs(y - expected) <= bound), np.max(np.abs(y - expected) / bound)
+
+
+@pytest.mark.parametrize("out_features, in_features", [(35, 96), (1, 64), (65, 200)])  # odd N, N = 1, K % 128 != 0
+def test_odd_out_features_and_a_k_tail(out_features, in_features):
+    case = make_linear_case(out_features, out_features, in_features, 3, "fp16", rank=4, num_loras=2, group_size=64)
+    assert_within_tolerance(run_case(case)[1])
+
+
+@pytest.mark.parametrize("group_size", [3, 24, 96, 100, 1000])  # odd, not a power of 2, ragged, > in_features
+@pytest.mark.parametrize("scales, zeros", [("grouped", "grouped"), ("per-channel", "grouped"),
+                                           ("grouped", "per-tensor"), ("grouped", None)])
+def test_group_sizes_and_mixed_granularities(group_size, scales, zeros):
+    case = make_linear_case(group_size, 24, 200, 5, "fp16", rank=4, num_loras=2, group_size=group_size,
+                            scale_granularity=scales, zero_granularity=zeros)
+    assert_within_tolerance(run_case(case)[1])
+
+
+@pytest.mark.parametrize("zero_kind, shift, zero_dtype", [
+    ("int", 8, torch.uint8),  # v - z exact in fp16 by dtype
+    ("int", 0, torch.int64),  # exact by value (checked)
+    ("int", 3000, torch.int32),  # too wide for fp16: the fp32 path
+    ("float", 0, None),  # fractional: the fp32 path
+])
+def test_zero_point_dtypes(zero_kind, shift, zero_dtype):
+    case = make_linear_case(11, 40, 256, 4, "fp16", rank=4, num_loras=2, group_size=128,
+                            zero_granularity="grouped", zero_kind=zero_kind)
+    weights = dataclasses.replace(case.weights, zero_points=case.weights.zero_points + shift)
+    case = dataclasses.replace(case, weights=weights)
+    args = list(case.torch_args(DEVICE))
+    args[3] = args[3] if zero_dtype is None else args[3].to(zero_dtype)
+    y = triton_int4.linear(*args)
+    assert_within_tolerance(linear_error(y.float().cpu().numpy(), case))
+
+
+def test_mixed_adapter_indices_inside_one_tile_never_touch_adapter_minus_one():
+    # One 16-row decode tile holds -1 and every adapter but the last, which is all NaN: an index -1
+    # read as a Python-style wrap-around (lora[-1]) would turn rows into NaN.
+    case = make_linear_case(3, 48, 128, 16, "fp16", rank=8, num_loras=4, group_size=64)
+    indices = np.array([-1, 0, 2, 1, -1, 2, 0, 0, 1, -1, 2, 1, 0, -1, -1, 2], dtype=np.int64)
+    case = dataclasses.replace(case, lora_indices=indices)
+    lora_a, lora_b = case.lora_a.copy(), case.lora_b.copy()
+    lora_a[-1], lora_b[-1] = np.nan, np.nan
+    y, _ = run_case(case, lora_a=lora_a, lora_b=lora_b)
+    assert_within_tolerance(linear_error(y.float().cpu().numpy(), case))  # the unused adapter's values don't matter
+    y_base, _ = run_case(case, lora_indices=np.full(16, -1, np.int64))
+    rows = torch.from_numpy(indices == -1).to(DEVICE)
+    assert torch.equal(y[rows], y_base[rows])  # rows without an adapter get exactly nothing added
+
+
+@pytest.mark.parametrize("rank", [1, 5, 16, 100, 128])
+def test_every_rank_up_to_128(rank):
+    case = make_linear_case(rank, 32, 128, 6, "fp16", rank=rank, num_loras=3, group_size=128, popularity="distinct")
+    assert_within_tolerance(run_case(case)[1])
+
+
+def test_int32_and_int64_indices_agree():
+    case = make_linear_case(5, 32, 128, 7, "bf16", rank=4, num_loras=3, group_size=32, index_dtype="int32")
+    y32, report = run_case(case)
+    assert_within_tolerance(report)
+    y64, _ = run_case(case, lora_indices=case.lora_indices.astype(np.int64))
+    assert torch.equal(y32, y64)
+
+
+def test_packed_weights_are_read_directly(monkeypatch):
+    # No [out, in] weight is ever materialized: dequantize is not called and no allocation on the
+    # device reaches out * in elements (on CUDA: the peak memory grows by less than one fp16 W).
+    case = make_linear_case(1, 256, 512, 16, "fp16", rank=4, num_loras=2, group_size=128)
+    args = case.torch_args(DEVICE)
+    monkeypatch.setattr(triton_int4, "dequantize", lambda *a, **k: pytest.fail("linear called dequantize"))
+    sizes = []
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: sizes.append(math.prod(a[0])) or real_empty(*a, **k))
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    triton_int4.linear(*args)
+    assert max(sizes) < 256 * 512, sizes
+    if DEVICE == "cuda":
+        assert torch.cuda.max_memory_allocated() - before < 256 * 512 * 2
+
+
+def test_inputs_unchanged_and_results_bitwise_deterministic():
+    case = make_linear_case(2, 40, 256, 33, "fp16", rank=8, num_loras=3, group_size=128, zero_granularity="grouped")
+    args = case.torch_args(DEVICE)
+    copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    first, second = triton_int4.linear(*args), triton_int4.linear(*args)
+    assert torch.equal(first.view(torch.int16), second.view(torch.int16))
+    assert all(not isinstance(a, torch.Tensor) or torch.equal(a, c) for a, c in zip(args, copies))
+
+
+def test_no_tokens_gives_an_empty_result():
+    case = make_linear_case(0, 8, 32, 0, "fp16", rank=2, num_loras=1, group_size=16)
+    y = triton_int4.linear(*case.torch_args(DEVICE))
+    assert y.shape == (0, 8) and y.dtype == torch.float16
+
+
+def test_linear_names_the_bad_argument():
+    args = list(make_linear_case(0, 6, 16, 3, "fp16", rank=2, num_loras=2, group_size=8).torch_args(DEVICE))
+    args[2] = torch.ones(6, 3, device=DEVICE)
+    with pytest.raises(ValueError, match=r"scales has 3 groups"):
+        triton_int4.linear(*args)
+
+
+@pytest.mark.parametrize("output_dtype", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("zero_kind, scales_dtype", [("int", "fp16"), ("float", "fp32"), ("float", "bf16")])
+def test_dequantize_is_correctly_rounded(output_dtype, zero_kind, scales_dtype):
+    w = make_weights(np.random.default_rng(0), 70, 200, group_size=24, zero_granularity="grouped",
+                     zero_kind=zero_kind, scales_dtype=scales_dtype, scale_exponent=-2.0)
+    packed, scales, zeros, group_size = w.torch_args(DEVICE)
+    got = triton_int4.dequantize(packed, scales, zeros, group_size, tensor(np.zeros(1), output_dtype, "cpu").dtype)
+    report = dequant_error(got.float().cpu().numpy(), w.packed, w.scales, w.zero_points, 24, output_dtype)
+    assert report.passed, report.worst()
+
+
+@pytest.mark.large
+def test_large_layer_on_the_gpu():
+    # llama3-8b down_proj (out 4096, in 14336), group 128: decode, full decode tile and prefill.
+    if DEVICE != "cuda":
+        pytest.skip("the large tier needs a GPU (the interpreter would take hours)")
+    for m in (1, 16, 257):
+        case = make_linear_case(m, 4096, 14336, m, "fp16", rank=16, num_loras=4, group_size=128)
+        assert_within_tolerance(run_case(case)[1])
+
+
+# Compiles, without a GPU, the code only a GPU runs (the inline-PTX unpack, wgmma tiles, fp64
+# dequantize): each wrapper's launches are captured instead of run, then triton.compile builds
+# them for sm_90 with the ptxas bundled in the triton wheel. Run outside the interpreter.
+COMPILE_FOR_SM90 = """
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from harness.cases import make_linear_case
+from kernels import triton_int4, triton_kernels
+
+TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.uint8: "u8",
+         torch.int32: "i32", torch.int64: "i64"}
+KERNELS = {n: getattr(triton_kernels, n) for n in ("int4_lora_gemm_kernel", "lora_shrink_kernel", "dequantize_kernel")}
+launches = []
+for name in KERNELS:
+    setattr(triton_kernels, name, type("Capture", (), {"__getitem__": lambda self, grid, name=name: (
+        lambda *args, **kwargs: launches.append((name, args, kwargs)))})())
+
+def linear(m, n, k, x_dtype, **params):
+    args = make_linear_case(0, n, k, m, x_dtype, **params).torch_args("cpu")
+    _, _, *kinds = triton_int4.check_linear(*args[:8], args[9])
+    triton_int4.launch_linear(*args, tuple(kinds), zero_is_exact=triton_int4.exact_zero(args[0].dtype, args[3], True))
+
+linear(16, 64, 256, "fp16", group_size=128)  # decode: PTX unpack, scales after the dot, LoRA
+linear(300, 64, 256, "fp16", group_size=128, zero_granularity="grouped")  # 128x128 wgmma tiles, zero points
+linear(5, 64, 200, "bf16", group_size=24, zero_granularity="grouped", zero_kind="float")  # gathers, K tail
+linear(3, 64, 256, "fp32", group_size=64, zero_granularity="per-channel")  # ieee dots
+w = make_linear_case(0, 64, 256, 1, "fp32", group_size=32, zero_granularity="grouped", zero_kind="float",
+                     scales_dtype="fp32").weights
+triton_int4.unavailable_reason = triton_int4.check_devices = lambda *a, **k: None
+triton_int4.dequantize(*w.torch_args("cpu"), output_dtype=torch.float32)  # fp64 math
+for name, args, kwargs in launches:
+    fn, kwargs = KERNELS[name], dict(kwargs)
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+    names = [p.name for p in fn.params if not p.is_constexpr]
+    signature = {n: f"*{TYPES[a.dtype]}" if isinstance(a, torch.Tensor) else "fp32" if isinstance(a, float) else "i32"
+                 for n, a in zip(names, args)}
+    signature.update({k: "constexpr" for k in kwargs})
+    triton.compile(triton.compiler.ASTSource(fn, signature, kwargs), target=GPUTarget("cuda", 90, 32), options=options)
+print(len(launches), "launches compiled")
+"""
+
+
+def test_gpu_code_paths_compile_for_hopper():
+    if DEVICE == "cuda":
+        pytest.skip("the GPU runs these kernels for real in the other tests")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], cwd=Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
