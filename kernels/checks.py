@@ -2,29 +2,11 @@
 
 Each check raises ValueError naming the argument and the rule; nothing is guessed.
 """
-import math
-
 import torch
 
+from reference.granularity import granularity  # one rule for the reference and every fast path
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def granularity(t, out_features, in_features, group_size, name):
-    """'per-tensor' | 'per-channel' | 'grouped' for scales or zero_points `t` (SPEC §2)."""
-    if t.numel() == 1:
-        return "per-tensor"
-    if t.dim() == 1 and t.shape[0] == out_features:
-        return "per-channel"
-    if t.dim() == 2 and t.shape[0] == out_features:
-        if group_size is None or group_size <= 0:
-            raise ValueError(f"group_size must be a positive int for grouped {name}, got {group_size!r}")
-        num_groups = math.ceil(in_features / group_size)
-        if t.shape[1] != num_groups:
-            raise ValueError(f"{name} has {t.shape[1]} groups but ceil(in_features / group_size) = "
-                             f"ceil({in_features} / {group_size}) = {num_groups}")
-        return "grouped"
-    raise ValueError(f"{name} must have 1 element, shape [{out_features}] or shape "
-                     f"[{out_features}, num_groups]; got shape {list(t.shape)}")
 
 
 def check_weights(packed_weights, scales, zero_points, group_size):

@@ -11,24 +11,27 @@ import numpy as np
 
 
 def granularity(t, out_features, in_features, group_size, name):
-    """Name the granularity of `t` ('per-tensor', 'per-channel', 'grouped') or raise ValueError."""
-    t = np.asarray(t)
-    if t.size == 1:
+    """Name the granularity of `t` ('per-tensor', 'per-channel', 'grouped') or raise ValueError.
+
+    Reads only `t`'s shape, so the fast paths validate their tensors with this same rule.
+    """
+    shape = tuple(np.shape(t))
+    if math.prod(shape) == 1:
         return "per-tensor"
-    if t.ndim == 1 and t.shape[0] == out_features:
+    if shape == (out_features,):
         return "per-channel"
-    if t.ndim == 2 and t.shape[0] == out_features:
+    if len(shape) == 2 and shape[0] == out_features:
         if group_size is None or group_size <= 0:
             raise ValueError(f"group_size must be a positive int for grouped {name}, got {group_size!r}")
         num_groups = math.ceil(in_features / group_size)
-        if t.shape[1] != num_groups:
+        if shape[1] != num_groups:
             raise ValueError(
-                f"{name} has {t.shape[1]} groups but ceil(in_features / group_size) = "
+                f"{name} has {shape[1]} groups but ceil(in_features / group_size) = "
                 f"ceil({in_features} / {group_size}) = {num_groups}")
         return "grouped"
     raise ValueError(
         f"{name} must have 1 element, shape [{out_features}] or shape "
-        f"[{out_features}, num_groups]; got shape {list(t.shape)}")
+        f"[{out_features}, num_groups]; got shape {list(shape)}")
 
 
 def expand(t, out_features, in_features, group_size, name):
