@@ -96,6 +96,17 @@ def copy_bandwidth(args):
     return 2 * src.numel() / bench(lambda: dst.copy_(src), args) / 1e6
 
 
+def targets(m, t_base, t_lora, t_a, roofline):
+    """The issue's targets for this row, met or not: M <= 16: >= 3x (a) and >= 75% of roofline;
+    every M: LoRA <= 15% over the base; M >= 256: within 1.3x of (a)."""
+    checks = [("LoRA<=15%", t_lora <= 1.15 * t_base)]
+    if m <= 16:
+        checks += [(">=3x(a)", t_a >= 3 * t_lora), (">=75%roof", roofline >= 0.75 * t_base)]
+    if m >= 256:
+        checks += [("<=1.3x(a)", t_lora <= 1.3 * t_a)]
+    return " ".join(f"{name}:{'met' if ok else 'MISSED'}" for name, ok in checks)
+
+
 def sweep(args):
     """Time the base kernel under each candidate config; print the best per layer and M."""
     print("| layer | M | best config | us | runner-up us | all (us) |\n| --- | --- | --- | --- | --- | --- |")
@@ -119,8 +130,8 @@ def table(args):
     measured = copy_bandwidth(args)
     print(f"roofline peak: {args.peak_tbps:.2f} TB/s (datasheet, used below); measured D2D copy: {measured:.2f} TB/s")
     print("\n| layer (out x in) | M | triton base us | triton+LoRA us | (a) dense+LoRA us | (b) materialize+LoRA us "
-          "| roofline us | speedup vs (a) | % of roofline | LoRA overhead % | max rel err vs (a) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| roofline us | speedup vs (a) | % of roofline | LoRA overhead % | max rel err vs (a) | issue targets |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for layer in args.layers:
         n, k = LAYER_SHAPES[layer]
         for m in args.m:
@@ -136,7 +147,7 @@ def table(args):
             roofline = base_bytes(n, k, m, p) / (args.peak_tbps * 1e6)
             print(f"| {layer} ({n}x{k}) | {m} | {t_base:.1f} | {t_lora:.1f} | {t_a:.1f} | {t_b:.1f} | {roofline:.1f} "
                   f"| {t_a / t_lora:.2f}x | {100 * roofline / t_base:.0f}% | {100 * (t_lora / t_base - 1):.0f}% "
-                  f"| {err:.1e} |", flush=True)
+                  f"| {err:.1e} | {targets(m, t_base, t_lora, t_a, roofline)} |", flush=True)
             del w16, p
 
 

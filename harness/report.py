@@ -1,6 +1,6 @@
 """python -m harness report: one self-contained HTML page from what `verify` and the benchmarks wrote.
 
-    python -m harness report                         # reports/verify.json + reports/bench/*.parquet -> reports/index.html
+    python -m harness report                         # reports/verify.json + bench/*.parquet -> reports/index.html
     python -m harness report --compare RUN_A RUN_B   # the two benchmark runs section 6 compares
 
 The page is harness/templates/report.html.j2 filled with plain tables (made here by small
@@ -37,6 +37,7 @@ from harness.tolerance import dequant_error, linear_error
 TEMPLATES = Path(__file__).parent / "templates"
 REGRESSION_THRESHOLD = 0.10  # a case 10 % slower than in the older run is a regression
 BASELINE = "dense"  # the backend speedups are measured against: weights dequantized ahead of time
+MAX_TABLE_ROWS = 2000  # per table: keeps the page under 10 MB whatever the history (~0.3 KB per row)
 
 # The values at which "vs M" charts hold the other axes (when the run has them; else its most common value).
 HEADLINE = dict(group_size=128, dtype="fp16", cache_mode="warm", rank=16, num_loras=4, popularity="uniform")
@@ -152,16 +153,21 @@ def repro_link(repro, reports_dir, page_dir):
 
 
 def verification_blocks(verify, reports_dir, page_dir):
-    """Per result: its verdict, property lines, large tier, failure and repro link, ready for the template."""
+    """Per result: its verdict, property lines, explicit examples (large tier, checkpoint layers), failure and
+    repro link, ready for the template."""
     blocks = []
     for r in (verify or {}).get("results", []):
         href, text = repro_link(r.get("repro"), reports_dir, page_dir)
         failure = r.get("failure") or None
+        explicit = [dict(t, kind=kind)  # each: shape, passed, max_ratio
+                    for key, kind in (("large_tier", "large tier"), ("checkpoint", "checkpoint layer"))
+                    for t in r.get(key) or []]
         blocks.append(dict(candidate=r.get("candidate", "?"), contract=r.get("contract", "?"),
                            passed=bool(r.get("passed")), device=r.get("device", "?"),
                            domain=", ".join(r.get("domain") or ["?"]), seed=r.get("seed"),
                            fuzzed_cases=r.get("fuzzed_cases", 0), seconds=r.get("seconds"),
                            properties=r.get("properties") or [], large_tier=r.get("large_tier") or [],
+                           explicit=explicit,
                            failure=failure, case_json=json.dumps(failure.get("case"), indent=1) if failure else "",
                            batch_invariance=r.get("batch_invariance"), repro_href=href, repro_text=text))
     return blocks
@@ -212,8 +218,10 @@ def error_samples(backends=None, device="cpu", dtypes=DTYPES, granularities=GRAN
                                                     ratio=report.ratio.ravel())))
     columns = ["backend", "contract", "dtype", "granularity", "ulps", "ratio"]
     samples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    for column in columns[:4]:
-        samples[column] = samples[column].astype("category")
+    order = dict(backend=list(backends), contract=["dequantizer", "linear"], dtype=list(dtypes),
+                 granularity=list(granularities))
+    for column, categories in order.items():  # categories in the order the charts and tables show them
+        samples[column] = pd.Categorical(samples[column], categories=categories)
     return samples, problems
 
 
@@ -315,8 +323,9 @@ def comparison(bench, run_a, run_b, threshold=REGRESSION_THRESHOLD):
     """perf_store.compare(run_a -> run_b) plus time_ratio = b / a and a verdict: regression, faster or same."""
     compared = perf_store.compare(bench, run_a, run_b)
     compared["time_ratio"] = compared["median_s_b"] / compared["median_s_a"]
-    compared["verdict"] = np.select([compared["time_ratio"] > 1 + threshold, compared["time_ratio"] < 1 / (1 + threshold)],
-                                    ["regression", "faster"], "same")
+    ratio = compared["time_ratio"]
+    compared["verdict"] = np.select([ratio > 1 + threshold, ratio < 1 / (1 + threshold)], ["regression", "faster"],
+                                    "same")
     return compared.sort_values("time_ratio", ascending=False, ignore_index=True)
 
 
@@ -417,7 +426,7 @@ def small_multiples(rows, y, ylabel, name, log_y=True, reference=None):
         ax.set_xlabel("M (tokens)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="major", alpha=0.3)
-    handles, labels = {}, {}
+    handles = {}  # label -> the first line drawn with it: one legend for all panels
     for ax in axes:
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
@@ -430,7 +439,7 @@ def roofline_chart(rows):
     """Achieved TFLOP/s against FLOP per byte moved, under the device's bandwidth and compute ceilings."""
     rows = rows[(rows["bytes_moved"] > 0) & (rows["flops"] > 0) & np.isfinite(rows["achieved_tflops"])]
     intensity = rows["flops"] / rows["bytes_moved"]
-    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    fig = Figure(figsize=(9.5, 4.5), layout="constrained")
     ax = fig.subplots()
     markers = {"gemm_lora": "o", "gemm": "s", "dequantize": "^"}
     for i, (backend, group) in enumerate(rows.groupby("backend")):
@@ -450,7 +459,7 @@ def roofline_chart(rows):
     ax.set_xlabel("arithmetic intensity (FLOP per byte moved)")
     ax.set_ylabel("achieved TFLOP/s")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", frameon=False)
+    fig.legend(fontsize=7, loc="outside right upper", frameon=False)
     return svg(fig, "roofline")
 
 
@@ -458,7 +467,7 @@ ULP_BINS = ["0", "1", "2", "3+", "NaN"]
 
 
 def ulps_chart(samples):
-    """Dequantizer: share of elements at 0, 1, 2, 3+ ulps from the correctly rounded value, per dtype and granularity."""
+    """Dequantizer: share of elements 0, 1, 2, 3+ ulps from the correctly rounded value, per dtype and granularity."""
     panels = samples[["backend", "dtype"]].drop_duplicates().values.tolist()
     fig, axes = _figure(len(panels), width=3.4, height=2.6)
     granularities = list(samples["granularity"].cat.categories)
@@ -534,6 +543,7 @@ def memory_chart(per_layer):
 # --- the page ---------------------------------------------------------------------------------------
 
 def fmt_seconds(s):
+    """3 significant digits in s, ms, µs or ns; '–' when missing."""
     if s is None or not np.isfinite(s):
         return "–"
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
@@ -543,8 +553,7 @@ def fmt_seconds(s):
 
 
 def fmt_bytes(n):
-    if n is None or not np.isfinite(n):
-        return "–"
+    """4 significant digits in B, KiB, MiB, GiB or TiB."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024:
             return f"{n:.4g} {unit}"
@@ -553,13 +562,15 @@ def fmt_bytes(n):
 
 
 def fmt_num(x, digits=3):
-    if x is None or (isinstance(x, float) and not np.isfinite(x)):
-        return "–" if x is None or np.isnan(x) else str(x)
+    """`digits` significant digits ('inf' stays 'inf'); '–' when missing."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
     return f"{x:.{digits}g}"
 
 
-def _records(df, limit=None):
-    return df.head(limit).to_dict("records") if limit else df.to_dict("records")
+def _records(df):
+    """Rows as dicts, for the template."""
+    return df.to_dict("records")
 
 
 def performance(bench, run=None):
@@ -653,7 +664,7 @@ def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=No
         if samples.empty:
             problems.append(f"error samples: no backend available on {device}")
         else:
-            samples_info = (f"error samples: {', '.join(samples['backend'].cat.categories)} on {device}, "
+            samples_info = (f"error samples: {', '.join(samples['backend'].unique())} on {device}, "
                             f"{len(samples)} elements in {time.perf_counter() - start:.1f} s")
             by_contract = {c: samples[samples["contract"] == c] for c in ("dequantizer", "linear")}
             error_context = dict(
@@ -679,7 +690,7 @@ def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=No
         verify=verify, blocks=verification_blocks(verify, reports_dir, out.parent), errors=error_context,
         runs=_records(run_table(bench)), perf=perf, baseline=BASELINE, compared=compared,
         memory_layers=_records(per_layer), memory_models=_records(memory_per_model()),
-        memory_svg=memory_chart(per_layer), models=MODELS, group_size=MEMORY_GROUP_SIZE)
+        memory_svg=memory_chart(per_layer), models=MODELS, group_size=MEMORY_GROUP_SIZE, max_rows=MAX_TABLE_ROWS)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
@@ -702,7 +713,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    """Write the page; 0 once it is written (missing inputs are reported in the page and here)."""
+    """Write the page; 0 once it is written (missing inputs and unknown run ids are named in the page)."""
     out = build_report(args.reports, args.out, run=args.run, run_a=args.compare[0], run_b=args.compare[1],
                        threshold=args.threshold, errors=not args.no_error_samples, device=args.device)
     print(f"report written to {out} ({out.stat().st_size / 1e6:.2f} MB)")

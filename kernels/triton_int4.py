@@ -115,11 +115,18 @@ def weight_args(scales, zero_points, kinds, group_size, block_k):
             args.append((scales, 0, 0, 1))  # never read: HAS_ZERO is False
         elif kind == "per-tensor":
             args.append((t, 0, 0, 1))
-        elif kind == "per-channel":
+        elif kind == "per-channel" or t.shape[1] == 1:  # one group: a column of per-channel values
             args.append((t, t.stride(0), 0, 1))
         else:
             args.append((t, t.stride(0), t.stride(1), chunks(kind, t, group_size, block_k)))
     return args
+
+
+def group_tiles(kind, scales, group_size, block_k):
+    """K tiles per scale group where one group covers whole tiles (else 1; the value is then unused)."""
+    if kind == "grouped" and scales.shape[1] > 1 and group_size % block_k == 0:
+        return group_size // block_k
+    return 1
 
 
 def is_int(zero_points):
@@ -188,6 +195,8 @@ def launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lo
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)  # y: [M, out]
     if y.numel() == 0:
         return y
+    lora_indices = lora_indices.contiguous()  # the kernels index it (and bias) with unit stride
+    bias = None if bias is None else bias.contiguous()
     config = dict(config or launch_config(m, n, k))
     config["BLOCK_K"] = pick_block_k(config["BLOCK_K"], (scales, zero_points), kinds, group_size)
     (s, s_sn, s_sg, s_chunks), (z, z_sn, z_sg, z_chunks) = weight_args(scales, zero_points, kinds, group_size,
@@ -211,6 +220,7 @@ def launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lo
         # scaling after the dot needs one scale per row of the tile and v - z exact in the dot's dtype;
         # it pays where the [BLOCK_M, BLOCK_N] product is much smaller than the [BLOCK_N, BLOCK_K] weights
         SCALE_AFTER_DOT=s_chunks == 1 and (native_v or fp32_dot) and 4 * config["BLOCK_M"] <= config["BLOCK_K"],
+        GROUP_TILES=group_tiles(kinds[0], scales, group_size, config["BLOCK_K"]),
         USE_ASM=native_v and not interpreting(), RANK_PAD=rank_pad, **config)
     return y
 
@@ -226,8 +236,8 @@ def lora_shrink(x, lora_a, lora_indices, fp32_dot):
     num_loras, rank = lora_a.shape[:2]
     rank_pad = max(16, next_pow2(rank))  # tl.dot needs every dimension >= 16
     block_m, block_k, num_splits = shrink_config(m, k, rank_pad)
-    k_per_split = block_k * cdiv(cdiv(k, block_k), num_splits)
-    num_splits = cdiv(k, k_per_split)
+    k_per_split = block_k * max(1, cdiv(cdiv(k, block_k), num_splits))
+    num_splits = max(1, cdiv(k, k_per_split))
     shrink = torch.empty((num_splits, m, rank_pad), dtype=torch.float32, device=x.device)
     triton_kernels.lora_shrink_kernel[(cdiv(m, block_m), num_splits)](
         x, lora_a, lora_indices, shrink, m, k, rank, num_loras, k_per_split,

@@ -22,12 +22,14 @@ column's group is read separately, for odd group sizes).
 import triton
 import triton.language as tl
 
-# PTX for unpack_tile on the GPU (the interpreter runs the tl.* form beside it): four packed bytes
-# b0..b3 -> half2 (lo(b0) - 8, lo(b1) - 8), (lo(b2), lo(b3)) and the same for the high nibbles, in
-# 10 instructions. prmt spreads bytes into 16-bit lanes; lop3 computes (t & mask) | bits(2**10),
-# i.e. 2**10 + q (low nibble) or 2**10 + 16 q (high); then (2**10 + q) - 1032 = q - 8 and
-# (2**10 + 16 q) / 16 - 72 = q - 8, both exact. bf16 shifts the high nibbles down instead,
-# since 2**7 + 16 q leaves its binade.
+# PTX for unpack_tile on the GPU (the interpreter runs the tl.* form beside it, same values): four
+# packed bytes b0..b3 (one register; Triton packs element i into bits 8i..8i+7) -> outputs $0, $1 =
+# half2 (lo(b0) - 8, lo(b1) - 8), (lo(b2) - 8, lo(b3) - 8) and $2, $3 the same for the high nibbles,
+# in 10 instructions where the tl.* form takes ~30. prmt spreads two bytes into the 16-bit lanes;
+# lop3 computes (t & mask) | bits(2**10), i.e. 2**10 + q (low nibble) or 2**10 + 16 q (high); then
+# (2**10 + q) - 1032 = q - 8 and (2**10 + 16 q) / 16 - 72 = q - 8, both exact. bf16 shifts the high
+# nibbles down instead, since 2**7 + 16 q leaves its binade. Constants: 0xE408 = -1032, 0x2C00 =
+# 1/16, 0xD480 = -72 (fp16); 0x3F80 = 1, 0xC308 = -136 (bf16).
 UNPACK_FP16_ASM = tl.constexpr("""{
 .reg .b32 t0, t1, c0, c1, c2;
 prmt.b32 t0, $4, 0, 0x4140;
@@ -189,16 +191,16 @@ def int4_lora_gemm_kernel(
         stride_ym, stride_yn, stride_bl, stride_bn, stride_br,
         HAS_ZERO: tl.constexpr, ZERO_IS_INT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr,
         S_CHUNKS: tl.constexpr, Z_CHUNKS: tl.constexpr, EVEN_K: tl.constexpr, FP32_DOT: tl.constexpr,
-        NATIVE_V: tl.constexpr, NATIVE_S: tl.constexpr, SCALE_AFTER_DOT: tl.constexpr, USE_ASM: tl.constexpr,
-        RANK_PAD: tl.constexpr,
+        NATIVE_V: tl.constexpr, NATIVE_S: tl.constexpr, SCALE_AFTER_DOT: tl.constexpr, GROUP_TILES: tl.constexpr,
+        USE_ASM: tl.constexpr, RANK_PAD: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """y[M, N] = x[M, K] @ W^T + bias + LoRA expand, W read from packed uint8 [N, K // 2].
 
     How W = (v - z) * s meets x (each is W rounded at most once to x's dtype, then exact
     products and fp32 accumulation; FP32_DOT: everything fp32, no TF32):
     - NATIVE_V: v - z is computed in x's dtype, where the wrapper knows it is exact.
-    - SCALE_AFTER_DOT (one scale per row of the tile): the [BLOCK_M, BLOCK_N] product of x and
-      v - z is multiplied by s in fp32, so W is never rounded at all.
+    - SCALE_AFTER_DOT (one scale per row of the tile, GROUP_TILES K tiles per group): the
+      [BLOCK_M, BLOCK_N] product of x and v - z is multiplied by s in fp32, so W is never rounded.
     - else W = (v - z) * s, in x's dtype where NATIVE_S (exact operands, one rounding) or in fp32.
     Grid: (cdiv(M, BLOCK_M), cdiv(N, BLOCK_N)); axis 0 varies fastest, so the programs that
     share a weight tile run together and the tile is read from HBM about once.
@@ -227,7 +229,8 @@ def int4_lora_gemm_kernel(
         if SCALE_AFTER_DOT:
             part = tl.dot(x_even, tl.trans(w_even.to(DOT_DTYPE)), input_precision=PRECISION)
             part = tl.dot(x_odd, tl.trans(w_odd.to(DOT_DTYPE)), part, input_precision=PRECISION)
-            s = tl.load(s_ptr + offs_n * stride_sn + (k0 // group_size) * stride_sg, mask=n_mask, other=0.0)
+            group = (k0 // BLOCK_K) // GROUP_TILES  # = k0 // group_size, without a run-time division
+            s = tl.load(s_ptr + offs_n * stride_sn + group * stride_sg, mask=n_mask, other=0.0)
             acc += part * s.to(tl.float32)[None, :]
         else:
             s_even, s_odd = chunk_values(s_ptr, stride_sn, stride_sg, offs_n, n_mask, k0, K, group_size, S_DTYPE,

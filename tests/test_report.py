@@ -37,6 +37,8 @@ def _result(candidate, contract, failed=(), repro=None):
                   properties=lines, failure=failure, passed=not failed, seconds=1.5, candidate=candidate)
     if repro:
         result["repro"] = repro
+    if candidate == "theirs:deq":
+        result["checkpoint"] = [dict(shape="model.layers.0.mlp.down_proj", passed=True, max_ratio=0.0)]
     return result
 
 
@@ -124,7 +126,8 @@ def test_memory_per_model_sums_every_linear_layer_of_every_block():
     per_block = 2 * 4096 * 4096 + 2 * 1024 * 4096 + 3 * 14336 * 4096
     assert models.loc["Llama-3-8B", "fp16_bytes"] == 32 * 2 * per_block
     assert models.loc["Llama-3-8B", "packed_bytes"] == 32 * (per_block // 2 + per_block // 128 * 2)
-    assert models.loc["Llama-3-8B", "materialized_cached"] == 32 * (per_block // 2 + per_block // 128 * 2 + 2 * per_block)
+    packed = 32 * (per_block // 2 + per_block // 128 * 2)
+    assert models.loc["Llama-3-8B", "materialized_cached"] == packed + 32 * 2 * per_block
     layers = report.memory_per_layer().set_index("layer")
     assert layers.loc["llama3-8b.q_proj", "ratio"] == pytest.approx(2 * 4096 * 4096 / (4096 * 2048 + 4096 * 32 * 2))
 
@@ -243,9 +246,9 @@ def test_the_page_is_one_offline_file_under_10_mb(full_page):
 
 def test_the_summary_gives_an_overall_verdict_per_backend_and_third_party(full_page):
     summary = section(full_page[1], "summary")
-    for candidate, verdict in (("torch", "PASS"), ("mine.py:linear", "FAIL"), ("theirs:deq", "PASS"),
-                               ("triton", "NOT RUN")):
-        assert re.search(rf"<code>{re.escape(candidate)}</code>.*?badge {verdict}", summary, re.S), candidate
+    for candidate, badge in (("torch", "PASS"), ("mine.py:linear", "FAIL"), ("theirs:deq", "PASS"),
+                             ("triton", "NOTRUN")):
+        assert re.search(rf"<code>{re.escape(candidate)}</code>.*?badge {badge}", summary, re.S), candidate
     assert "profile ci (12 fuzzed cases per contract)" in summary
     assert "2 run(s), 36 rows, on Test GPU" in summary
 
@@ -259,7 +262,8 @@ def test_the_verification_section_shows_the_failure_its_worst_element_and_repro(
     assert "&#34;in_features&#34;: 1024" in failed  # the minimal case, escaped JSON
     assert "-0.1453857421875" in failed and "-0.144775390625" in failed  # the worst element
     assert '<a href="repro_mine.py">' in failed
-    assert "llama3-8b.q_proj" in verification and "0.00015" in verification  # large tier max ratio
+    assert "<td>large tier</td><td>llama3-8b.q_proj</td>" in verification and "0.00015" in verification
+    assert "<td>checkpoint layer</td><td>model.layers.0.mlp.down_proj</td>" in verification
 
 
 def test_the_error_section_has_both_histograms_and_a_row_per_case(full_page):
@@ -317,3 +321,11 @@ def test_the_command_line_writes_the_page(tmp_path, capsys):
     html = (tmp_path / "page.html").read_text()
     assert f"<code>{RUN_B}</code> (older, A)" in html and "0 regression(s)" in html
     assert "report written to" in capsys.readouterr().out
+
+
+def test_long_tables_are_cut_and_say_so(tmp_path, monkeypatch):
+    write_bench(tmp_path)
+    monkeypatch.setattr(report, "MAX_TABLE_ROWS", 5)
+    html = report.build_report(tmp_path, errors=False).read_text()
+    comparison = section(html, "comparison")
+    assert comparison.count("<tr class=") == 5 and "13 more rows not shown" in comparison  # 18 cases in both

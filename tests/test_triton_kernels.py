@@ -158,6 +158,16 @@ def test_inputs_unchanged_and_results_bitwise_deterministic():
     assert all(not isinstance(a, torch.Tensor) or torch.equal(a, c) for a, c in zip(args, copies))
 
 
+def test_strided_inputs():
+    case = make_linear_case(4, 40, 128, 6, "fp16", rank=4, num_loras=2, group_size=64, zero_granularity="grouped")
+    args = list(case.torch_args(DEVICE))
+    for i in (0, 1, 2, 5, 7, 9):  # x, packed, scales, lora_a, indices, bias: same values, every other element
+        t = args[i]
+        args[i] = torch.stack((t, t), dim=-1)[..., 0]
+    assert not args[0].is_contiguous()
+    assert_within_tolerance(linear_error(triton_int4.linear(*args).float().cpu().numpy(), case))
+
+
 def test_no_tokens_gives_an_empty_result():
     case = make_linear_case(0, 8, 32, 0, "fp16", rank=2, num_loras=1, group_size=16)
     y = triton_int4.linear(*case.torch_args(DEVICE))
