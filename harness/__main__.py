@@ -234,7 +234,11 @@ def main(argv=None):
                    help="the checkpoint's format (default: detected from the tensor names)")
     v.add_argument("--checkpoint-group-size", type=int,
                    help="group size of a grouped compressed-tensors or AWQ layer (it lives in the config, not the tensors)")
+    from harness import report  # matplotlib, jinja2 and pandas load only for this command
+    report.add_arguments(sub.add_parser("report", help="write reports/index.html from verify.json and the benchmark runs"))
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return report.run(args)
     try:
         return verify(args)
     except UsageError as error:

@@ -64,7 +64,7 @@ MODELS = {
 # the accumulation order starts to show; fp32 scales with fractional zero points make every
 # dequantized value round, in every output dtype.
 ERROR_DEQUANT_SHAPE = (128, 512)  # out, in
-ERROR_LINEAR_SHAPE = (64, 256, 1024)  # M, out, in
+ERROR_LINEAR_SHAPE = (32, 256, 1024)  # M, out, in
 ERROR_RANK, ERROR_LORAS = 16, 4
 
 
@@ -553,7 +553,9 @@ def fmt_seconds(s):
 
 
 def fmt_bytes(n):
-    """4 significant digits in B, KiB, MiB, GiB or TiB."""
+    """4 significant digits in B, KiB, MiB, GiB or TiB; '–' when missing (peak memory on a CPU)."""
+    if n is None or not np.isfinite(n):
+        return "–"
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024:
             return f"{n:.4g} {unit}"
