@@ -24,7 +24,8 @@ from harness.shapes import LAYER_SHAPES  # noqa: E402
 from kernels import triton_int4  # noqa: E402
 from kernels.checks import check_linear  # noqa: E402
 
-LAYERS = ["llama3-8b.q_proj", "llama3-8b.gate_proj", "llama3-8b.down_proj"]  # out x in: 4096x4096, 14336x4096, 4096x14336
+# out x in: 4096x4096, 14336x4096, 4096x14336
+LAYERS = ["llama3-8b.q_proj", "llama3-8b.gate_proj", "llama3-8b.down_proj"]
 
 DECODE_CONFIGS = [dict(BLOCK_M=16, BLOCK_N=n, BLOCK_K=128, num_warps=w, num_stages=s)
                   for n, w, s in [(32, 4, 4), (32, 4, 6), (32, 4, 8), (64, 4, 4), (64, 4, 6), (64, 4, 8),
@@ -46,7 +47,8 @@ def make_problem(n, k, m, group_size, rank, num_loras, zero_points, seed=0):
              lora_a=(rand(num_loras, rank, k) * 0.02).half(), lora_b=(rand(num_loras, n, rank) * 0.02).half(),
              lora_indices=torch.randint(-1, num_loras, (m,), generator=gen, device="cuda"), scaling=0.5, bias=None)
     if zero_points != "none":
-        p["zero_points"] = torch.randint(0, 16, (n, groups), generator=gen, device="cuda").to(getattr(torch, zero_points))
+        zeros = torch.randint(0, 16, (n, groups), generator=gen, device="cuda")
+        p["zero_points"] = zeros.to(getattr(torch, zero_points))
     p["a_stacked"] = p["lora_a"].reshape(num_loras * rank, k)  # [L * rank, K]
     p["b_stacked"] = p["lora_b"].permute(1, 0, 2).reshape(n, num_loras * rank).contiguous()  # [N, L * rank]
     return p
