@@ -33,8 +33,9 @@ Linear: one design reference per correct design, one residual bound each
        other weight may differ from RN_x(W) at all.
     4. LoRA: per token and rank, t_r = x @ A_ir^T accumulated in fp32 (term 1 with
        S_t = sum_k |x_k||A_irk|), optionally rounded to x.dtype (u_x * |t_r|, the
-       "fp32 or x.dtype intermediate" of the issue), scaled and expanded in fp32:
-       |scaling| * sum_r [(LAMBDA sqrt(K) u32 S_t,r + u_x |t_r|) |B_r| + (rank + 2) u32 |t_r||B_r|].
+       "fp32 or x.dtype intermediate" of the issue), scaled and expanded in fp32, whose
+       products may come from a 3xTF32 tensor-core dot (error <= 2**-21 = EXPAND_PRODUCT u32):
+       |scaling| * sum_r [(LAMBDA sqrt(K) u32 S_t,r + u_x |t_r|) |B_r| + (rank + 2 + EXPAND_PRODUCT) u32 |t_r||B_r|].
     5. The fp32 sum of base and LoRA: u32 * (|y_base| + |y_lora|).
     6. The final rounding to x.dtype: got = RN_x(y') for some |y' - y_d| <= (1..5), so
        |got - y_d| <= (1..5) + spacing_x(got) / 2. The reported ratio is the error
@@ -54,6 +55,7 @@ from reference.rounding import float_format, ordinal, round_to, spacing
 LAMBDA = 8.0  # probabilistic accumulation constant (term 1)
 U32 = 2.0 ** -24  # unit roundoff of the fp32 accumulator
 WINDOW = 4.0  # fp32 roundings allowed while computing one weight (term 3)
+EXPAND_PRODUCT = 8.0  # a 3xTF32 product in the LoRA expand, in units of u32 (term 4)
 
 
 @dataclass
@@ -121,7 +123,7 @@ def _lora_terms(x, lora_a, lora_b, lora_indices, scaling, u_x):
     y_lora = scaling * (t @ b)
     t_error = LAMBDA * np.sqrt(k) * U32 * t_abs_sum + u_x * np.abs(t)
     magnitude = abs(scaling) * (np.abs(t) @ np.abs(b))
-    bound = abs(scaling) * (t_error @ np.abs(b)) + (rank + 2) * U32 * magnitude
+    bound = abs(scaling) * (t_error @ np.abs(b)) + (rank + 2 + EXPAND_PRODUCT) * U32 * magnitude
     return y_lora, bound, magnitude
 
 
