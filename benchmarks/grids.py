@@ -42,7 +42,6 @@ AXES = {
 }
 
 LLAMA3_8B = ["llama3-8b.q_proj", "llama3-8b.k_proj", "llama3-8b.gate_proj", "llama3-8b.down_proj"]
-GPU_LAYERS = [*LLAMA3_8B, "llama3-70b.gate_proj", "falcon-7b.query_key_value"]
 
 GRIDS = {
     # One case per operation and backend: does the machinery work here? (seconds)
@@ -59,17 +58,20 @@ GRIDS = {
                     "lora": dict(rank=[8, 64], num_loras=[1, 16]),
                     "popularity": dict(num_loras=[16], popularity=["distinct", "skewed", "identical"]),
                 }),
-    # A GPU: every Llama-3-8B projection, a 70B one and the ragged Falcon QKV, decode to prefill.
+    # A GPU: every Llama-3-8B projection over M from decode to prefill, a 70B layer and the ragged Falcon
+    # QKV; dtype, group size and adapters varied on q_proj. Checks dominate its time (about 1 s each on
+    # q_proj, 10+ s on the 70B layer, on a 16-core host), so the product is kept narrow.
     "gpu": dict(device="cuda", backends=("torch", "triton", "dense", "materialize"), reference_layers=[],
                 max_time_s=0.1, min_rounds=20, max_rounds=500,
                 sweeps={
-                    "decode": dict(layer=GPU_LAYERS, m=[1, 4, 16], dtype=["fp16", "bf16"],
-                                   cache_mode=["warm", "cold"]),
-                    "prefill": dict(layer=GPU_LAYERS, m=[64, 256, 1024], dtype=["fp16", "bf16"]),
-                    "group_size": dict(layer=["llama3-8b.q_proj"], m=[1, 16, 256], group_size=[32, 64, 128, None]),
-                    "lora": dict(layer=["llama3-8b.q_proj"], m=[16, 256], rank=[8, 16, 64], num_loras=[1, 4, 16]),
+                    "llama3-8b": dict(layer=LLAMA3_8B, m=[1, 4, 16, 64, 256, 1024]),
+                    "decode-cold": dict(layer=LLAMA3_8B, m=[1, 4, 16], cache_mode=["cold"]),
+                    "larger": dict(layer=["llama3-70b.gate_proj", "falcon-7b.query_key_value"], m=[1, 16, 256]),
+                    "bf16": dict(layer=["llama3-8b.q_proj"], m=[1, 16, 256], dtype=["bf16"]),
+                    "group_size": dict(layer=["llama3-8b.q_proj"], m=[1, 256], group_size=[32, 64, None]),
+                    "lora": dict(layer=["llama3-8b.q_proj"], m=[16, 256], rank=[8, 64], num_loras=[1, 16]),
                     "popularity": dict(layer=["llama3-8b.q_proj"], m=[16, 256], num_loras=[16],
-                                       popularity=["distinct", "uniform", "skewed", "identical"]),
+                                       popularity=["distinct", "skewed", "identical"]),
                 }),
 }
 

@@ -97,8 +97,9 @@ def make_weights(rng, out_features, in_features, group_size=128, scale_granulari
     zero_points, zero_dtype = None, None
     if zero_granularity is not None:
         like = _param(rng, zero_granularity, out_features, in_features, group_size)
-        if zero_kind == "int":
-            zero_points, zero_dtype = rng.integers(-8, 8, size=like.shape).astype(np.int32), "int32"
+        if zero_kind in ("int", "int32", "int8", "int64"):  # integer zero points in [-8, 7]; "int" is int32
+            zero_dtype = "int32" if zero_kind == "int" else zero_kind
+            zero_points = rng.integers(-8, 8, size=like.shape).astype(zero_dtype)
         else:  # fractional zero points, stored in the scales' float dtype
             zero_points, zero_dtype = round_to(rng.uniform(-8.0, 8.0, size=like.shape), scales_dtype), scales_dtype
     uses_groups = "grouped" in (scale_granularity, zero_granularity)

@@ -47,6 +47,8 @@ RATE_COLUMNS = ("achieved_gbps", "achieved_tflops", "frac_peak_bandwidth", "frac
 def with_rates(row):
     """`row` plus GB/s, TFLOP/s and fractions of peak, from its bytes_moved, flops, median_s and peaks."""
     seconds = row["median_s"]
+    if not seconds > 0:
+        raise ValueError(f"median_s must be a positive number of seconds, got {seconds!r}")
     gbps = row["bytes_moved"] / seconds / 1e9
     tflops = row["flops"] / seconds / 1e12
     return {**row, "achieved_gbps": gbps, "achieved_tflops": tflops,

@@ -75,7 +75,7 @@ def weight_params(draw, domain, dtype, exponents):
     if domain.zero_points:
         zero_granularity = draw(st.one_of(st.none(), st.sampled_from(domain.granularities)))
     return dict(scale_granularity=draw(st.sampled_from(domain.granularities)), zero_granularity=zero_granularity,
-                zero_kind=draw(st.sampled_from(["int", "float"])), scales_dtype=draw(st.sampled_from(DTYPES)),
+                zero_kind=draw(st.sampled_from(["int32", "float", "int8", "int64"])), scales_dtype=draw(st.sampled_from(DTYPES)),
                 scale_exponent=float(draw(st.integers(low, high))))
 
 

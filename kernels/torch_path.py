@@ -4,9 +4,9 @@ No Python loop over rows or tokens; scales and zero points broadcast through vie
 (never expanded to [out, in]); LoRA gathered per token with a one-hot mask, so an
 index of -1 adds nothing.
 
-Numerics: the dequantizer computes in float64 (exact for integer zero points and
-fp16/bf16 scales) and rounds once to the output dtype (round-to-odd to fp32 first,
-which makes the second, nearest-even rounding to fp16/bf16 exact). The linear
+Numerics: the dequantizer computes in fp32 where that is exact (fp16/bf16 scales, no or
+8-bit integer zero points), else in float64, and rounds once to the output dtype (from
+float64: round-to-odd to fp32 first, which makes the nearest-even rounding to fp16/bf16 exact). The linear
 dequantizes to x.dtype, accumulates in fp32, keeps the LoRA intermediate in fp32
 and rounds once to x.dtype at the end.
 """
@@ -49,22 +49,33 @@ def round_once(w64, dtype):
     return bits.view(torch.float32).to(dtype)
 
 
+def exact_in_fp32(scales, zero_points):
+    """True when every (v - z) * s is exact in fp32: |v - z| < 2**9 (no or int8/uint8 zero points)
+    times an fp16 (11-bit) or bf16 (8-bit) significand needs at most 20 bits."""
+    small_zeros = zero_points is None or zero_points.dtype in (torch.int8, torch.uint8)
+    return small_zeros and scales.dtype in (torch.float16, torch.bfloat16)
+
+
 def dequantize(packed_weights, scales, zero_points=None, group_size=None, output_dtype=torch.float16):
-    """uint8 [out, in // 2] + scales/zero points (SPEC §2) -> `output_dtype` [out, in], rounded once."""
+    """uint8 [out, in // 2] + scales/zero points (SPEC §2) -> `output_dtype` [out, in], rounded once.
+
+    Computes in fp32 where that is exact (exact_in_fp32), else in float64 with round_once.
+    """
     out_features, in_features, scale_kind, zero_kind = check_weights(packed_weights, scales, zero_points, group_size)
     if output_dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"output_dtype must be torch.float16, torch.bfloat16 or torch.float32, got {output_dtype}")
     grouped = "grouped" in (scale_kind, zero_kind)
     width = group_size if grouped else in_features
     num_groups = math.ceil(in_features / width)
-    v = unpack(packed_weights).to(torch.float64)  # [out, in]
+    compute = torch.float32 if exact_in_fp32(scales, zero_points) else torch.float64
+    v = unpack(packed_weights).to(compute)  # [out, in]
     v = torch.nn.functional.pad(v, (0, num_groups * width - in_features))  # ragged last group
     v = v.view(out_features, num_groups, width)  # [out, groups, group_size]
     if zero_points is not None:
-        v = v - _grouped_view(zero_points.to(torch.float64), zero_kind, out_features, num_groups)
-    w = v * _grouped_view(scales.to(torch.float64), scale_kind, out_features, num_groups)
+        v = v - _grouped_view(zero_points.to(compute), zero_kind, out_features, num_groups)
+    w = v * _grouped_view(scales.to(compute), scale_kind, out_features, num_groups)
     w = w.reshape(out_features, -1)[:, :in_features]
-    return round_once(w, output_dtype)
+    return w.to(output_dtype) if compute == torch.float32 else round_once(w, output_dtype)
 
 
 def lora_delta(x, lora_a, lora_b, lora_indices):

@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "model.layers.0.mlp.down_proj"
 
 
-def write_layer(path, fmt):
-    """An asymmetric grouped layer (group 32, out 64, in 96), written in `fmt`; returns the group size flag."""
-    w = np.random.default_rng(0).standard_normal((64, 96))
+def write_layer(path, fmt, out_features=64):
+    """An asymmetric grouped layer (group 32, in 96), written in `fmt`."""
+    w = np.random.default_rng(0).standard_normal((out_features, 96))
     packed, scales, zero_points = quantize(w, "grouped", group_size=32, symmetric=False)
     canonical = formats.Canonical(packed, scales.astype(np.float16), zero_points.astype(np.int8), 32, None)
     tensors = {"compressed-tensors": formats.to_compressed_tensors, "gptq": formats.to_gptq,
@@ -42,15 +42,15 @@ def test_a_correct_kernel_passes_the_real_layer_in_each_format(tmp_path, fmt):
 
 
 def test_a_checkpoint_specific_bug_is_caught_through_the_real_layer(tmp_path):
-    # int8 zero points come from checkpoints; the fuzzed cases use int32, so only the real layer shows the bug.
-    write_layer(tmp_path / "model.safetensors", "awq")
-    target = "tests/candidates.py:int8_zero_points_read_as_unsigned"
+    # The fuzzed cases stay below 256 output rows (and the large tier is off): only the real layer shows the bug.
+    write_layer(tmp_path / "model.safetensors", "awq", out_features=512)
+    target = "tests/candidates.py:rows_past_256_not_written"
     fuzz_only = verify(tmp_path / "fuzz", "--dequantizer", target)
     assert fuzz_only.returncode == 0, fuzz_only.stdout + fuzz_only.stderr
     run = verify(tmp_path, "--dequantizer", target, "--checkpoint", str(tmp_path / "model.safetensors"),
                  "--layer", PREFIX, "--checkpoint-group-size", "32")
     assert run.returncode == 1, run.stdout + run.stderr
-    assert "FAIL  checkpoint example" in run.stdout or "int8" in run.stdout
+    assert "FAIL  checkpoint example model.layers.0.mlp.down_proj (awq" in run.stdout
 
 
 def test_a_missing_layer_is_a_usage_error(tmp_path):
