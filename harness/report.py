@@ -641,6 +641,18 @@ def summary_lines(verify, bench, samples_info):
     return lines
 
 
+def real_weights_section():
+    """(rows of harness.real_weights.summary, problem | None): RTN on MiniLM-L6's real layers (a few seconds)."""
+    from harness import real_weights
+    try:
+        table = real_weights.quantization_table()
+    except FileNotFoundError as error:  # the model package is not installed: say so in the page
+        return None, f"real weights: {error}"
+    rows = real_weights.summary(table)
+    rows["group_size"] = rows["group_size"].astype(object).where(rows["group_size"].notna(), "per-channel")
+    return _records(rows), None
+
+
 def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=None, threshold=REGRESSION_THRESHOLD,
                  errors=True, device="cpu"):
     """Write the page and return its path (default reports_dir/index.html).
@@ -675,6 +687,8 @@ def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=No
                 summary=_records(error_summary(samples)), dequant_shape=ERROR_DEQUANT_SHAPE,
                 linear_shape=ERROR_LINEAR_SHAPE, rank=ERROR_RANK, loras=ERROR_LORAS, device=device)
 
+    real, real_problem = real_weights_section() if errors else (None, None)
+    problems += [real_problem] if real_problem else []
     try:
         perf = performance(bench, run)
     except ValueError as error:
@@ -689,7 +703,7 @@ def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=No
     page = env.get_template("report.html.j2").render(
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), commit=git_commit(), problems=problems,
         what_ran=summary_lines(verify, bench, samples_info), overall=_records(overall_verdicts(table, BACKENDS)),
-        verify=verify, blocks=verification_blocks(verify, reports_dir, out.parent), errors=error_context,
+        verify=verify, blocks=verification_blocks(verify, reports_dir, out.parent), errors=error_context, real=real,
         runs=_records(run_table(bench)), perf=perf, baseline=BASELINE, compared=compared,
         memory_layers=_records(per_layer), memory_models=_records(memory_per_model()),
         memory_svg=memory_chart(per_layer), models=MODELS, group_size=MEMORY_GROUP_SIZE, max_rows=MAX_TABLE_ROWS)
