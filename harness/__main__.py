@@ -127,6 +127,14 @@ def candidates(args):
     return found
 
 
+def batch_invariance_line(b):
+    if b["invariant"] is None:
+        return f"not measured: the candidate raised {b['error']}"
+    if b["invariant"]:
+        return "rows equal alone and in a batch"
+    return f"rows {b['rows_that_differ']} differ when computed alone (max abs diff {b['max_abs_diff']:.3g})"
+
+
 def print_verdict(label, result):
     status = "PASS" if result["passed"] else "FAIL"
     print(f"{label} [{result['contract']}] on {result['device']}: {status} "
@@ -146,8 +154,7 @@ def print_verdict(label, result):
     for example in result.get("checkpoint", []):
         print(f"    {'PASS' if example['passed'] else 'FAIL'}  checkpoint example {example['shape']}")
     if "batch_invariance" in result:
-        b = result["batch_invariance"]
-        print(f"    info  batch invariance: {'rows equal alone and in a batch' if b['invariant'] else 'rows ' + str(b['rows_that_differ']) + ' differ when computed alone (max abs diff ' + format(b['max_abs_diff'], '.3g') + ')'}")
+        print(f"    info  batch invariance: {batch_invariance_line(result['batch_invariance'])}")
 
 
 def _repro(report, label, contract, function, case, result, device):
