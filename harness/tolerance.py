@@ -13,7 +13,8 @@ Linear: one design reference per correct design, one residual bound each
       design "w in x.dtype": W_d = RN_x(W)   (dequantize to x.dtype, then GEMM)
       design "w in fp32":    W_d = W         (dequantize to fp32 registers)
     y_d = x @ W_d^T + bias + scaling * (x @ A_i^T) @ B_i^T, in float64. A candidate
-    passes if, for one design (the same for the whole output), every element obeys
+    passes if, for one design (the same for the whole output; tried in this order, the first that
+    explains the result is reported), every element obeys
     |got - y_d| <= allowed, where allowed sums the errors that design may still make
     (u32 = 2**-24, u_x = unit roundoff of x.dtype, K = in_features):
 
@@ -162,6 +163,8 @@ def linear_error(got, case):
             bound = bound + bound_lora + U32 * (np.abs(y_base) + mag_lora)  # terms 4-5
             expected = y_base + y_lora
             reports.append(_linear_report(design, got, expected, bound, dtype))
+        if reports[-1].passed:  # a design that explains the result: no need to try the next
+            break
     return min(reports, key=lambda r: r.max_ratio)
 
 

@@ -35,14 +35,16 @@ def describe_case(case):
 
 
 def large_tier_cases(contract, domain=FULL, seed=0):
-    """One case per LARGE_TIER shape: group size 128 (or the domain's first), M = 16, rank 16, 4 adapters."""
+    """One case per LARGE_TIER shape: group size 128 (or the domain's first), fp16 scales, int8 zero points,
+    M = 16, rank 16, 4 adapters."""
     group_size = (domain.group_sizes or (128,))[0]
     dtype = "fp16" if "fp16" in domain.dtypes else domain.dtypes[0]
     zero = "grouped" if domain.zero_points and "grouped" in domain.granularities else None
     scale_granularity = "grouped" if "grouped" in domain.granularities else domain.granularities[0]
     for i, name in enumerate(LARGE_TIER):
         out_features, in_features = LAYER_SHAPES[name]
-        params = dict(group_size=group_size, scale_granularity=scale_granularity, zero_granularity=zero)
+        params = dict(group_size=group_size, scale_granularity=scale_granularity, zero_granularity=zero,
+                      zero_kind="int8")  # as checkpoints load them (harness.checkpoint)
         if contract == "dequantizer":
             yield name, DequantCase(make_weights(np.random.default_rng(seed + i), out_features, in_features,
                                                  **params), dtype)
