@@ -11,6 +11,7 @@ index range back) that a serving loop would not repeat per layer.
 
     python benchmarks/gpu_table.py                 # the table
     python benchmarks/gpu_table.py --sweep         # time candidate launch configs per shape and M
+    python benchmarks/gpu_table.py --ptx           # the same with the inline-PTX nibble unpack
 """
 import argparse
 import sys
@@ -72,12 +73,13 @@ def spec_args(p, lora):
     return args
 
 
-def triton_fn(p, lora, config=None):
+def triton_fn(p, lora, config=None, ptx_unpack=False):
     """Our kernel, validated once here, then launched without the per-call host sync."""
     args = spec_args(p, lora)
     _, _, scale_kind, zero_kind = check_linear(*args[:8], args[9])
     zero_is_exact = triton_int4.exact_zero(torch.float16, p["zero_points"], check_values=True)
-    return lambda: triton_int4.launch_linear(*args, (scale_kind, zero_kind), config=config, zero_is_exact=zero_is_exact)
+    return lambda: triton_int4.launch_linear(*args, (scale_kind, zero_kind), config=config, zero_is_exact=zero_is_exact,
+                                             ptx_unpack=ptx_unpack)
 
 
 def base_bytes(n, k, m, p):
@@ -117,7 +119,7 @@ def sweep(args):
         for m in args.m:
             p = make_problem(n, k, m, args.group_size, args.rank, args.num_loras, args.zero_points)
             configs = DECODE_CONFIGS if m <= 16 else PREFILL_CONFIGS
-            times = [bench(triton_fn(p, False, c), args) for c in configs]
+            times = [bench(triton_fn(p, False, c, args.ptx), args) for c in configs]
             order = sorted(range(len(configs)), key=times.__getitem__)
             best = configs[order[0]]
             name = "BN{BLOCK_N} BM{BLOCK_M} BK{BLOCK_K} w{num_warps} s{num_stages}".format(**best)
@@ -128,7 +130,7 @@ def sweep(args):
 def table(args):
     print(f"device: {torch.cuda.get_device_name()}; triton kernel vs (a) dense fp16 + torch LoRA, "
           f"(b) triton dequantize every call + (a); fp16, group {args.group_size}, rank {args.rank}, "
-          f"{args.num_loras} adapters, zero points: {args.zero_points}")
+          f"{args.num_loras} adapters, zero points: {args.zero_points}, unpack: {'PTX' if args.ptx else 'tl.*'}")
     measured = copy_bandwidth(args)
     print(f"roofline peak: {args.peak_tbps:.2f} TB/s (datasheet, used below); measured D2D copy: {measured:.2f} TB/s")
     print("\n| layer (out x in) | M | triton base us | triton+LoRA us | (a) dense+LoRA us | (b) materialize+LoRA us "
@@ -142,7 +144,7 @@ def table(args):
             dense = lambda: p["x"] @ w16.T + torch_lora(p)  # noqa: E731
             materialize = lambda: p["x"] @ triton_int4.dequantize(  # noqa: E731
                 p["packed_weights"], p["scales"], p["zero_points"], args.group_size).T + torch_lora(p)
-            base, with_lora = triton_fn(p, False), triton_fn(p, True)
+            base, with_lora = triton_fn(p, False, ptx_unpack=args.ptx), triton_fn(p, True, ptx_unpack=args.ptx)
             expected = (p["x"].float() @ w16.float().T + torch_lora(p).float())
             err = ((with_lora().float() - expected).abs().max() / expected.abs().max()).item()
             t_base, t_lora, t_a, t_b = (bench(f, args) for f in (base, with_lora, dense, materialize))
@@ -166,6 +168,7 @@ def main(argv=None):
     parser.add_argument("--peak-tbps", type=float, default=3.35, help="HBM peak for the roofline (H100 SXM: 3.35)")
     parser.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up time per measurement")
     parser.add_argument("--rep-ms", type=int, default=100, help="do_bench measuring time per measurement")
+    parser.add_argument("--ptx", action="store_true", help="time the inline-PTX unpack (kernels/triton_ptx.py)")
     parser.add_argument("--sweep", action="store_true", help="time candidate launch configs instead of the table")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():

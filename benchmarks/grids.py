@@ -11,7 +11,7 @@ import itertools
 from harness.cases import POPULARITIES
 from harness.shapes import LAYER_SHAPES
 
-BACKENDS = ("reference", "torch", "triton", "dense", "materialize")
+BACKENDS = ("reference", "torch", "triton", "triton-ptx", "dense", "materialize")
 
 # operation -> the axes that change what it computes; the others take their value in ABSENT.
 OPERATIONS = {
@@ -61,7 +61,7 @@ GRIDS = {
     # A GPU: every Llama-3-8B projection over M from decode to prefill, a 70B layer and the ragged Falcon
     # QKV; dtype, group size and adapters varied on q_proj. Checks dominate its time (about 1 s each on
     # q_proj, 10+ s on the 70B layer, on a 16-core host), so the product is kept narrow.
-    "gpu": dict(device="cuda", backends=("torch", "triton", "dense", "materialize"), reference_layers=[],
+    "gpu": dict(device="cuda", backends=("torch", "triton", "triton-ptx", "dense", "materialize"), reference_layers=[],
                 max_time_s=0.1, min_rounds=20, max_rounds=500,
                 sweeps={
                     "llama3-8b": dict(layer=LLAMA3_8B, m=[1, 4, 16, 64, 256, 1024]),

@@ -15,6 +15,7 @@ class Backend:
     name: str
     module: str  # imported on first use, so a missing optional dependency never breaks `import kernels`
     cpu_needs_interpreter: bool = False  # Triton runs CPU tensors only under TRITON_INTERPRET=1
+    cuda_only: bool = False  # never runs CPU tensors (inline PTX)
 
     def _load(self):
         return importlib.import_module(self.module)
@@ -23,6 +24,8 @@ class Backend:
         """None when this backend can run on `device` ('cpu' | 'cuda') here, else why not."""
         if device == "cuda" and not torch.cuda.is_available():
             return "CUDA is not available"
+        if device == "cpu" and self.cuda_only:
+            return "runs on CUDA tensors only"
         if device == "cpu" and self.cpu_needs_interpreter and os.environ.get("TRITON_INTERPRET") != "1":
             return "runs on CPU only under TRITON_INTERPRET=1"
         try:
@@ -43,6 +46,7 @@ class Backend:
 BACKENDS = {
     "torch": Backend("torch", "kernels.torch_path"),
     "triton": Backend("triton", "kernels.triton_int4", cpu_needs_interpreter=True),
+    "triton-ptx": Backend("triton-ptx", "kernels.triton_ptx", cuda_only=True),  # inline PTX unpack
 }
 
 

@@ -15,6 +15,9 @@ Which numerics a call gets (each a design of harness/tolerance.py):
       prefill rounds W = (v - z) * s once to x's dtype ("w in x.dtype").
   other zero points: W = (v - z) * s in fp32, rounded once to x's dtype ("w in x.dtype").
   fp32 x (and bf16 under the interpreter): W kept in fp32, fp32 products, no TF32 ("w in fp32").
+
+Nibbles are unpacked with portable tl.* bit tricks; `ptx_unpack=True` (the `triton-ptx` backend,
+kernels/triton_ptx.py) swaps in hand-written PTX that only a CUDA machine can run and check.
 """
 import os
 
@@ -163,7 +166,8 @@ def check_devices(first, **tensors):
             raise ValueError(f"{name} must be on {first}'s device {device}, got {t.device}")
 
 
-def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias):
+def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias, *,
+           ptx_unpack=False):
     """SPEC §4 INT4 base + multi-LoRA linear -> [M, out_features] in x.dtype, on x.device.
 
     x: fp16/bf16/fp32 [M, in]; packed_weights: uint8 [out, in // 2]; scales: float, per-tensor,
@@ -171,6 +175,8 @@ def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, l
     group_size: int (grouped tensors); lora_a: float [L, rank, in] | None; lora_b: float
     [L, out, rank] | None; lora_indices: int32/int64 [M], -1 = no adapter; scaling: float;
     bias: float [out] | None. Raises ValueError naming the argument on any violation.
+    ptx_unpack: unpack fp16/bf16 nibbles with the inline PTX of triton_kernels (CUDA only; see
+    kernels/triton_ptx.py) instead of the portable tl.* form.
     """
     reason = unavailable_reason()
     if reason is not None:
@@ -181,15 +187,16 @@ def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, l
                   lora_b=lora_b, lora_indices=lora_indices, bias=bias)
     return launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices,
                          scaling, bias, (scale_kind, zero_kind),
-                         zero_is_exact=exact_zero(x.dtype, zero_points, check_values=True))
+                         zero_is_exact=exact_zero(x.dtype, zero_points, check_values=True), ptx_unpack=ptx_unpack)
 
 
 def launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias,
-                  kinds, config=None, zero_is_exact=None):
+                  kinds, config=None, zero_is_exact=None, ptx_unpack=False):
     """`linear` without validation or host synchronization (benchmarks, CUDA graphs); same arguments, plus:
 
     kinds: (scale_kind, zero_kind) as check_linear returns them; config: a launch_config() dict
-    (default: by M); zero_is_exact: exact_zero()'s answer (default: decided by dtype alone).
+    (default: by M); zero_is_exact: exact_zero()'s answer (default: decided by dtype alone);
+    ptx_unpack: as in `linear` (ignored under the interpreter, which cannot run inline PTX).
     """
     m, n, k = x.shape[0], packed_weights.shape[0], 2 * packed_weights.shape[1]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)  # y: [M, out]
@@ -221,7 +228,7 @@ def launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lo
         # it pays where the [BLOCK_M, BLOCK_N] product is much smaller than the [BLOCK_N, BLOCK_K] weights
         SCALE_AFTER_DOT=s_chunks == 1 and (native_v or fp32_dot) and 4 * config["BLOCK_M"] <= config["BLOCK_K"],
         GROUP_TILES=group_tiles(kinds[0], scales, group_size, config["BLOCK_K"]),
-        USE_ASM=native_v and not interpreting(), RANK_PAD=rank_pad, **config)
+        USE_ASM=ptx_unpack and native_v and not interpreting(), RANK_PAD=rank_pad, **config)
     return y
 
 

@@ -22,7 +22,7 @@ column's group is read separately, for odd group sizes).
 import triton
 import triton.language as tl
 
-# PTX for unpack_tile on the GPU (the interpreter runs the tl.* form beside it, same values): four
+# PTX for unpack_tile when ptx_unpack is asked for (CUDA only; the tl.* form beside it gives the same values): four
 # packed bytes b0..b3 (one register; Triton packs element i into bits 8i..8i+7) -> outputs $0, $1 =
 # half2 (lo(b0) - 8, lo(b1) - 8), (lo(b2) - 8, lo(b3) - 8) and $2, $3 the same for the high nibbles,
 # in 10 instructions where the tl.* form takes ~30. prmt spreads two bytes into the 16-bit lanes;

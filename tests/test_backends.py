@@ -35,6 +35,11 @@ def test_linear_meets_every_property(backend, device, case):
     assert_holds(check_linear(backend.linear, case, device))
 
 
+def test_the_ptx_backend_refuses_cpu_tensors_with_a_reason():
+    reason = BACKENDS["triton-ptx"].unavailable_reason("cpu")
+    assert reason is not None and "CUDA" in reason
+
+
 def test_linear_without_adapters_equals_the_base_gemm(backend, device):
     case = make_linear_case(3, 40, 96, 5, "bf16", num_loras=0, group_size=32, popularity="none")
     assert_holds(check_linear(backend.linear, case, device))

@@ -219,12 +219,15 @@ for name in KERNELS:
     setattr(triton_kernels, name, type("Capture", (), {"__getitem__": lambda self, grid, name=name: (
         lambda *args, **kwargs: launches.append((name, args, kwargs)))})())
 
-def linear(m, n, k, x_dtype, **params):
+def linear(m, n, k, x_dtype, ptx_unpack=False, **params):
     args = make_linear_case(0, n, k, m, x_dtype, **params).torch_args("cpu")
     _, _, *kinds = triton_int4.check_linear(*args[:8], args[9])
-    triton_int4.launch_linear(*args, tuple(kinds), zero_is_exact=triton_int4.exact_zero(args[0].dtype, args[3], True))
+    triton_int4.launch_linear(*args, tuple(kinds), zero_is_exact=triton_int4.exact_zero(args[0].dtype, args[3], True),
+                              ptx_unpack=ptx_unpack)
 
-linear(16, 64, 256, "fp16", group_size=128)  # decode: PTX unpack, scales after the dot, LoRA
+linear(16, 64, 256, "fp16", group_size=128)  # decode: tl.* unpack, scales after the dot, LoRA
+linear(16, 64, 256, "fp16", ptx_unpack=True, group_size=128)  # the same with the PTX unpack (fp16)
+linear(16, 64, 256, "bf16", ptx_unpack=True, group_size=128)  # PTX unpack (bf16)
 linear(300, 64, 256, "fp16", group_size=128, zero_granularity="grouped")  # 128x128 wgmma tiles, zero points
 linear(5, 64, 200, "bf16", group_size=24, zero_granularity="grouped", zero_kind="float")  # gathers, K tail
 linear(3, 64, 256, "fp32", group_size=64, zero_granularity="per-channel")  # ieee dots
@@ -240,6 +243,7 @@ for name, args, kwargs in launches:
                  for n, a in zip(names, args)}
     signature.update({k: "constexpr" for k in kwargs})
     triton.compile(triton.compiler.ASTSource(fn, signature, kwargs), target=GPUTarget("cuda", 90, 32), options=options)
+assert sum(kw.get("USE_ASM", False) for _, _, kw in launches) == 2, "the PTX unpack was not compiled"
 print(len(launches), "launches compiled")
 """
 
