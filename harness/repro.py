@@ -1,7 +1,9 @@
 """Write a standalone repro for a failing case: repro_<name>.py (torch only) and its tensors, repro_<name>.pt.
 
 The .pt file holds the contract's inputs, the expected values (float64) and the absolute error
-allowed per element; the script loads them, calls the candidate and prints the mismatch.
+allowed per element; the script loads them, calls the candidate in the order harness.properties
+does (values, inputs unchanged, a second call, an in-place update of packed_weights) and prints
+each mismatch.
 """
 import re
 from pathlib import Path
@@ -45,11 +47,28 @@ case = torch.load(HERE / {data_name!r})
 device = sys.argv[1] if len(sys.argv) > 1 else {device!r}
 inputs = {{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in case["inputs"].items()}}
 function = load(TARGET)
-got = function(**inputs) if case["contract"] == "dequantizer" else function(*inputs.values())
+
+
+def call(inputs):
+    return function(**inputs) if case["contract"] == "dequantizer" else function(*inputs.values())
+
+
+def same_bits(a, b):
+    """Bitwise equal tensors (NaN == NaN, -0 != +0)."""
+    if not isinstance(b, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    ints = {{1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}}[a.element_size()]
+    return torch.equal(a.contiguous().view(ints).cpu(), b.contiguous().view(ints).cpu())
+
+
+# The harness's sequence of properties: values, inputs unchanged, deterministic, tracks input updates.
+before = {{k: v.clone() for k, v in inputs.items() if isinstance(v, torch.Tensor)}}
+got = call(inputs)
 if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(case["expected"].shape) or got.dtype != case["dtype"]:
     print(f"MISMATCH: expected a {{case['dtype']}} tensor of shape {{list(case['expected'].shape)}}, got "
           f"{{type(got).__name__}} {{getattr(got, 'dtype', '')}} {{list(getattr(got, 'shape', []))}}")
     sys.exit(1)
+failed = []
 error = (got.double().cpu() - case["expected"]).abs()
 bad = ~(error <= case["allowed"])  # NaN counts as bad
 print(f"{{int(bad.sum())}} of {{bad.numel()}} elements outside the allowed error")
@@ -58,6 +77,23 @@ if bad.any():
     index = tuple(int(i) for i in torch.unravel_index(worst, error.shape))
     print(f"worst element {{index}}: expected {{case['expected'][index].item()!r}}, got {{got.cpu()[index].item()!r}}, "
           f"allowed error {{case['allowed'][index].item():.3g}}")
+    failed.append("within tolerance")
+changed = [k for k, v in before.items() if not same_bits(v, inputs[k])]
+if changed:
+    print(f"MISMATCH: the call modified its inputs {{changed}}")
+    failed.append("inputs unchanged")
+if not same_bits(got, call(inputs)):
+    print("MISMATCH: a second call on the same inputs gives a different result")
+    failed.append("deterministic")
+inputs["packed_weights"].bitwise_not_()  # every weight v -> -v - 1, in place (same tensor object)
+updated = call(inputs)
+fresh = call({{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}})
+if not same_bits(updated, fresh):
+    print("MISMATCH: after packed_weights changed in place, the result differs from fresh tensors "
+          "holding the same values (a stale cache?)")
+    failed.append("tracks input updates")
+if failed:
+    print("failed:", ", ".join(failed))
     sys.exit(1)
 print("no mismatch: the candidate now passes this case")
 '''
