@@ -18,6 +18,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -728,8 +729,23 @@ def add_arguments(parser):
     return parser
 
 
+def unknown_runs(reports_dir, wanted):
+    """The run ids among `wanted` (None entries ignored) that no parquet file in reports_dir/bench holds."""
+    asked = [r for r in wanted if r is not None]
+    if not asked:
+        return []
+    known = set(run_table(load_bench(Path(reports_dir) / "bench")[0])["run_id"])
+    return [r for r in asked if r not in known]
+
+
 def run(args):
-    """Write the page; 0 once it is written (missing inputs and unknown run ids are named in the page)."""
+    """Write the page and return 0 (missing or corrupt inputs are named in the page); 2 for a run id
+    given on the command line that no benchmark run has, with a one-line message."""
+    unknown = unknown_runs(args.reports, [args.run, *args.compare])
+    if unknown:
+        print(f"usage error: no benchmark run {', '.join(map(repr, unknown))} in {Path(args.reports) / 'bench'} "
+              f"(python -m harness report lists the runs it finds in its page)", file=sys.stderr)
+        return 2
     out = build_report(args.reports, args.out, run=args.run, run_a=args.compare[0], run_b=args.compare[1],
                        threshold=args.threshold, errors=not args.no_error_samples, device=args.device)
     print(f"report written to {out} ({out.stat().st_size / 1e6:.2f} MB)")

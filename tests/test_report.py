@@ -323,6 +323,17 @@ def test_the_command_line_writes_the_page(tmp_path, capsys):
     assert "report written to" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("flags", [["--run", "no-such-run"], ["--compare", RUN_A, "no-such-run"]])
+def test_an_unknown_run_id_is_a_usage_error_and_writes_no_page(tmp_path, capsys, flags):
+    write_bench(tmp_path)
+    args = report.add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--reports", str(tmp_path), "--no-error-samples", *flags])
+    assert report.run(args) == 2
+    err = capsys.readouterr().err
+    assert "no benchmark run 'no-such-run'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "index.html").exists()
+
+
 def test_long_tables_are_cut_and_say_so(tmp_path, monkeypatch):
     write_bench(tmp_path)
     monkeypatch.setattr(report, "MAX_TABLE_ROWS", 5)
