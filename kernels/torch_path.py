@@ -4,8 +4,8 @@ No Python loop over rows or tokens; scales and zero points broadcast through vie
 (never expanded to [out, in]); LoRA gathered per token with a one-hot mask, so an
 index of -1 adds nothing.
 
-Numerics: the dequantizer computes in fp32 where that is exact (fp16/bf16 scales, no or
-8-bit integer zero points), else in float64, and rounds once to the output dtype (from
+Numerics: the dequantizer computes in fp32 where that is exact (fp16/bf16 scales, no zero
+points or small integer ones), else in float64, and rounds once to the output dtype (from
 float64: round-to-odd to fp32 first, which makes the nearest-even rounding to fp16/bf16 exact). The linear
 dequantizes to x.dtype, accumulates in fp32, keeps the LoRA intermediate in fp32
 and rounds once to x.dtype at the end.
@@ -49,11 +49,24 @@ def round_once(w64, dtype):
     return bits.view(torch.float32).to(dtype)
 
 
+SIGNIFICAND_BITS = {torch.float16: 11, torch.bfloat16: 8}
+
+
 def exact_in_fp32(scales, zero_points):
-    """True when every (v - z) * s is exact in fp32: |v - z| < 2**9 (no or int8/uint8 zero points)
-    times an fp16 (11-bit) or bf16 (8-bit) significand needs at most 20 bits."""
-    small_zeros = zero_points is None or zero_points.dtype in (torch.int8, torch.uint8)
-    return small_zeros and scales.dtype in (torch.float16, torch.bfloat16)
+    """True when every (v - z) * s is exact in fp32 (24-bit significands): fp16 (11-bit) or bf16
+    (8-bit) scales, and integer v - z (v in [-8, 7]) of at most 13 / 16 bits, i.e. no zero points
+    or integer ones with |z| <= 2**13 - 8 / 2**16 - 8: 8-bit dtypes always, wider ones by value
+    (one reduction). Underflow cannot break it (fp32 reaches below both scale dtypes' subnormals)."""
+    bits = SIGNIFICAND_BITS.get(scales.dtype)
+    if bits is None or (zero_points is not None and zero_points.is_floating_point()):
+        return False
+    if zero_points is None or zero_points.numel() == 0:
+        return True
+    limit, info = 2 ** (24 - bits) - 8, torch.iinfo(zero_points.dtype)
+    if -limit <= info.min and info.max <= limit:
+        return True
+    low, high = torch.aminmax(zero_points)
+    return -limit <= int(low) and int(high) <= limit
 
 
 def dequantize(packed_weights, scales, zero_points=None, group_size=None, output_dtype=torch.float16):

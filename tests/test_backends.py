@@ -5,9 +5,11 @@ import torch
 from hypothesis import given
 
 from harness.cases import make_linear_case
+from harness.tolerance import dequant_error
 from harness.properties import assert_holds, check_dequantizer, check_linear
 from harness.strategies import dequant_cases, linear_cases
 from kernels.registry import BACKENDS
+from kernels.torch_path import exact_in_fp32
 
 # Under TRITON_INTERPRET=1 only the Triton backend is run (the `interpreter` group of tox -e test).
 INTERPRETED = __import__("os").environ.get("TRITON_INTERPRET") == "1"
@@ -81,3 +83,22 @@ def test_torch_dequantizer_rounds_once_where_torch_casts_would_round_twice():
     zero_points = torch.tensor([-(2**-30)], dtype=torch.float32)
     got = BACKENDS["torch"].dequantize(packed, scales, zero_points, None, torch.float16)
     assert got.tolist() == [[1 + 2**-10, 1 + 2**-10]]
+
+
+@pytest.mark.parametrize("scales_dtype, limit", [(torch.float16, 2**13 - 8), (torch.bfloat16, 2**16 - 8)])
+@pytest.mark.parametrize("zero_dtype", [torch.int16, torch.int32, torch.int64])
+def test_torch_dequantizer_is_correctly_rounded_on_both_sides_of_its_fp32_shortcut(scales_dtype, limit, zero_dtype):
+    # |z| <= limit: (v - z) * s is exact in fp32 and the fp32 path runs; one more and float64 must take over.
+    if zero_dtype == torch.int16 and limit > 2**15:
+        pytest.skip("int16 cannot hold the bf16 limit")
+    packed = torch.arange(256, dtype=torch.uint8).reshape(4, 64)  # every byte: all nibble pairs
+    last_bit = 2**-10 if scales_dtype == torch.float16 else 2**-7  # scales use every significand bit
+    scales = (1 + (2 * torch.arange(16, dtype=torch.float64) + 1) * last_bit).to(scales_dtype).reshape(4, 4)
+    for z, fast in ((limit, True), (-limit, True), (limit + 1, False), (-limit - 1, False)):
+        zero_points = torch.full((4, 4), z, dtype=zero_dtype)
+        assert exact_in_fp32(scales, zero_points) == fast
+        for output_dtype in (torch.float16, torch.bfloat16, torch.float32):
+            got = BACKENDS["torch"].dequantize(packed, scales, zero_points, 32, output_dtype)
+            report = dequant_error(got.double().numpy(), packed.numpy(), scales.float().numpy(), zero_points.numpy(),
+                                   32, {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[output_dtype])
+            assert report.max_ratio == 0, (z, output_dtype, report.worst())
