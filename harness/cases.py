@@ -32,6 +32,13 @@ class Weights:
     def shape(self):
         return self.packed.shape[0], 2 * self.packed.shape[1]
 
+    def describe(self):
+        """The weights in words: shapes, dtypes, group size."""
+        zeros = None if self.zero_points is None else f"{self.zero_points_dtype} {list(self.zero_points.shape)}"
+        return dict(out_features=self.shape[0], in_features=self.shape[1],
+                    scales=f"{self.scales_dtype} {list(self.scales.shape)}", zero_points=zeros,
+                    group_size=self.group_size)
+
     def torch_args(self, device):
         """(packed_weights, scales, zero_points, group_size) as tensors on `device`."""
         zeros = None if self.zero_points is None else tensor(self.zero_points, self.zero_points_dtype, device)
@@ -43,6 +50,15 @@ class Weights:
 class DequantCase:
     weights: Weights
     output_dtype: str
+
+    def describe(self):
+        return dict(self.weights.describe(), output_dtype=self.output_dtype)
+
+    def __repr__(self):  # what Hypothesis prints for a falsifying example: the case in words, not its data
+        return f"DequantCase({self.describe()})"
+
+    def _repr_pretty_(self, printer, cycle):  # Hypothesis' pretty-printer asks for this before __repr__
+        printer.text(repr(self))
 
     def torch_kwargs(self, device):
         packed, scales, zero_points, group_size = self.weights.torch_args(device)
@@ -61,6 +77,18 @@ class LinearCase:
     scaling: float
     bias: np.ndarray | None  # [out], values of x_dtype
     notes: dict = field(default_factory=dict)  # how the case was drawn, for humans
+
+    def describe(self):
+        """The case in words: shapes, dtypes, granularities, group size, M, rank, indices."""
+        lora = None if self.lora_a is None else dict(num_loras=self.lora_a.shape[0], rank=self.lora_a.shape[1])
+        return dict(self.weights.describe(), x_dtype=self.x_dtype, M=self.x.shape[0], lora=lora,
+                    scaling=self.scaling, lora_indices=self.lora_indices.tolist()[:64], bias=self.bias is not None)
+
+    def __repr__(self):  # what Hypothesis prints for a falsifying example: the case in words, not its data
+        return f"LinearCase({self.describe()})"
+
+    def _repr_pretty_(self, printer, cycle):  # Hypothesis' pretty-printer asks for this before __repr__
+        printer.text(repr(self))
 
     def reference_args(self):
         """Positional arguments of reference.linear / linear_exact."""

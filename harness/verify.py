@@ -21,19 +21,6 @@ from reference.rounding import round_to
 CONTRACTS = {"dequantizer": (check_dequantizer, dequant_cases), "linear": (check_linear, linear_cases)}
 
 
-def describe_case(case):
-    """The case in words: shapes, dtypes, granularities, group size, M, rank, indices."""
-    w = case.weights
-    words = dict(out_features=w.shape[0], in_features=w.shape[1], scales=f"{w.scales_dtype} {list(w.scales.shape)}",
-                 zero_points=None if w.zero_points is None else f"{w.zero_points_dtype} {list(w.zero_points.shape)}",
-                 group_size=w.group_size)
-    if isinstance(case, DequantCase):
-        return dict(words, output_dtype=case.output_dtype)
-    lora = None if case.lora_a is None else dict(num_loras=case.lora_a.shape[0], rank=case.lora_a.shape[1])
-    return dict(words, x_dtype=case.x_dtype, M=case.x.shape[0], lora=lora, scaling=case.scaling,
-                lora_indices=case.lora_indices.tolist()[:64], bias=case.bias is not None)
-
-
 def large_tier_cases(contract, domain=FULL, seed=0):
     """One case per LARGE_TIER shape: group size 128 (or the domain's first), fp16 scales, int8 zero points,
     M = 16, rank 16, 4 adapters."""
@@ -183,5 +170,5 @@ def _failure(failure):
     error = failure["error"] or ""
     kind = "hung" if error.startswith("TimeoutError") else "crashed" if error.startswith("CandidateCrashed") else \
         "raised" if error else None
-    return dict(case=describe_case(failure["case"]), raised=failure["error"], kind=kind, worst=worst,
+    return dict(case=failure["case"].describe(), raised=failure["error"], kind=kind, worst=worst,
                 failed=[o.name for o in failure["outcomes"] or [] if not o.passed])
