@@ -4,19 +4,16 @@
     python -m harness report --compare RUN_A RUN_B   # the two benchmark runs section 6 compares
 
 The page is harness/templates/report.html.j2 filled with plain tables (made here by small
-functions, one DataFrame each) and charts. Charts are matplotlib figures rendered to inline
-SVG: no JavaScript and no network, so the one file opens offline; vectors print sharply;
-and matplotlib is the only plotting dependency. Figures are made with matplotlib.figure.Figure,
-never pyplot, so no GUI backend and no global figure state is involved (headless, like Agg).
+functions, one DataFrame each) and charts (harness/charts.py). Charts are matplotlib figures
+rendered to inline SVG: no JavaScript and no network, so the one file opens offline; vectors
+print sharply; and matplotlib is the only plotting dependency.
 
 A missing or unreadable input (no verify.json yet, no benchmark runs, a corrupt parquet or
 JSON file) becomes a line in the page naming it, never a traceback.
 """
-import io
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -24,12 +21,11 @@ import warnings
 from pathlib import Path
 
 import jinja2
-import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from harness import perf_store
+from harness.charts import memory_chart, ratio_chart, roofline_chart, small_multiples, ulps_chart
 from harness.cases import DequantCase, make_linear_case, make_weights
 from harness.shapes import LAYER_SHAPES
 from harness.strategies import DTYPES, GRANULARITIES
@@ -374,171 +370,6 @@ def memory_per_model(models=MODELS):
                          fp16_bytes=fp16, materialized_cached=packed + fp16,
                          materialized_transient=packed + max(s[1] for s in sizes)))
     return pd.DataFrame(rows)
-
-
-# --- charts -----------------------------------------------------------------------------------------
-
-def svg(fig, name):
-    """A matplotlib Figure as an inline <svg> element whose ids all start with `name`- (unique in the page).
-
-    Text stays text (smaller, searchable, crisp in print); no metadata, no date: the same
-    data gives the same SVG.
-    """
-    buffer = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "harness-report"}):
-        fig.savefig(buffer, format="svg", bbox_inches="tight",
-                    metadata={"Date": None, "Creator": None, "Type": None, "Format": None})
-    text = buffer.getvalue()
-    return re.sub(r'(\bid="|href="#|url\(#)', rf"\g<1>{name}-", text[text.index("<svg"):])
-
-
-def _figure(panels, ncols=3, width=3.6, height=2.7):
-    """(Figure, flat list of `panels` axes) in a grid of `ncols` columns; unused axes hidden."""
-    ncols = max(1, min(ncols, panels))
-    nrows = math.ceil(panels / ncols)
-    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax in axes[panels:]:
-        ax.set_visible(False)
-    return fig, list(axes[:panels])
-
-
-OPERATION_STYLE = {"gemm_lora": "-", "gemm": "--", "dequantize": ":"}
-
-
-def small_multiples(rows, y, ylabel, name, log_y=True, reference=None):
-    """One panel per layer, `y` against M, one line per backend (gemm_lora solid, gemm dashed)."""
-    rows = rows[rows["m"].notna()]
-    layers = sorted(rows["layer"].unique())
-    backends = sorted(rows["backend"].unique())
-    colors = {b: f"C{i}" for i, b in enumerate(backends)}
-    fig, axes = _figure(len(layers))
-    for ax, layer in zip(axes, layers):
-        for (backend, operation), line in rows[rows["layer"] == layer].groupby(["backend", "operation"]):
-            line = line.sort_values("m")
-            ax.plot(line["m"], line[y], OPERATION_STYLE.get(operation, "-."), marker="o", markersize=3,
-                    color=colors[backend], label=f"{backend} {operation}")
-        if reference is not None:
-            ax.axhline(reference, color="0.4", linewidth=0.8)
-        ax.set_xscale("log", base=2)
-        if log_y:
-            ax.set_yscale("log")
-        ax.set_title(layer, fontsize=9)
-        ax.set_xlabel("M (tokens)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="major", alpha=0.3)
-    handles = {}  # label -> the first line drawn with it: one legend for all panels
-    for ax in axes:
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, h)
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(4, len(handles)),
-               fontsize=8, frameon=False)
-    return svg(fig, name)
-
-
-def roofline_chart(rows):
-    """Achieved TFLOP/s against FLOP per byte moved, under the device's bandwidth and compute ceilings."""
-    rows = rows[(rows["bytes_moved"] > 0) & (rows["flops"] > 0) & np.isfinite(rows["achieved_tflops"])]
-    intensity = rows["flops"] / rows["bytes_moved"]
-    fig = Figure(figsize=(9.5, 4.5), layout="constrained")
-    ax = fig.subplots()
-    markers = {"gemm_lora": "o", "gemm": "s", "dequantize": "^"}
-    for i, (backend, group) in enumerate(rows.groupby("backend")):
-        for operation, points in group.groupby("operation"):
-            ax.scatter(intensity[points.index], points["achieved_tflops"], s=18, color=f"C{i}",
-                       marker=markers.get(operation, "x"), label=f"{backend} {operation}", alpha=0.8)
-    peak_gbps, peak_tflops = rows["peak_gbps"].max(), rows["peak_tflops"].max()
-    x = np.logspace(np.log10(intensity.min() / 2), np.log10(intensity.max() * 2), 200)
-    if np.isfinite(peak_gbps):
-        roof = peak_gbps * x / 1e3  # GB/s * FLOP/B = GFLOP/s
-        if np.isfinite(peak_tflops):
-            roof = np.minimum(roof, peak_tflops)
-        ax.plot(x, roof, color="k", linewidth=1.2, label=f"ceiling: {peak_gbps:.0f} GB/s"
-                + (f", {peak_tflops:.0f} TFLOP/s" if np.isfinite(peak_tflops) else " (no compute peak)"))
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity (FLOP per byte moved)")
-    ax.set_ylabel("achieved TFLOP/s")
-    ax.grid(True, which="major", alpha=0.3)
-    fig.legend(fontsize=7, loc="outside right upper", frameon=False)
-    return svg(fig, "roofline")
-
-
-ULP_BINS = ["0", "1", "2", "3+", "NaN"]
-
-
-def ulps_chart(samples):
-    """Dequantizer: share of elements 0, 1, 2, 3+ ulps from the correctly rounded value, per dtype and granularity."""
-    panels = samples[["backend", "dtype"]].drop_duplicates().values.tolist()
-    fig, axes = _figure(len(panels), width=3.4, height=2.6)
-    granularities = list(samples["granularity"].cat.categories)
-    width = 0.8 / max(1, len(granularities))
-    for ax, (backend, dtype) in zip(axes, panels):
-        for j, granularity in enumerate(granularities):
-            ulps = samples.loc[(samples["backend"] == backend) & (samples["dtype"] == dtype)
-                               & (samples["granularity"] == granularity), "ulps"].to_numpy()
-            if ulps.size == 0:
-                continue
-            counts = [np.sum(ulps == 0), np.sum(ulps == 1), np.sum(ulps == 2),
-                      np.sum(np.isfinite(ulps) & (ulps >= 3)), np.sum(~np.isfinite(ulps))]
-            ax.bar(np.arange(len(ULP_BINS)) + (j - (len(granularities) - 1) / 2) * width,
-                   np.array(counts) / ulps.size, width, color=f"C{j}", label=granularity)
-        ax.axvline(1.5, color="C3", linewidth=1, linestyle="--")
-        ax.text(1.55, 0.5, "allowed: 1 ulp", color="C3", fontsize=7, transform=ax.get_xaxis_transform())
-        ax.set_xticks(range(len(ULP_BINS)), ULP_BINS)
-        ax.set_yscale("log")
-        ax.set_ylim(1e-6, 2)
-        ax.set_title(f"{backend} dequantizer, {dtype}", fontsize=9)
-        ax.set_xlabel("ulps from RN(exact)")
-        ax.set_ylabel("share of elements")
-    axes[0].legend(fontsize=7, frameon=False)
-    return svg(fig, "ulps")
-
-
-RATIO_EDGES = np.arange(-8.0, 1.01, 0.25)  # log10(error / allowed); 0 is the bound
-
-
-def ratio_chart(samples):
-    """Linear: histogram of error / allowed (log scale), per dtype, one step line per granularity; bound at 1."""
-    panels = samples[["backend", "dtype"]].drop_duplicates().values.tolist()
-    fig, axes = _figure(len(panels), width=3.4, height=2.6)
-    for ax, (backend, dtype) in zip(axes, panels):
-        notes = []
-        for j, granularity in enumerate(samples["granularity"].cat.categories):
-            ratio = samples.loc[(samples["backend"] == backend) & (samples["dtype"] == dtype)
-                                & (samples["granularity"] == granularity), "ratio"].to_numpy()
-            if ratio.size == 0:
-                continue
-            nonzero = ratio[ratio > 0]
-            logs = np.clip(np.log10(nonzero), RATIO_EDGES[0], RATIO_EDGES[-1])
-            counts, _ = np.histogram(logs, RATIO_EDGES)
-            ax.stairs(counts / ratio.size, 10 ** RATIO_EDGES, color=f"C{j}", label=granularity)
-            notes.append(f"{granularity}: {100 * (ratio == 0).mean():.1f}% exact*")
-        ax.axvline(1.0, color="C3", linewidth=1, linestyle="--")
-        ax.text(0.97, 0.97, "\n".join(notes), fontsize=6, ha="right", va="top", transform=ax.transAxes)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_ylim(1e-5, 2)
-        ax.set_title(f"{backend} linear, {dtype}", fontsize=9)
-        ax.set_xlabel("error / allowed (bound at 1)")
-        ax.set_ylabel("share of elements")
-    axes[0].legend(fontsize=7, frameon=False, loc="upper left")
-    return svg(fig, "ratio")
-
-
-def memory_chart(per_layer):
-    """Horizontal bars: packed vs materialized fp16 MiB per layer shape."""
-    fig = Figure(figsize=(7.5, 0.45 * len(per_layer) + 1.0), layout="constrained")
-    ax = fig.subplots()
-    y = np.arange(len(per_layer))
-    ax.barh(y + 0.2, per_layer["fp16_bytes"] / 2**20, 0.4, color="C3", label="materialized fp16")
-    ax.barh(y - 0.2, per_layer["packed_bytes"] / 2**20, 0.4, color="C0", label="packed INT4 + fp16 scales (g128)")
-    ax.set_yticks(y, per_layer["layer"])
-    ax.invert_yaxis()
-    ax.set_xlabel("MiB per layer")
-    ax.legend(fontsize=8, frameon=False, loc="lower right")
-    ax.grid(True, axis="x", alpha=0.3)
-    return svg(fig, "memory")
 
 
 # --- the page ---------------------------------------------------------------------------------------
