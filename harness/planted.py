@@ -5,6 +5,7 @@ DEQUANTIZER_BUGS and LINEAR_BUGS under the `ci` profile and accept every entry o
 CORRECT_DEQUANTIZERS and CORRECT_LINEARS. Each bug is a failure class seen in real
 kernels (SPEC §6 and the developers' guide); keep the list growing.
 """
+import itertools
 import math
 
 import torch
@@ -274,7 +275,27 @@ def linear_with_inferred_group_size(x, packed_weights, scales, zero_points, grou
     return (y + scaling * _lora(x, lora_a, lora_b, lora_indices)).to(x.dtype)
 
 
+_arrivals = itertools.count()
+
+
+def split_k_in_arrival_order(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices,
+                             scaling, bias):
+    """Split-K partial sums added in the order they arrive (as atomics land): a different order each call.
+
+    Every order is an fp32 accumulation within tolerance; the bug is that two calls differ bitwise.
+    """
+    w = dequantize(packed_weights, scales, zero_points, group_size, x.dtype).float()
+    parts = [x[:, k].float() @ w[:, k].T for k in torch.arange(x.shape[1]).chunk(4)]  # 4 K slices: [M, out] each
+    first = next(_arrivals) % len(parts)
+    y = sum(parts[first:] + parts[:first], torch.zeros(()))
+    y = y + (0.0 if bias is None else bias.float())
+    return (y + scaling * _lora(x, lora_a, lora_b, lora_indices)).to(x.dtype)
+
+
 LINEAR_BUGS = {f.__name__: f for f in (
     accumulates_in_half, lora_index_wraps, lora_scaling_ignored, lora_first_token_adapter, tail_rows_not_written,
-    bias_ignored, lora_intermediate_in_half, linear_with_inferred_group_size)}
+    bias_ignored, lora_intermediate_in_half, linear_with_inferred_group_size, split_k_in_arrival_order)}
+# The property each bug must be caught by where values alone would not show it.
+CAUGHT_BY = {"rounds_scales_in_place": "inputs unchanged", "cached_by_id": "tracks input updates",
+             "split_k_in_arrival_order": "deterministic"}
 CORRECT_LINEARS = {f.__name__: f for f in (correct_linear_per_adapter, correct_linear_gathered)}

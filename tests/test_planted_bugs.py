@@ -2,7 +2,7 @@
 import pytest
 from hypothesis import Phase, given, settings
 
-from harness.planted import CORRECT_DEQUANTIZERS, CORRECT_LINEARS, DEQUANTIZER_BUGS, LINEAR_BUGS
+from harness.planted import CAUGHT_BY, CORRECT_DEQUANTIZERS, CORRECT_LINEARS, DEQUANTIZER_BUGS, LINEAR_BUGS
 from harness.properties import assert_holds, check_dequantizer, check_linear
 from harness.strategies import dequant_cases, linear_cases
 
@@ -19,13 +19,13 @@ def _search(check, candidate, strategy):
 
 @pytest.mark.parametrize("name", sorted(DEQUANTIZER_BUGS))
 def test_properties_reject_planted_dequantizer_bug(name):
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=CAUGHT_BY.get(name)):
         _search(check_dequantizer, DEQUANTIZER_BUGS[name], dequant_cases())
 
 
 @pytest.mark.parametrize("name", sorted(LINEAR_BUGS))
 def test_properties_reject_planted_linear_bug(name):
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=CAUGHT_BY.get(name)):
         _search(check_linear, LINEAR_BUGS[name], linear_cases())
 
 
