@@ -16,7 +16,9 @@ Linear: one design reference per correct design, one residual bound each
     passes if, for one design (the same for the whole output; tried in this order, the first that
     explains the result is reported), every element obeys
     |got - y_d| <= allowed, where allowed sums the errors that design may still make
-    (u32 = 2**-24, u_x = unit roundoff of x.dtype, K = in_features):
+    (u32 = 2**-24, u_x = unit roundoff of x.dtype, K = in_features; one rounding to a
+    format errs by at most u |t| + eta, where eta, half its subnormal spacing, is the absolute
+    error of a rounding that underflows: eta32 = 2**-150, eta_x = 2**-25 for fp16):
 
     1. fp32 accumulation of K + 1 terms (products and bias). Worst case is K*u32*S,
        S = sum_k |x_k||W_dk| + |bias|; rounding errors of random data are independent
@@ -25,18 +27,21 @@ Linear: one design reference per correct design, one residual bound each
        per element; LAMBDA = 8 makes a false alarm < 1e-9 per element even at K = 14336.
        This is what rejects fp16 accumulation at K >= 1024: its error grows like
        u16 * K * |x||w| (u16 = 2**-11), 2**13 times u32 against a sqrt(K) allowance.
-    2. Products of fp32 operands round once: u32 * S (exact for fp16/bf16 operands).
-    3. Where W is computed in fp32 before its last rounding: |error| <= WINDOW * u32 *
-       (|v| + |z|) * |s| per weight (covers (v - z) * s and v * s - z * s, with or
+    2. Products of fp32 operands round once: u32 * S (exact for fp16/bf16 operands), plus
+       (K + 1) * eta32 for products that underflow fp32 (bf16 operands below ~2**-75).
+    3. Where W is computed in fp32 before its last rounding: |error| <= WINDOW * (u32 *
+       (|v| + |z|) * |s| + eta32) per weight (covers (v - z) * s and v * s - z * s, with or
        without FMA). For "w in fp32" this is added as sum_k |x_k| * window_k. For
        "w in x.dtype" it can only change the rounding of W near a tie: the weights
        whose RN_x flips inside the window contribute |x_k| * |W_hi - W_lo|, and no
        other weight may differ from RN_x(W) at all.
     4. LoRA: per token and rank, t_r = x @ A_ir^T accumulated in fp32 (term 1 with
-       S_t = sum_k |x_k||A_irk|), optionally rounded to x.dtype (u_x * |t_r|, the
-       "fp32 or x.dtype intermediate" of the issue), scaled and expanded in fp32, whose
-       products may come from a 3xTF32 tensor-core dot (error <= 2**-21 = EXPAND_PRODUCT u32):
-       |scaling| * sum_r [(LAMBDA sqrt(K) u32 S_t,r + u_x |t_r|) |B_r| + (rank + 2 + EXPAND_PRODUCT) u32 |t_r||B_r|].
+       S_t = sum_k |x_k||A_irk|, plus K eta32), optionally rounded to x.dtype (u_x * |t_r| + eta_x,
+       the "fp32 or x.dtype intermediate" of the issue; eta_x matters once t_r is subnormal
+       there), scaled and expanded in fp32, whose products may come from a 3xTF32 tensor-core
+       dot (error <= 2**-21 = EXPAND_PRODUCT u32):
+       |scaling| * sum_r [(LAMBDA sqrt(K) u32 S_t,r + K eta32 + u_x |t_r| + eta_x) |B_r|
+                          + (rank + 2 + EXPAND_PRODUCT) u32 |t_r||B_r|] + (rank + 2) eta32.
     5. The fp32 sum of base and LoRA: u32 * (|y_base| + |y_lora|).
     6. The final rounding to x.dtype: got = RN_x(y') for some |y' - y_d| <= (1..5), so
        |got - y_d| <= (1..5) + spacing_x(got) / 2. The reported ratio is the error
@@ -55,6 +60,7 @@ from reference.rounding import float_format, ordinal, round_to, spacing
 
 LAMBDA = 8.0  # probabilistic accumulation constant (term 1)
 U32 = 2.0 ** -24  # unit roundoff of the fp32 accumulator
+ETA32 = 2.0 ** -150  # absolute error of one fp32 rounding that underflows
 WINDOW = 4.0  # fp32 roundings allowed while computing one weight (term 3)
 EXPAND_PRODUCT = 8.0  # a 3xTF32 product in the LoRA expand, in units of u32 (term 4)
 
@@ -111,7 +117,7 @@ def dequant_error(got, packed_weights, scales, zero_points, group_size, output_d
     return ErrorReport("correctly rounded", np.asarray(got, np.float64), expected, allowed, _ratio(ulps, allowed), ulps)
 
 
-def _lora_terms(x, lora_a, lora_b, lora_indices, scaling, u_x):
+def _lora_terms(x, lora_a, lora_b, lora_indices, scaling, u_x, eta_x):
     """(y_lora [M, out], bound [M, out], |y_lora| terms [M, out]) in float64; zeros without adapters."""
     m, k = x.shape
     num_loras, rank, _ = lora_a.shape
@@ -122,9 +128,10 @@ def _lora_terms(x, lora_a, lora_b, lora_indices, scaling, u_x):
     t_abs_sum = np.where(mine, (np.abs(x) @ np.abs(a).T).reshape(m, num_loras, rank), 0.0).reshape(m, -1)
     b = lora_b.astype(np.float64).transpose(0, 2, 1).reshape(num_loras * rank, out_features)  # [L*rank, out]
     y_lora = scaling * (t @ b)
-    t_error = LAMBDA * np.sqrt(k) * U32 * t_abs_sum + u_x * np.abs(t)
+    t_error = LAMBDA * np.sqrt(k) * U32 * t_abs_sum + k * ETA32 + u_x * np.abs(t) + eta_x
+    t_error = np.where(mine, t_error.reshape(m, num_loras, rank), 0.0).reshape(m, -1)  # unused adapters add 0
     magnitude = abs(scaling) * (np.abs(t) @ np.abs(b))
-    bound = abs(scaling) * (t_error @ np.abs(b)) + (rank + 2 + EXPAND_PRODUCT) * U32 * magnitude
+    bound = abs(scaling) * (t_error @ np.abs(b)) + (rank + 2 + EXPAND_PRODUCT) * U32 * magnitude + (rank + 2) * ETA32
     return y_lora, bound, magnitude
 
 
@@ -135,14 +142,14 @@ def _weight_window(packed_weights, scales, zero_points, group_size):
     s = np.abs(expand(scales, out_features, in_features, group_size, "scales"))
     z = 0.0 if zero_points is None else np.abs(expand(zero_points, out_features, in_features, group_size,
                                                       "zero_points"))
-    return WINDOW * U32 * (v + z) * s
+    return WINDOW * (U32 * (v + z) * s + ETA32)
 
 
 def linear_error(got, case):
     """got: float64 [M, out] values of case.x_dtype; case: harness.cases.LinearCase -> ErrorReport."""
     w = case.weights
     x = case.x.astype(np.float64)
-    dtype, u_x = case.x_dtype, float_format(case.x_dtype).unit_roundoff
+    dtype, fmt = case.x_dtype, float_format(case.x_dtype)
     k = x.shape[1]
     exact = dequantize_exact(w.packed, w.scales, w.zero_points, w.group_size)  # [out, in]
     window = _weight_window(w.packed, w.scales, w.zero_points, w.group_size)
@@ -152,14 +159,15 @@ def linear_error(got, case):
     bias = np.zeros(exact.shape[0]) if case.bias is None else case.bias.astype(np.float64)
     y_lora = bound_lora = mag_lora = 0.0
     if case.lora_a is not None:
-        y_lora, bound_lora, mag_lora = _lora_terms(x, case.lora_a, case.lora_b, case.lora_indices, case.scaling, u_x)
+        y_lora, bound_lora, mag_lora = _lora_terms(x, case.lora_a, case.lora_b, case.lora_indices, case.scaling,
+                                                        fmt.unit_roundoff, fmt.underflow_error)
     got = np.asarray(got, np.float64)
     reports = []
     for design, w_d, slack in (("w in x.dtype", w_x, flips), ("w in fp32", exact, window)):
         with np.errstate(over="ignore", invalid="ignore"):
             y_base = x @ w_d.T + bias
             s_abs = np.abs(x) @ np.abs(w_d).T + np.abs(bias)
-            bound = (LAMBDA * np.sqrt(k + 1) + 1) * U32 * s_abs + np.abs(x) @ slack.T  # terms 1-3
+            bound = (LAMBDA * np.sqrt(k + 1) + 1) * U32 * s_abs + (k + 1) * ETA32 + np.abs(x) @ slack.T  # terms 1-3
             bound = bound + bound_lora + U32 * (np.abs(y_base) + mag_lora)  # terms 4-5
             expected = y_base + y_lora
             reports.append(_linear_report(design, got, expected, bound, dtype))

@@ -23,8 +23,14 @@ class FloatFormat:
 
     @property
     def unit_roundoff(self):
-        """u = 2**-precision: the relative error bound of one rounding."""
+        """u = 2**-precision: the relative error bound of one rounding (normal range)."""
         return 2.0 ** -self.precision
+
+    @property
+    def underflow_error(self):
+        """eta = half the subnormal spacing: the absolute error bound of one rounding below the normal
+        range. One rounding of t errs by at most u * |t| + eta (fp16 2**-25, bf16 2**-134, fp32 2**-150)."""
+        return 2.0 ** (self.min_exponent - self.precision)
 
 
 FORMATS = {

@@ -59,6 +59,15 @@ def test_subnormals_keep_the_fixed_spacing_of_the_format():
     assert R.spacing(np.array([0.0]), "bf16")[0] == 2.0**-133
 
 
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+@given(exponent=st.floats(-160, 20), mantissa=st.floats(1, 2, exclude_max=True))
+def test_one_rounding_errs_by_at_most_u_times_value_plus_eta(dtype, exponent, mantissa):
+    value = mantissa * 2.0 ** exponent
+    fmt = R.float_format(dtype)
+    error = abs(float(R.round_to(np.array([value]), dtype)[0]) - value)
+    assert error <= fmt.unit_roundoff * value + fmt.underflow_error
+
+
 def test_ordinal_counts_ulps_across_zero_and_binade_edges():
     values = np.array([-2.0**-24, 0.0, 2.0**-24, 1.0 - 2**-11, 1.0, 1.0 + 2**-10, np.inf])
     assert np.diff(R.ordinal(values, "fp16")).tolist() == [1, 1, 15359 - 1, 1, 1, 31744 - 15361]

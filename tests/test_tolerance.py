@@ -1,0 +1,78 @@
+"""harness.tolerance admits every correct design and rejects the errors SPEC §5 names, on fixed cases."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from harness.cases import TORCH_DTYPES, make_linear_case, make_weights
+from harness.planted import (accumulates_in_half, correct_linear_gathered, correct_linear_per_adapter,
+                             lora_intermediate_in_half)
+from harness.tolerance import dequant_error, linear_error
+from kernels import torch_path
+from reference.rounding import spacing
+
+
+def _got(linear, case):
+    out = linear(*case.torch_args("cpu"))
+    return out.float().numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize("x_dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("k", [1024, 4096])
+def test_accumulating_in_the_activation_dtype_is_rejected_from_k_1024(x_dtype, k):
+    case = make_linear_case(0, 64, k, 8, x_dtype, num_loras=0, popularity="none", group_size=128)
+    report = linear_error(_got(accumulates_in_half, case), case)
+    assert not report.passed, report.worst()
+
+
+@pytest.mark.parametrize("x_dtype", ["fp16", "bf16", "fp32"])
+@pytest.mark.parametrize("linear", [torch_path.linear, correct_linear_per_adapter, correct_linear_gathered],
+                         ids=["w in x.dtype, fp32 LoRA", "w in fp32, x.dtype LoRA", "split-K, gathered LoRA"])
+def test_every_correct_design_is_admitted_at_llm_depth(x_dtype, linear):
+    case = make_linear_case(1, 96, 4096, 33, x_dtype, rank=16, num_loras=4, group_size=128,
+                            zero_granularity="grouped")
+    report = linear_error(_got(linear, case), case)
+    assert report.passed, report.worst()
+
+
+def test_a_lora_intermediate_that_is_subnormal_in_fp16_is_admitted():
+    # The thorough profile's one false alarm, kept as a fixed case: t = x @ A^T ~ 6.7e-6 is subnormal
+    # in fp16, where rounding it errs by up to 2**-25 absolutely, far above u16 * |t|.
+    case = make_linear_case(0, 1, 2, 1, "fp16", rank=1, num_loras=1, bias=False, scale_granularity="per-tensor",
+                            group_size=None)
+    h = float.fromhex  # the failing case's exact values
+    weights = replace(case.weights, packed=np.array([[0x45]], np.uint8), scales=np.array([h("0x1.06p-12")]))
+    case = replace(case, weights=weights, x=np.array([[-h("0x1.548p-1"), h("0x1.68p-2")]]),
+                   lora_a=np.array([[[h("0x1.918p-10"), h("0x1.7e4p-9")]]]), lora_b=np.array([[[h("0x1.01p0")]]]),
+                   lora_indices=np.zeros(1, np.int32))
+    t = float(case.x[0] @ case.lora_a[0, 0])
+    assert 0 < abs(t) < 2.0 ** -14  # subnormal in fp16
+    report = linear_error(_got(correct_linear_per_adapter, case), case)
+    assert report.passed, report.worst()
+
+
+def test_a_half_lora_intermediate_is_rejected_for_bf16_activations():
+    # |t| = |x @ A^T| ~ 2**12 * sqrt(512) overflows fp16 while bf16 holds it
+    case = make_linear_case(2, 64, 512, 16, "bf16", rank=16, num_loras=2, group_size=64, scale_exponent=10.0)
+    report = linear_error(_got(lora_intermediate_in_half, case), case)
+    assert not report.passed
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+def test_dequantization_allows_one_ulp_where_inexact_and_none_where_exact(dtype):
+    # fp32 scales and integer zero points: exact where v == z (and v - z = +-2**j for fp32), else inexact
+    w = make_weights(np.random.default_rng(3), 16, 64, group_size=16, zero_granularity="grouped", scales_dtype="fp32")
+    packed, scales, zeros, group_size = w.torch_args("cpu")
+    got = torch_path.dequantize(packed, scales, zeros, group_size, TORCH_DTYPES[dtype]).double().numpy()
+    report = dequant_error(got, w.packed, w.scales, w.zero_points, w.group_size, dtype)
+    assert report.max_ratio == 0
+    inexact = report.allowed == 1.0
+    assert inexact.any() and (~inexact).any()
+    up = np.where(got >= 0, 1.0, -1.0) * spacing(got, dtype)  # one ulp away from zero (exact in float64)
+    one_ulp = dequant_error(got + up * inexact, w.packed, w.scales, w.zero_points, w.group_size, dtype)
+    assert one_ulp.passed and one_ulp.max_ratio == 1.0
+    two_ulps = dequant_error(got + 2 * up * inexact, w.packed, w.scales, w.zero_points, w.group_size, dtype)
+    assert not two_ulps.passed
+    off_where_exact = dequant_error(got + up * ~inexact, w.packed, w.scales, w.zero_points, w.group_size, dtype)
+    assert not off_where_exact.passed
