@@ -111,12 +111,13 @@ def load_runs(folder="reports/bench"):
 
 
 def compare(df, run_a, run_b):
-    """Per case present in both runs: median_s_a, median_s_b and speedup = median_s_a / median_s_b (> 1: b is faster)."""
+    """Per case present in both runs: median_s_a, median_s_b, iqr_s_a, iqr_s_b and speedup = median_s_a / median_s_b
+    (> 1: b is faster)."""
     runs = sorted(df["run_id"].unique())
     for run in (run_a, run_b):
         if run not in runs:
             raise ValueError(f"run {run!r} is not in the data; runs: {runs}")
-    a, b = (df.loc[df["run_id"] == run, [*CASE_COLUMNS, "median_s"]] for run in (run_a, run_b))
+    a, b = (df.loc[df["run_id"] == run, [*CASE_COLUMNS, "median_s", "iqr_s"]] for run in (run_a, run_b))
     for run, frame in ((run_a, a), (run_b, b)):
         if frame.duplicated(CASE_COLUMNS).any():
             raise ValueError(f"run {run!r} holds the same case more than once; compare needs one row per case")

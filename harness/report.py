@@ -317,12 +317,20 @@ def pick_runs(bench, run_a=None, run_b=None):
 
 
 def comparison(bench, run_a, run_b, threshold=REGRESSION_THRESHOLD):
-    """perf_store.compare(run_a -> run_b) plus time_ratio = b / a and a verdict: regression, faster or same."""
+    """perf_store.compare(run_a -> run_b) plus time_ratio = b / a and a verdict per case.
+
+    regression / faster: the ratio is past 1 + threshold (or its inverse) and the medians differ by
+    more than the two runs' IQRs together; noise: past the threshold but within that spread (a
+    noisy machine, not a change); same: within the threshold.
+    """
     compared = perf_store.compare(bench, run_a, run_b)
     compared["time_ratio"] = compared["median_s_b"] / compared["median_s_a"]
     ratio = compared["time_ratio"]
-    compared["verdict"] = np.select([ratio > 1 + threshold, ratio < 1 / (1 + threshold)], ["regression", "faster"],
-                                    "same")
+    spread = compared["iqr_s_a"].fillna(0.0) + compared["iqr_s_b"].fillna(0.0)
+    beyond = (compared["median_s_b"] - compared["median_s_a"]).abs() > spread
+    slower, faster = ratio > 1 + threshold, ratio < 1 / (1 + threshold)
+    compared["verdict"] = np.select([slower & beyond, faster & beyond, slower | faster],
+                                    ["regression", "faster", "noise"], "same")
     return compared.sort_values("time_ratio", ascending=False, ignore_index=True)
 
 
@@ -453,6 +461,7 @@ def compare_section(bench, run_a=None, run_b=None, threshold=REGRESSION_THRESHOL
     only = {run: int((bench["run_id"] == run).sum()) - len(compared) for run in pair}
     return dict(run_a=pair[0], run_b=pair[1], threshold=threshold, cases=len(compared),
                 regressions=int(counts.get("regression", 0)), faster=int(counts.get("faster", 0)),
+                noise=int(counts.get("noise", 0)),
                 geomean=float(np.exp(np.log(compared["time_ratio"]).mean())) if len(compared) else math.nan,
                 only=only, rows=_records(compared)), []
 

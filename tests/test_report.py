@@ -201,6 +201,13 @@ def test_comparison_flags_cases_slower_than_the_threshold_as_regressions():
     assert (report.comparison(bench, RUN_A, RUN_B, threshold=0.5)["verdict"] == "same").all()
 
 
+def test_a_slowdown_within_the_runs_spread_is_noise_not_a_regression():
+    bench = pd.DataFrame(synthetic_rows(RUN_A) + synthetic_rows(RUN_B, slower=1.3, day=2))
+    bench["iqr_s"] = bench["median_s"]  # timings as spread out as they are long
+    verdicts = set(report.comparison(bench, RUN_A, RUN_B, threshold=0.10)["verdict"])
+    assert verdicts == {"noise", "same"}
+
+
 def test_error_samples_of_the_torch_path_stay_within_their_bounds():
     from kernels.registry import BACKENDS
     samples, problems = report.error_samples({"torch": BACKENDS["torch"]})
