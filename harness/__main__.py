@@ -127,6 +127,17 @@ def candidates(args):
     return found
 
 
+def large_tier_skipped(args, label):
+    """Why the large tier is not examined for candidate `label`, or None when it is."""
+    from kernels.registry import BACKENDS
+    if args.no_large_tier:
+        return "--no-large-tier"
+    backend = BACKENDS.get(label)
+    if args.device == "cpu" and backend is not None and backend.cpu_needs_interpreter:
+        return "Triton's CPU interpreter would take hours on layer shapes; verify on CUDA for them"
+    return None
+
+
 def batch_invariance_line(b):
     if b["invariant"] is None:
         return f"not measured: the candidate raised {b['error']}"
@@ -142,6 +153,8 @@ def print_verdict(label, result):
           f"{result['seconds']} s; domain: {', '.join(result['domain'])})")
     for line in result["properties"]:
         print(f"    {'PASS' if line['passed'] else 'FAIL'}  {line['name']:<26} {line['cases']:>5} cases  {line['message']}")
+    if result.get("large_tier_skipped"):
+        print(f"    note  large tier skipped ({result['large_tier_skipped']}): not a full verdict")
     failure = result["failure"]
     if failure:
         if failure["raised"]:
@@ -196,9 +209,10 @@ def verify(args):
                                                    fmt=args.format, group_size=args.checkpoint_group_size))
             except ValueError as error:  # a prefix, format or tensor the loader refuses: the caller's to fix
                 raise UsageError(f"--checkpoint {args.checkpoint} --layer {args.layer}: {error}") from None
+        skipped = large_tier_skipped(args, label)
         result, failing_case = verify_candidate(contract, function, args.device, examples, args.seed, domain,
-                                                large_tier=not args.no_large_tier, checkpoint=checkpoint)
-        result["candidate"] = label
+                                                large_tier=skipped is None, checkpoint=checkpoint)
+        result["candidate"], result["large_tier_skipped"] = label, skipped
         if failing_case is not None:
             result["repro"] = str(_repro(report, label, contract, function, failing_case, result, args.device))
         getattr(function, "close", lambda: None)()

@@ -164,7 +164,7 @@ def verification_blocks(verify, reports_dir, page_dir):
                            domain=", ".join(r.get("domain") or ["?"]), seed=r.get("seed"),
                            fuzzed_cases=r.get("fuzzed_cases", 0), seconds=r.get("seconds"),
                            properties=r.get("properties") or [], large_tier=r.get("large_tier") or [],
-                           explicit=explicit,
+                           large_tier_skipped=r.get("large_tier_skipped"), explicit=explicit,
                            failure=failure, case_json=json.dumps(failure.get("case"), indent=1) if failure else "",
                            batch_invariance=r.get("batch_invariance"), repro_href=href, repro_text=text))
     return blocks

@@ -38,6 +38,16 @@ def test_verify_passes_each_correct_variant(tmp_path, name):
     run = verify(tmp_path, contract_flag(name), f"harness.planted:{name}", *FAST)
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.count("PASS") >= 5
+    assert "large tier skipped (--no-large-tier): not a full verdict" in run.stdout
+
+
+def test_the_large_tier_is_skipped_and_said_so_only_for_interpreted_triton_backends():
+    from argparse import Namespace
+    from harness.__main__ import large_tier_skipped
+    cpu, cuda = Namespace(no_large_tier=False, device="cpu"), Namespace(no_large_tier=False, device="cuda")
+    assert "interpreter" in large_tier_skipped(cpu, "triton")
+    assert large_tier_skipped(cpu, "torch") is None and large_tier_skipped(cuda, "triton") is None
+    assert large_tier_skipped(cpu, "mine.py:linear") is None
 
 
 @pytest.mark.parametrize("target, message", [
