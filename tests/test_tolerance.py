@@ -7,7 +7,7 @@ import torch
 
 from harness.cases import TORCH_DTYPES, make_linear_case, make_weights
 from harness.planted import (accumulates_in_half, correct_linear_gathered, correct_linear_per_adapter,
-                             lora_intermediate_in_half)
+                             lora_intermediate_in_half, two_roundings_in_output_dtype)
 from harness.tolerance import dequant_error, linear_error
 from kernels import torch_path
 from reference.rounding import spacing
@@ -76,3 +76,12 @@ def test_dequantization_allows_one_ulp_where_inexact_and_none_where_exact(dtype)
     assert not two_ulps.passed
     off_where_exact = dequant_error(got + up * ~inexact, w.packed, w.scales, w.zero_points, w.group_size, dtype)
     assert not off_where_exact.passed
+
+
+def test_the_seeds_arithmetic_in_the_output_dtype_is_rejected():
+    # (v - z) then * s, each rounded to fp16, with the fp32 scales cast to fp16 first: tens of ulps off
+    w = make_weights(np.random.default_rng(0), 32, 64, group_size=16, zero_granularity="grouped", zero_kind="float",
+                     scales_dtype="fp32")
+    got = two_roundings_in_output_dtype(*w.torch_args("cpu"), torch.float16).double().numpy()
+    report = dequant_error(got, w.packed, w.scales, w.zero_points, w.group_size, "fp16")
+    assert not report.passed and report.ulps.max() > 2
