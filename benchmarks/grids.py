@@ -56,7 +56,7 @@ GRIDS = {
                     "q_proj": dict(layer=["llama3-8b.q_proj"], m=[1]),
                     "group_size": dict(group_size=[32, None]),
                     "lora": dict(rank=[8, 64], num_loras=[1, 16]),
-                    "popularity": dict(num_loras=[16], popularity=["distinct", "skewed", "identical"]),
+                    "popularity": dict(num_loras=[16], popularity=["distinct", "zipf", "identical"]),
                 }),
     # A GPU: every Llama-3-8B projection over M from decode to prefill, a 70B layer and the ragged Falcon
     # QKV; dtype, group size and adapters varied on q_proj. Checks dominate its time (about 1 s each on
@@ -71,7 +71,7 @@ GRIDS = {
                     "group_size": dict(layer=["llama3-8b.q_proj"], m=[1, 256], group_size=[32, 64, None]),
                     "lora": dict(layer=["llama3-8b.q_proj"], m=[16, 256], rank=[8, 64], num_loras=[1, 16]),
                     "popularity": dict(layer=["llama3-8b.q_proj"], m=[16, 256], num_loras=[16],
-                                       popularity=["distinct", "skewed", "identical"]),
+                                       popularity=["distinct", "zipf", "identical"]),
                 }),
 }
 

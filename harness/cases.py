@@ -15,7 +15,7 @@ from reference.rounding import round_to
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
                 "int8": torch.int8, "int32": torch.int32, "int64": torch.int64}
 DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
-POPULARITIES = ("uniform", "distinct", "skewed", "identical", "none")
+POPULARITIES = ("uniform", "distinct", "zipf", "identical", "none")
 
 
 @dataclass
@@ -145,6 +145,7 @@ def make_lora_indices(rng, m, num_loras, popularity, index_dtype="int32"):
     elif popularity == "distinct":
         indices = np.arange(m) % (num_loras + 1) - 1  # -1, 0, 1, ..., L-1, -1, ...
     else:
+        # uniform, or Zipf with exponent 1.5 over (-1, 0, 1, ...): "none" the most popular, then adapter 0
         weights = np.ones(num_loras + 1) if popularity == "uniform" else 1.0 / np.arange(1, num_loras + 2) ** 1.5
         indices = rng.choice(np.arange(-1, num_loras), size=m, p=weights / weights.sum())
         indices[: min(m, 2)] = [-1, num_loras - 1][: min(m, 2)]

@@ -130,7 +130,7 @@ def test_an_unknown_grid_name_lists_the_valid_ones():
 
 @pytest.mark.parametrize("axes, message", [
     ({"layer": ["llama3-8b.qproj"]}, "layer must be a layer of harness.shapes.LAYER_SHAPES"),
-    ({"popularity": ["zipf"]}, "popularity must be one of"),
+    ({"popularity": ["skewed"]}, "popularity must be one of"),
     ({"group_size": [0]}, "group_size must be a positive int, or None"),
     ({"m": 5}, "axis 'm' must be a non-empty list"),
     ({"colour": ["red"]}, "unknown axis 'colour'"),
@@ -200,7 +200,7 @@ def test_a_backend_that_gives_wrong_values_is_refused_before_it_is_timed(tiny_se
 
 def test_a_correct_backend_is_timed_into_a_row_of_the_schema(tiny_session, tmp_path):
     benchmark, rows = FakeBenchmark(), []
-    point = tiny_point(rank=4, num_loras=2, popularity="skewed")
+    point = tiny_point(rank=4, num_loras=2, popularity="zipf")
     bench.run_benchmark(benchmark, "torch", "gemm_lora", point, tiny_session, rows.append)
     assert benchmark.calls == 3 and len(rows) == 1
     run = {c: sample_row()[c] for c in ("run_id", "timestamp", "git_commit", "git_dirty", "host", "device_name",
