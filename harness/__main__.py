@@ -185,8 +185,16 @@ def _repro(report, label, contract, function, case, result, device):
                                          else (case.x.shape[0], case.weights.shape[0])):
         got = None
     failed = result["failure"]["failed"] or ["a call (it raised)"]
-    return write_repro(report, label, contract, label if ":" in label else f"kernels.registry:{label}", case, got,
-                       failed, result["failure"]["case"], device)
+    return write_repro(report, repro_target(label, contract), contract, case, got, failed, result["failure"]["case"],
+                       device)
+
+
+def repro_target(label, contract):
+    """The TARGET a repro script imports: `label` itself, or for a registry backend its module's function."""
+    if ":" in label:
+        return label
+    from kernels.registry import BACKENDS
+    return f"{BACKENDS[label].module}:{'dequantize' if contract == 'dequantizer' else 'linear'}"
 
 
 def verify(args):

@@ -109,9 +109,9 @@ def _allowed_abs(case, got):
     return report.expected, report.allowed + 0.5 * spacing(np.abs(report.expected) + report.allowed, case.x_dtype)
 
 
-def write_repro(folder, label, contract, target, case, got, failed, case_words, device):
-    """Write repro_<name>.py and .pt into `folder`; return the script's path."""
-    name = re.sub(r"[^A-Za-z0-9_]+", "_", label.rpartition(":")[2] or label)[:60] or "candidate"
+def write_repro(folder, target, contract, case, got, failed, case_words, device):
+    """Write repro_<name>.py and .pt into `folder` (name: the target's module and function); return the script."""
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", Path(target.replace(":", "_")).name)[-60:] or "candidate"
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     script, data = folder / f"repro_{name}.py", folder / f"repro_{name}.pt"

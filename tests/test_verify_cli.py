@@ -41,6 +41,15 @@ def test_verify_passes_each_correct_variant(tmp_path, name):
     assert "large tier skipped (--no-large-tier): not a full verdict" in run.stdout
 
 
+@pytest.mark.parametrize("contract", ["dequantizer", "linear"])
+def test_a_registry_backends_repro_imports_its_real_function(contract):
+    from harness.__main__ import load_target, repro_target
+    from kernels.registry import BACKENDS
+    target = repro_target("torch", contract)
+    function = load_target(target, contract)
+    assert function is getattr(BACKENDS["torch"], "dequantize" if contract == "dequantizer" else "linear")
+
+
 def test_the_large_tier_is_skipped_and_said_so_only_for_interpreted_triton_backends():
     from argparse import Namespace
     from harness.__main__ import large_tier_skipped
