@@ -50,3 +50,17 @@ def check_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lor
         raise ValueError(f"lora_indices must lie in [-1, {num_loras - 1}], got min {int(lora_indices.min())} "
                          f"max {int(lora_indices.max())}")
     return out_features, in_features, scale_kind, zero_kind
+
+
+def integer_zeros_within(zero_points, limit, check_values=True):
+    """True when `zero_points` are integers with |z| <= limit: by their dtype's range where that decides,
+    else, with check_values, by value (one reduction; a host sync on CUDA). False for float zero points."""
+    if zero_points.is_floating_point():
+        return False
+    info = torch.iinfo(zero_points.dtype)
+    if -limit <= info.min and info.max <= limit:
+        return True
+    if not check_values or zero_points.numel() == 0:
+        return zero_points.numel() == 0
+    low, high = torch.aminmax(zero_points)
+    return -limit <= int(low) and int(high) <= limit

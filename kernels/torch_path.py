@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from kernels.checks import check_linear, check_weights
+from kernels.checks import check_linear, check_weights, integer_zeros_within
 
 
 def unpack(packed_weights):
@@ -58,15 +58,9 @@ def exact_in_fp32(scales, zero_points):
     or integer ones with |z| <= 2**13 - 8 / 2**16 - 8: 8-bit dtypes always, wider ones by value
     (one reduction). Underflow cannot break it (fp32 reaches below both scale dtypes' subnormals)."""
     bits = SIGNIFICAND_BITS.get(scales.dtype)
-    if bits is None or (zero_points is not None and zero_points.is_floating_point()):
+    if bits is None:
         return False
-    if zero_points is None or zero_points.numel() == 0:
-        return True
-    limit, info = 2 ** (24 - bits) - 8, torch.iinfo(zero_points.dtype)
-    if -limit <= info.min and info.max <= limit:
-        return True
-    low, high = torch.aminmax(zero_points)
-    return -limit <= int(low) and int(high) <= limit
+    return zero_points is None or integer_zeros_within(zero_points, 2 ** (24 - bits) - 8)
 
 
 def dequantize(packed_weights, scales, zero_points=None, group_size=None, output_dtype=torch.float16):

@@ -23,7 +23,7 @@ import os
 
 import torch
 
-from kernels.checks import check_linear, check_weights
+from kernels.checks import check_linear, check_weights, integer_zeros_within
 
 try:
     from kernels import triton_kernels
@@ -145,15 +145,7 @@ def exact_zero(dtype, zero_points, check_values=False):
     """
     if zero_points is None:
         return True
-    if zero_points.is_floating_point() or dtype not in EXACT_ZERO_LIMIT:
-        return False
-    limit, info = EXACT_ZERO_LIMIT[dtype], torch.iinfo(zero_points.dtype)
-    if -limit <= info.min and info.max <= limit:
-        return True
-    if not check_values or zero_points.numel() == 0:
-        return False
-    low, high = torch.aminmax(zero_points)
-    return -limit <= int(low) and int(high) <= limit
+    return dtype in EXACT_ZERO_LIMIT and integer_zeros_within(zero_points, EXACT_ZERO_LIMIT[dtype], check_values)
 
 
 def check_devices(first, **tensors):

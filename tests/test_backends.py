@@ -102,3 +102,12 @@ def test_torch_dequantizer_is_correctly_rounded_on_both_sides_of_its_fp32_shortc
             report = dequant_error(got.double().numpy(), packed.numpy(), scales.float().numpy(), zero_points.numpy(),
                                    32, {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[output_dtype])
             assert report.max_ratio == 0, (z, output_dtype, report.worst())
+
+
+def test_integer_zero_points_are_bounded_by_dtype_range_or_by_value():
+    from kernels.checks import integer_zeros_within
+    assert integer_zeros_within(torch.tensor([-128, 127], dtype=torch.int8), 200, check_values=False)
+    wide = torch.tensor([-300, 300], dtype=torch.int32)
+    assert not integer_zeros_within(wide, 2040, check_values=False)  # the dtype alone cannot tell
+    assert integer_zeros_within(wide, 300) and not integer_zeros_within(wide, 299)
+    assert not integer_zeros_within(torch.tensor([0.5]), 2040)
