@@ -46,9 +46,10 @@ def check_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lor
         num_loras, rank = lora_a.shape[:2]
         if lora_b.shape != (num_loras, out_features, rank):
             raise ValueError(f"lora_b must have shape [{num_loras}, {out_features}, {rank}], got {list(lora_b.shape)}")
-    if m and (int(lora_indices.min()) < -1 or int(lora_indices.max()) >= num_loras):
-        raise ValueError(f"lora_indices must lie in [-1, {num_loras - 1}], got min {int(lora_indices.min())} "
-                         f"max {int(lora_indices.max())}")
+    if m:
+        low, high = (int(v) for v in torch.aminmax(lora_indices))  # one reduction, one host sync
+        if low < -1 or high >= num_loras:
+            raise ValueError(f"lora_indices must lie in [-1, {num_loras - 1}], got min {low} max {high}")
     return out_features, in_features, scale_kind, zero_kind
 
 
