@@ -20,15 +20,11 @@ from pathlib import Path
 
 import torch
 
+from harness.cases import CONTRACT_PARAMETERS
 from harness.strategies import DTYPES, FULL, GRANULARITIES, Domain
 from harness.verify import checkpoint_cases, verify_candidate
 
 PROFILES = {"ci": 40, "thorough": 600}
-CONTRACT_PARAMETERS = {
-    "dequantizer": ["packed_weights", "scales", "zero_points", "group_size", "output_dtype"],
-    "linear": ["x", "packed_weights", "scales", "zero_points", "group_size", "lora_a", "lora_b", "lora_indices",
-               "scaling", "bias"],
-}
 
 
 class UsageError(Exception):
@@ -175,12 +171,11 @@ def _repro(report, label, contract, function, case, result, device):
     from harness.repro import write_repro
     got = None
     try:
-        args = case.torch_kwargs(device) if contract == "dequantizer" else case.torch_args(device)
-        out = function(**args) if contract == "dequantizer" else function(*args)
+        out = case.call(function, device)
         if isinstance(out, torch.Tensor):
             got = out.detach().to(torch.float32).cpu().numpy()
     except Exception:  # the verdict already holds the exception; the repro only needs the case
-        got = None
+        pass
     if got is not None and got.shape != (case.weights.shape if contract == "dequantizer"
                                          else (case.x.shape[0], case.weights.shape[0])):
         got = None

@@ -16,6 +16,12 @@ TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.flo
                 "int8": torch.int8, "int32": torch.int32, "int64": torch.int64}
 DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
 POPULARITIES = ("uniform", "distinct", "zipf", "identical", "none")
+# The contracts' parameters (SPEC §3 and §4), in order: the dequantizer is called by keyword, the linear positionally.
+CONTRACT_PARAMETERS = {
+    "dequantizer": ("packed_weights", "scales", "zero_points", "group_size", "output_dtype"),
+    "linear": ("x", "packed_weights", "scales", "zero_points", "group_size", "lora_a", "lora_b", "lora_indices",
+               "scaling", "bias"),
+}
 
 
 @dataclass
@@ -61,9 +67,12 @@ class DequantCase:
         printer.text(repr(self))
 
     def torch_kwargs(self, device):
-        packed, scales, zero_points, group_size = self.weights.torch_args(device)
-        return dict(packed_weights=packed, scales=scales, zero_points=zero_points, group_size=group_size,
-                    output_dtype=TORCH_DTYPES[self.output_dtype])
+        """The SPEC §3 contract's keyword arguments, as tensors on `device`."""
+        values = (*self.weights.torch_args(device), TORCH_DTYPES[self.output_dtype])
+        return dict(zip(CONTRACT_PARAMETERS["dequantizer"], values))
+
+    def call(self, dequantizer, device):
+        return dequantizer(**self.torch_kwargs(device))
 
 
 @dataclass
@@ -101,6 +110,13 @@ class LinearCase:
         opt = lambda a: None if a is None else tensor(a, self.x_dtype, device)  # noqa: E731
         return (tensor(self.x, self.x_dtype, device), *self.weights.torch_args(device), opt(self.lora_a),
                 opt(self.lora_b), torch.from_numpy(self.lora_indices.copy()).to(device), self.scaling, opt(self.bias))
+
+    def torch_kwargs(self, device):
+        """The same arguments by name."""
+        return dict(zip(CONTRACT_PARAMETERS["linear"], self.torch_args(device)))
+
+    def call(self, linear, device):
+        return linear(*self.torch_args(device))
 
 
 def tensor(values, dtype, device):

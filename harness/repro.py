@@ -120,9 +120,7 @@ def write_repro(folder, target, contract, case, got, failed, case_words, device)
     else:  # the candidate raised or returned no tensor: keep the reference values for the shape check
         expected, allowed = _allowed_abs(case, np.zeros(case.weights.shape if isinstance(case, DequantCase)
                                                         else (case.x.shape[0], case.weights.shape[0])))
-    inputs = case.torch_kwargs("cpu") if isinstance(case, DequantCase) else dict(
-        zip(["x", "packed_weights", "scales", "zero_points", "group_size", "lora_a", "lora_b", "lora_indices",
-             "scaling", "bias"], case.torch_args("cpu")))
+    inputs = case.torch_kwargs("cpu")
     dtype = TORCH_DTYPES[case.output_dtype if isinstance(case, DequantCase) else case.x_dtype]
     torch.save(dict(contract=contract, inputs=inputs, dtype=dtype, expected=torch.from_numpy(np.asarray(expected, np.float64)),
                     allowed=torch.from_numpy(np.asarray(allowed, np.float64))), data)
