@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 
+from harness.cases import TORCH_DTYPES, tensor
 from harness.tolerance import dequant_error
 from kernels.torch_path import dequantize
 from reference.dequantize import dequantize_exact
@@ -40,7 +41,7 @@ BLOCK_LAYERS = {
     "output": "output.dense.weight",  # [384, 1536]
 }
 GROUP_SIZES = (32, 64, 128, None)  # None: per output channel
-SCALE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+SCALE_DTYPES = ("fp16", "bf16")  # names of harness.cases.TORCH_DTYPES
 
 
 def find_model_file():
@@ -74,9 +75,9 @@ def sqnr_db(weights, dequantized):
 
 def _torch_dequant_ulps(packed, scales, zero_points, group_size, dtype):
     """(max ulp, passed) of kernels.torch_path.dequantize with scales stored in `dtype`, vs the reference."""
-    s = torch.from_numpy(scales).to(SCALE_DTYPES[dtype])
-    z = None if zero_points is None else torch.from_numpy(zero_points).to(torch.int8)  # integers in [-8, 7]
-    got = dequantize(torch.from_numpy(packed), s, z, group_size, output_dtype=SCALE_DTYPES[dtype])  # [out, in]
+    s = tensor(scales, dtype, "cpu")
+    z = None if zero_points is None else tensor(zero_points, "int8", "cpu")  # integers in [-8, 7]
+    got = dequantize(torch.from_numpy(packed), s, z, group_size, output_dtype=TORCH_DTYPES[dtype])  # [out, in]
     report = dequant_error(got.double().numpy(), packed, s.double().numpy(), zero_points, group_size, dtype)
     return float(report.ulps.max()), report.passed
 

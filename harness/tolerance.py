@@ -56,11 +56,11 @@ import numpy as np
 from reference.dequantize import dequantize_exact
 from reference.granularity import expand
 from reference.packing import unpack
-from reference.rounding import float_format, ordinal, round_to, spacing
+from reference.rounding import FORMATS, float_format, ordinal, round_to, spacing
 
 LAMBDA = 8.0  # probabilistic accumulation constant (term 1)
-U32 = 2.0 ** -24  # unit roundoff of the fp32 accumulator
-ETA32 = 2.0 ** -150  # absolute error of one fp32 rounding that underflows
+U32 = FORMATS["fp32"].unit_roundoff  # 2**-24: unit roundoff of the fp32 accumulator
+ETA32 = FORMATS["fp32"].underflow_error  # 2**-150: absolute error of one fp32 rounding that underflows
 WINDOW = 4.0  # fp32 roundings allowed while computing one weight (term 3)
 EXPAND_PRODUCT = 8.0  # a 3xTF32 product in the LoRA expand, in units of u32 (term 4)
 

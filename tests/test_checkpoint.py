@@ -5,7 +5,9 @@ import torch
 from hypothesis import given, strategies as st
 from safetensors.torch import save_file
 
+from harness.cases import TORCH_DTYPES
 from harness.checkpoint import load_layer
+from harness.strategies import DTYPES
 from reference import linear_exact
 from reference.formats import Canonical
 from test_formats import gptq_checkpoints, gptq_weight, quantized_layers, to_format, valid, weights
@@ -13,7 +15,6 @@ from test_formats import gptq_checkpoints, gptq_weight, quantized_layers, to_for
 PREFIX = "model.layers.0.mlp.down_proj"
 FILE_FORMATS = {"compressed-tensors": "compressed-tensors", "gptq-v1": "gptq", "gptq-v2": "gptq_v2", "awq": "awq"}
 SCALE_NAMES = {"weight_scale", "scales"}
-TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def write(directory, layers):
@@ -41,7 +42,7 @@ def layer_weights(layer):
     return weights(Canonical(layer.packed_weights.numpy(), layer.scales.double().numpy(), z, layer.group_size, perm))
 
 
-@given(quantized_layers(), st.sampled_from(sorted(FILE_FORMATS)), st.sampled_from(sorted(TORCH_DTYPES)),
+@given(quantized_layers(), st.sampled_from(sorted(FILE_FORMATS)), st.sampled_from(DTYPES),
        st.booleans())
 def test_each_format_written_to_safetensors_loads_back_to_the_same_weights(tmp_path_factory, c, fmt, dtype, bias):
     c = with_scales_in(c, TORCH_DTYPES[dtype])
