@@ -244,12 +244,20 @@ def run_table(bench):
     return runs.reset_index().sort_values(["started", "run_id"], ascending=False, ignore_index=True)
 
 
+class UnknownRun(ValueError):
+    """A run id asked for (--run, --compare) that no benchmark file holds: the caller's to fix."""
+
+
+def _known(runs, run):
+    if run not in set(runs["run_id"]):
+        raise UnknownRun(f"no benchmark run {run!r}; the runs found: {', '.join(runs['run_id']) or 'none'}")
+
+
 def latest_run(bench, run=None):
-    """`run` if given (ValueError if it is not in `bench`), else the run that started last; None without runs."""
+    """`run` if given (UnknownRun if it is not in `bench`), else the run that started last; None without runs."""
     runs = run_table(bench)
     if run is not None:
-        if run not in set(runs["run_id"]):
-            raise ValueError(f"run {run!r} is not among the benchmark runs: {', '.join(runs['run_id'])}")
+        _known(runs, run)
         return run
     return None if runs.empty else runs["run_id"].iloc[0]
 
@@ -301,13 +309,12 @@ def lora_overhead(rows):
 def pick_runs(bench, run_a=None, run_b=None):
     """(older run, newer run) to compare: the given pair, else the newest two runs that share a device.
 
-    None when there is no such pair; ValueError when a given run is not in `bench`.
+    None when there is no such pair; UnknownRun when a given run is not in `bench`.
     """
     runs = run_table(bench)  # newest first
     if run_a is not None or run_b is not None:
         for run in (run_a, run_b):
-            if run not in set(runs["run_id"]):
-                raise ValueError(f"run {run!r} is not among the benchmark runs: {', '.join(runs['run_id'])}")
+            _known(runs, run)
         return run_a, run_b
     for i, newer in runs.iterrows():
         older = runs.loc[i + 1:][runs.loc[i + 1:, "device_name"] == newer["device_name"]]
@@ -444,14 +451,11 @@ def performance(bench, run=None):
 
 
 def compare_section(bench, run_a=None, run_b=None, threshold=REGRESSION_THRESHOLD):
-    """The template's section 6: (context dict | None, problems)."""
-    try:
-        pair = pick_runs(bench, run_a, run_b)
-    except ValueError as error:
-        return None, [f"comparison: {error}"]
+    """The template's section 6: (context dict | None, problems). UnknownRun for a given run id `bench` lacks."""
+    pair = pick_runs(bench, run_a, run_b)
     if pair is None:
-        return None, ["comparison: needs two benchmark runs on the same device; "
-                      f"found {bench['run_id'].nunique()} run(s)"]
+        return None, [] if bench.empty else ["comparison: needs two benchmark runs on the same device; "
+                                              f"found {bench['run_id'].nunique()} run(s)"]
     try:
         compared = comparison(bench, *pair, threshold)
     except ValueError as error:  # perf_store.compare refuses duplicated cases: say so
@@ -510,6 +514,8 @@ def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=No
     bench, bench_problems = load_bench(reports_dir / "bench")
     problems += bench_problems
     table = verdicts(verify, BACKENDS)
+    perf = performance(bench, run)  # first: an unknown run id stops here, before any kernel runs
+    compared, compare_problems = compare_section(bench, run_a, run_b, threshold)
 
     samples, samples_info, error_context = None, None, None
     if errors:
@@ -530,11 +536,6 @@ def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=No
 
     real, real_problem = real_weights_section() if errors else (None, None)
     problems += [real_problem] if real_problem else []
-    try:
-        perf = performance(bench, run)
-    except ValueError as error:
-        perf, problems = None, problems + [f"performance: {error}"]
-    compared, compare_problems = compare_section(bench, run_a, run_b, threshold) if not bench.empty else (None, [])
     problems += compare_problems
     per_layer = memory_per_layer()
 
@@ -569,24 +570,14 @@ def add_arguments(parser):
     return parser
 
 
-def unknown_runs(reports_dir, wanted):
-    """The run ids among `wanted` (None entries ignored) that no parquet file in reports_dir/bench holds."""
-    asked = [r for r in wanted if r is not None]
-    if not asked:
-        return []
-    known = set(run_table(load_bench(Path(reports_dir) / "bench")[0])["run_id"])
-    return [r for r in asked if r not in known]
-
-
 def run(args):
     """Write the page and return 0 (missing or corrupt inputs are named in the page); 2 for a run id
     given on the command line that no benchmark run has, with a one-line message."""
-    unknown = unknown_runs(args.reports, [args.run, *args.compare])
-    if unknown:
-        print(f"usage error: no benchmark run {', '.join(map(repr, unknown))} in {Path(args.reports) / 'bench'} "
-              f"(python -m harness report lists the runs it finds in its page)", file=sys.stderr)
+    try:
+        out = build_report(args.reports, args.out, run=args.run, run_a=args.compare[0], run_b=args.compare[1],
+                           threshold=args.threshold, errors=not args.no_error_samples, device=args.device)
+    except UnknownRun as error:
+        print(f"usage error: {error}", file=sys.stderr)
         return 2
-    out = build_report(args.reports, args.out, run=args.run, run_a=args.compare[0], run_b=args.compare[1],
-                       threshold=args.threshold, errors=not args.no_error_samples, device=args.device)
     print(f"report written to {out} ({out.stat().st_size / 1e6:.2f} MB)")
     return 0
