@@ -192,6 +192,16 @@ def repro_target(label, contract):
     return f"{BACKENDS[label].module}:{'dequantize' if contract == 'dequantizer' else 'linear'}"
 
 
+def real_layer_cases(args, domain):
+    """--checkpoint's layer, loaded once, as {contract: [(name, case)]}; UsageError for what it refuses."""
+    from harness.checkpoint import load_layer  # safetensors is only needed for this
+    try:
+        layer = load_layer(args.checkpoint, args.layer, args.format, args.checkpoint_group_size)
+        return checkpoint_cases(layer, args.layer, domain, args.seed)
+    except ValueError as error:  # a prefix, format, tensor or domain conflict: the caller's to fix
+        raise UsageError(f"--checkpoint {args.checkpoint} --layer {args.layer}: {error}") from None
+
+
 def verify(args):
     domain = parse_domain(args)
     if bool(args.checkpoint) != bool(args.layer):
@@ -204,17 +214,11 @@ def verify(args):
     results = []
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
+    checkpoint = real_layer_cases(args, domain) if args.checkpoint else {}
     for label, contract, function in candidates(args):
-        checkpoint = None
-        if args.checkpoint:
-            try:
-                checkpoint = list(checkpoint_cases(contract, args.checkpoint, args.layer, domain, args.seed,
-                                                   fmt=args.format, group_size=args.checkpoint_group_size))
-            except ValueError as error:  # a prefix, format or tensor the loader refuses: the caller's to fix
-                raise UsageError(f"--checkpoint {args.checkpoint} --layer {args.layer}: {error}") from None
         skipped = large_tier_skipped(args, label)
         result, failing_case = verify_candidate(contract, function, args.device, examples, args.seed, domain,
-                                                large_tier=skipped is None, checkpoint=checkpoint)
+                                                large_tier=skipped is None, checkpoint=checkpoint.get(contract))
         result["candidate"], result["large_tier_skipped"] = label, skipped
         if failing_case is not None:
             result["repro"] = str(_repro(report, label, contract, function, failing_case, result, args.device))

@@ -169,10 +169,12 @@ def make_lora_indices(rng, m, num_loras, popularity, index_dtype="int32"):
 
 
 def make_linear_case(seed, out_features, in_features, m, x_dtype="fp16", rank=16, num_loras=4,
-                     popularity="uniform", scaling=1.0, bias=True, index_dtype="int32", **weight_params):
-    """A whole LinearCase; `weight_params` go to make_weights. Magnitudes keep y within x_dtype's range."""
+                     popularity="uniform", scaling=1.0, bias=True, index_dtype="int32", weights=None, **weight_params):
+    """A whole LinearCase; `weight_params` go to make_weights, unless `weights` (e.g. a real layer's, of shape
+    [out_features, in_features]) are given. Magnitudes keep y within x_dtype's range."""
     rng = np.random.default_rng(seed)
-    weights = make_weights(rng, out_features, in_features, **weight_params)
+    if weights is None:
+        weights = make_weights(rng, out_features, in_features, **weight_params)
     w_scale = float(np.exp2(weight_params.get("scale_exponent", -4.0))) * 4.0  # ~ typical |W|
     x = round_to(rng.standard_normal((m, in_features)), x_dtype)
     y_scale = w_scale * np.sqrt(in_features)
@@ -192,8 +194,3 @@ def weights_from_tensors(packed_weights, scales, zero_points, group_size):
     return Weights(packed_weights.cpu().numpy(), scales.cpu().float().numpy(), DTYPE_NAMES[scales.dtype],
                    None if zeros is None else (zeros.float().numpy() if zeros.is_floating_point() else zeros.numpy()),
                    None if zeros is None else DTYPE_NAMES[zeros.dtype], group_size)
-
-
-def with_weights(case, weights, bias=None):
-    """The same activations and adapters on other base weights (of the same shape), e.g. a real layer's."""
-    return replace(case, weights=weights, bias=bias)

@@ -8,14 +8,16 @@ element. `python -m harness verify` (harness.__main__) drives it and writes JSON
 """
 import time
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 from hypothesis import Phase, given, seed, settings
 
-from harness.cases import DequantCase, make_linear_case, make_weights, weights_from_tensors, with_weights
+from harness.cases import DequantCase, make_linear_case, make_weights, weights_from_tensors
 from harness.properties import PROPERTIES, check_dequantizer, check_linear
 from harness.shapes import LARGE_TIER, LAYER_SHAPES
 from harness.strategies import FULL, dequant_cases, linear_cases
+from reference.granularity import granularity
 from reference.rounding import round_to
 
 CONTRACTS = {"dequantizer": (check_dequantizer, dequant_cases), "linear": (check_linear, linear_cases)}
@@ -40,26 +42,43 @@ def large_tier_cases(contract, domain=FULL, seed=0):
                                          num_loras=min(4, domain.max_loras), bias=domain.bias, **params)
 
 
-def checkpoint_cases(contract, path, prefix, domain=FULL, seed=0, m=8, fmt=None, group_size=None):
-    """The real layer `prefix` of a .safetensors file as explicit examples, one per dtype of the domain.
+def outside_domain(weights, domain):
+    """ValueError naming what of `weights` (harness.cases.Weights) the domain excludes."""
+    out_features, in_features = weights.shape
+    kinds = [("scales", granularity(weights.scales, out_features, in_features, weights.group_size, "scales"))]
+    if weights.zero_points is not None:
+        if not domain.zero_points:
+            raise ValueError("the layer has zero points, but the domain excludes them (--no-zero-points)")
+        kinds.append(("zero_points", granularity(weights.zero_points, out_features, in_features, weights.group_size,
+                                                 "zero_points")))
+    for name, kind in kinds:
+        if kind not in domain.granularities:
+            raise ValueError(f"the layer's {name} are {kind}, outside --granularity {','.join(domain.granularities)}")
+    if domain.group_sizes is not None and weights.group_size is not None and weights.group_size not in domain.group_sizes:
+        raise ValueError(f"the layer's group size {weights.group_size} is outside --group-sizes "
+                         f"{','.join(map(str, domain.group_sizes))}")
 
-    Linear cases draw x in the canonical column order (an original activation permuted by the
-    layer's act-order `perm`, which random activations need not undo) and use the layer's bias.
+
+def checkpoint_cases(layer, prefix, domain=FULL, seed=0, m=8):
+    """{contract: [(name, case)]}: a real layer (harness.checkpoint.Layer) as explicit examples, one per dtype.
+
+    ValueError where the layer lies outside `domain` (zero points, granularity or group size the
+    candidate said it does not support); the layer's bias is dropped under --no-bias. Linear cases
+    draw x in the canonical column order (an original activation permuted by the layer's act-order
+    `perm`, which random activations need not undo).
     """
-    from harness.checkpoint import load_layer  # safetensors is only needed for this
-
-    layer = load_layer(path, prefix, fmt, group_size)
     weights = weights_from_tensors(layer.packed_weights, layer.scales, layer.zero_points, layer.group_size)
     out_features, in_features = weights.shape
+    outside_domain(weights, domain)
+    cases = {"dequantizer": [], "linear": []}
     for dtype in domain.dtypes:
         name = f"{prefix} ({layer.fmt}, {dtype})"
-        if contract == "dequantizer":
-            yield name, DequantCase(weights, dtype)
-            continue
+        cases["dequantizer"].append((name, DequantCase(weights, dtype)))
         case = make_linear_case(seed, out_features, in_features, m, dtype, rank=min(16, domain.max_rank),
-                                num_loras=min(4, domain.max_loras), bias=False, group_size=2)
-        bias = None if layer.bias is None else round_to(layer.bias.float().numpy(), dtype)
-        yield name, with_weights(case, weights, bias)
+                                num_loras=min(4, domain.max_loras), bias=False, weights=weights)
+        bias = None if layer.bias is None or not domain.bias else round_to(layer.bias.float().numpy(), dtype)
+        cases["linear"].append((name, replace(case, bias=bias)))
+    return cases
 
 
 def _tally(outcomes, counts):

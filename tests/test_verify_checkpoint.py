@@ -22,7 +22,6 @@ def write_layer(path, fmt, out_features=64):
     canonical = formats.Canonical(packed, scales.astype(np.float16), zero_points.astype(np.int8), 32, None)
     tensors = {"compressed-tensors": formats.to_compressed_tensors, "gptq": formats.to_gptq,
                "awq": formats.to_awq}[fmt](canonical)
-    tensors = tensors._asdict() if hasattr(tensors, "_asdict") else tensors
     save_file({f"{PREFIX}.{k}": torch.as_tensor(np.ascontiguousarray(v)) for k, v in tensors.items()}, path)
 
 
@@ -58,3 +57,36 @@ def test_a_missing_layer_is_a_usage_error(tmp_path):
     run = verify(tmp_path, "--dequantizer", "harness.planted:correct_dequantize_fp32_math", "--checkpoint",
                  str(tmp_path / "model.safetensors"), "--layer", "model.layers.9.nope")
     assert run.returncode == 2 and "no tensors under prefix" in run.stderr
+
+
+def test_a_correct_linear_passes_the_real_layer(tmp_path):
+    write_layer(tmp_path / "model.safetensors", "gptq")
+    run = verify(tmp_path, "--linear", "harness.planted:correct_linear_gathered", "--dtypes", "fp16,bf16",
+                 "--checkpoint", str(tmp_path / "model.safetensors"), "--layer", PREFIX)
+    assert run.returncode == 0, run.stdout + run.stderr
+    examples = json.loads((tmp_path / "verify.json").read_text())["results"][0]["checkpoint"]
+    assert [e["passed"] for e in examples] == [True, True]
+
+
+@pytest.mark.parametrize("narrowing, message", [
+    (["--no-zero-points"], "the layer has zero points, but the domain excludes them"),
+    (["--granularity", "per-channel"], "the layer's scales are grouped, outside --granularity per-channel"),
+    (["--group-sizes", "64,128"], "the layer's group size 32 is outside --group-sizes 64,128"),
+])
+def test_a_real_layer_outside_the_narrowed_domain_is_a_usage_error(tmp_path, narrowing, message):
+    write_layer(tmp_path / "model.safetensors", "gptq")
+    run = verify(tmp_path, "--dequantizer", "harness.planted:correct_dequantize_fp32_math", *narrowing,
+                 "--checkpoint", str(tmp_path / "model.safetensors"), "--layer", PREFIX)
+    assert run.returncode == 2 and message in run.stderr, run.stdout + run.stderr
+
+
+def test_the_layers_bias_is_used_unless_the_domain_excludes_bias():
+    from harness.checkpoint import Layer
+    from harness.strategies import Domain
+    from harness.verify import checkpoint_cases
+    layer = Layer(torch.zeros(8, 16, dtype=torch.uint8), torch.ones(8, dtype=torch.float16), None, None, None,
+                  torch.arange(8, dtype=torch.float16), "gptq")
+    with_bias = checkpoint_cases(layer, PREFIX, Domain(dtypes=("fp16",)))["linear"][0][1]
+    assert with_bias.bias.tolist() == list(range(8)) and with_bias.weights.shape == (8, 32)
+    without = checkpoint_cases(layer, PREFIX, Domain(dtypes=("fp16",), bias=False))["linear"][0][1]
+    assert without.bias is None
