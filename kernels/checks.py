@@ -16,13 +16,30 @@ def check_weights(packed_weights, scales, zero_points, group_size):
     if packed_weights.dim() != 2:
         raise ValueError(f"packed_weights must be 2-D [out_features, in_features // 2], got shape {list(packed_weights.shape)}")
     out_features, in_features = packed_weights.shape[0], 2 * packed_weights.shape[1]
-    if not scales.is_floating_point():
-        raise ValueError(f"scales must be floating point (fp16, bf16 or fp32), got {scales.dtype}")
+    if scales.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"scales must be fp16, bf16 or fp32, got {scales.dtype}")
     scale_kind = granularity(scales, out_features, in_features, group_size, "scales")
     zero_kind = None
     if zero_points is not None:
+        if zero_points.dtype == torch.bool or zero_points.is_complex():
+            raise ValueError(f"zero_points must be a floating point or integer tensor, got {zero_points.dtype}")
         zero_kind = granularity(zero_points, out_features, in_features, group_size, "zero_points")
+    same_device("packed_weights", scales=scales, zero_points=zero_points, packed_weights=packed_weights)
     return out_features, in_features, scale_kind, zero_kind
+
+
+def check_output_dtype(output_dtype):
+    """SPEC §3: the dequantizer's output dtype is fp16, bf16 or fp32."""
+    if output_dtype not in FLOAT_DTYPES:
+        raise ValueError(f"output_dtype must be torch.float16, torch.bfloat16 or torch.float32, got {output_dtype}")
+
+
+def same_device(first, **tensors):
+    """SPEC §3-4: every tensor given (None skipped) lives on the device of tensors[first]."""
+    device = tensors[first].device
+    for name, t in tensors.items():
+        if t is not None and t.device != device:
+            raise ValueError(f"{name} must be on {first}'s device {device}, got {t.device}")
 
 
 def check_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, bias):
@@ -37,6 +54,11 @@ def check_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lor
         raise ValueError(f"lora_indices must be int32 or int64 of shape [{m}], got {lora_indices.dtype} {list(lora_indices.shape)}")
     if bias is not None and bias.shape != (out_features,):
         raise ValueError(f"bias must have shape [{out_features}], got {list(bias.shape)}")
+    for name, t in (("lora_a", lora_a), ("lora_b", lora_b), ("bias", bias)):
+        if t is not None and not t.is_floating_point():
+            raise ValueError(f"{name} must be floating point, got {t.dtype}")
+    same_device("x", x=x, packed_weights=packed_weights, lora_a=lora_a, lora_b=lora_b, lora_indices=lora_indices,
+                bias=bias)
     if (lora_a is None) != (lora_b is None):
         raise ValueError("lora_a and lora_b must both be tensors or both be None")
     num_loras = 0

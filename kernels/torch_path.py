@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from kernels.checks import check_linear, check_weights, integer_zeros_within
+from kernels.checks import check_linear, check_output_dtype, check_weights, integer_zeros_within
 
 
 def unpack(packed_weights):
@@ -69,8 +69,7 @@ def dequantize(packed_weights, scales, zero_points=None, group_size=None, output
     Computes in fp32 where that is exact (exact_in_fp32), else in float64 with round_once.
     """
     out_features, in_features, scale_kind, zero_kind = check_weights(packed_weights, scales, zero_points, group_size)
-    if output_dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"output_dtype must be torch.float16, torch.bfloat16 or torch.float32, got {output_dtype}")
+    check_output_dtype(output_dtype)
     grouped = "grouped" in (scale_kind, zero_kind)
     width = group_size if grouped else in_features
     num_groups = math.ceil(in_features / width)

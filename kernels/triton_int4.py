@@ -23,7 +23,7 @@ import os
 
 import torch
 
-from kernels.checks import check_linear, check_weights, integer_zeros_within
+from kernels.checks import check_linear, check_output_dtype, check_weights, integer_zeros_within
 
 try:
     from kernels import triton_kernels
@@ -148,14 +148,10 @@ def exact_zero(dtype, zero_points, check_values=False):
     return dtype in EXACT_ZERO_LIMIT and integer_zeros_within(zero_points, EXACT_ZERO_LIMIT[dtype], check_values)
 
 
-def check_devices(first, **tensors):
-    """SPEC §4: every tensor lives on the first one's device, CUDA unless interpreting."""
-    device = tensors[first].device
-    if device.type != "cuda" and not interpreting():
-        raise ValueError(f"{first} must be a CUDA tensor (or set TRITON_INTERPRET=1), got device {device}")
-    for name, t in tensors.items():
-        if t is not None and t.device != device:
-            raise ValueError(f"{name} must be on {first}'s device {device}, got {t.device}")
+def check_device(first, tensor):
+    """Triton runs CUDA tensors, or CPU ones under the interpreter (kernels.checks has made the devices agree)."""
+    if tensor.device.type != "cuda" and not interpreting():
+        raise ValueError(f"{first} must be a CUDA tensor (or set TRITON_INTERPRET=1), got device {tensor.device}")
 
 
 def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias, *,
@@ -175,8 +171,7 @@ def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, l
         raise RuntimeError(f"triton backend unavailable: {reason}")
     _, _, scale_kind, zero_kind = check_linear(x, packed_weights, scales, zero_points, group_size,
                                                lora_a, lora_b, lora_indices, bias)
-    check_devices("x", x=x, packed_weights=packed_weights, scales=scales, zero_points=zero_points, lora_a=lora_a,
-                  lora_b=lora_b, lora_indices=lora_indices, bias=bias)
+    check_device("x", x)
     return launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices,
                          scaling, bias, (scale_kind, zero_kind),
                          zero_is_exact=exact_zero(x.dtype, zero_points, check_values=True), ptx_unpack=ptx_unpack)
@@ -255,9 +250,8 @@ def dequantize(packed_weights, scales, zero_points=None, group_size=None, output
     if reason is not None:
         raise RuntimeError(f"triton backend unavailable: {reason}")
     n, k, scale_kind, zero_kind = check_weights(packed_weights, scales, zero_points, group_size)
-    if output_dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"output_dtype must be torch.float16, torch.bfloat16 or torch.float32, got {output_dtype}")
-    check_devices("packed_weights", packed_weights=packed_weights, scales=scales, zero_points=zero_points)
+    check_output_dtype(output_dtype)
+    check_device("packed_weights", packed_weights)
     out = torch.empty((n, k), dtype=output_dtype, device=packed_weights.device)  # out: [out, in]
     if out.numel() == 0:
         return out

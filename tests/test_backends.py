@@ -61,6 +61,10 @@ def _torch_linear_args():
     (7, torch.tensor([0.0, 1.0, 1.0]), "lora_indices must be int32 or int64"),
     (9, torch.zeros(5, dtype=torch.float16), r"bias must have shape \[6\]"),
     (5, torch.zeros(2, 2, 15, dtype=torch.float16), r"lora_a must have shape \[num_loras, rank, 16\]"),
+    (2, torch.ones(6, 2, dtype=torch.float64), "scales must be fp16, bf16 or fp32, got torch.float64"),
+    (3, torch.ones(6, 2, dtype=torch.bool), "zero_points must be a floating point or integer tensor"),
+    (6, torch.zeros(2, 6, 2, dtype=torch.int32), "lora_b must be floating point"),
+    (9, torch.zeros(6, dtype=torch.float16, device="meta"), "bias must be on x's device cpu, got meta"),
 ])
 def test_torch_linear_names_the_bad_argument(position, bad, message):
     args = list(_torch_linear_args())

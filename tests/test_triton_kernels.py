@@ -233,7 +233,7 @@ linear(5, 64, 200, "bf16", group_size=24, zero_granularity="grouped", zero_kind=
 linear(3, 64, 256, "fp32", group_size=64, zero_granularity="per-channel")  # ieee dots
 w = make_linear_case(0, 64, 256, 1, "fp32", group_size=32, zero_granularity="grouped", zero_kind="float",
                      scales_dtype="fp32").weights
-triton_int4.unavailable_reason = triton_int4.check_devices = lambda *a, **k: None
+triton_int4.unavailable_reason = triton_int4.check_device = lambda *a, **k: None
 triton_int4.dequantize(*w.torch_args("cpu"), output_dtype=torch.float32)  # fp64 math
 for name, args, kwargs in launches:
     fn, kwargs = KERNELS[name], dict(kwargs)
