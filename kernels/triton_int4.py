@@ -35,6 +35,7 @@ else:
 
 # Largest |z| for which v - z (v in [-8, 7]) is an integer that fp16 (<= 2048) / bf16 (<= 256) holds exactly.
 EXACT_ZERO_LIMIT = {torch.float16: 2040, torch.bfloat16: 248}
+FP32_EXACT_ZERO_LIMIT = 2**23 - 8  # the same in fp32 (unpack_tile computes 2**23 + q - (2**23 + 8 + z))
 
 
 def interpreting():
@@ -243,8 +244,8 @@ def lora_shrink(x, lora_a, lora_indices, fp32_dot):
 def dequantize(packed_weights, scales, zero_points=None, group_size=None, output_dtype=torch.float16):
     """SPEC §3 dequantizer -> output_dtype [out, in] on packed_weights' device.
 
-    (v - z) * s is computed in fp32 (in fp64 for fp32 output with floating zero points, where
-    fp32 could not round once) and rounded once to output_dtype (fp16, bf16 or fp32).
+    (v - z) * s is computed in fp32 (in fp64 for fp32 output with fractional or huge integer zero
+    points, where fp32 could not round once) and rounded once to output_dtype (fp16, bf16 or fp32).
     """
     reason = unavailable_reason()
     if reason is not None:
@@ -262,6 +263,8 @@ def dequantize(packed_weights, scales, zero_points=None, group_size=None, output
         packed_weights, s, z, out, n, k, group_size or 1,
         packed_weights.stride(0), packed_weights.stride(1), s_sn, s_sg, z_sn, z_sg, out.stride(0), out.stride(1),
         HAS_ZERO=zero_points is not None, ZERO_IS_INT=is_int(zero_points), S_CHUNKS=s_chunks, Z_CHUNKS=z_chunks,
-        FP64=output_dtype == torch.float32 and zero_points is not None and zero_points.is_floating_point(),
+        # fp32 output rounds once only if v - z is exact in fp32: not for fractional or huge zero points
+        FP64=output_dtype == torch.float32 and zero_points is not None
+        and not integer_zeros_within(zero_points, FP32_EXACT_ZERO_LIMIT),
         EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k)
     return out

@@ -192,6 +192,18 @@ def test_dequantize_is_correctly_rounded(output_dtype, zero_kind, scales_dtype):
     assert report.passed, report.worst()
 
 
+@pytest.mark.parametrize("zero", [2**23 - 8, 2**23 + 1, -(2**23) - 1, 2**30 + 3])
+def test_dequantize_to_fp32_is_correctly_rounded_for_huge_integer_zero_points(zero):
+    # past 2**23 - 8, v - z is no longer exact in fp32: the kernel must take its fp64 path
+    packed = torch.arange(256, dtype=torch.uint8).reshape(4, 64).to(DEVICE)
+    scales = torch.tensor([1.0, 1 + 2**-20, 3.0, 0.1], dtype=torch.float32, device=DEVICE)
+    zeros = torch.full((4,), zero, dtype=torch.int64, device=DEVICE)
+    got = triton_int4.dequantize(packed, scales, zeros, None, torch.float32)
+    report = dequant_error(got.double().cpu().numpy(), packed.cpu().numpy(), scales.cpu().numpy(), zeros.cpu().numpy(),
+                           None, "fp32")
+    assert report.max_ratio == 0, report.worst()
+
+
 @pytest.mark.large
 def test_large_layer_on_the_gpu():
     # llama3-8b down_proj (out 4096, in 14336), group 128: decode, full decode tile and prefill.
