@@ -210,8 +210,9 @@ def int4_lora_gemm_kernel(
     V_DTYPE: tl.constexpr = DOT_DTYPE if NATIVE_V else tl.float32
     S_DTYPE: tl.constexpr = DOT_DTYPE if NATIVE_S else tl.float32
     PRECISION: tl.constexpr = "ieee" if FP32_DOT else "tf32"  # "tf32" only matters for fp32 operands
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # int64 rows and columns: offs * stride passes 2**31 on large outputs (e.g. 128k-wide lm_head, 17k tokens)
+    offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     m_mask = offs_m < M
     n_mask = offs_n < N
@@ -258,7 +259,7 @@ def lora_shrink_kernel(x_ptr, a_ptr, idx_ptr, out_ptr, M, K, rank, num_loras, k_
     each adapter its rows use once per K tile, with only that adapter's rows of x.
     """
     split = tl.program_id(1)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # int64: offsets past 2**31
     offs_r = tl.arange(0, RANK_PAD)
     m_mask = offs_m < M
     k_start = split * k_per_split
@@ -297,7 +298,7 @@ def dequantize_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K, group_size,
     where v - z rounds too: FP64 (chosen for fp32 output) then computes in fp64, as the reference does.
     """
     k0 = tl.program_id(0) * BLOCK_K
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # int64: N * K may pass 2**31
     n_mask = offs_n < N
     MATH: tl.constexpr = tl.float64 if FP64 else tl.float32
     v_even, v_odd = unpack_tile(w_ptr, stride_wn, stride_wk, z_ptr, stride_zn, stride_zg, offs_n, n_mask, k0, K,
