@@ -21,6 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness.cases import CONTRACT_PARAMETERS  # noqa: E402
+from harness.devices import gpu_peaks  # noqa: E402
 from harness.shapes import LAYER_SHAPES  # noqa: E402
 from kernels import triton_int4  # noqa: E402
 from kernels.checks import check_linear  # noqa: E402
@@ -64,9 +66,7 @@ def torch_lora(p):
 
 
 def spec_args(p, lora):
-    keys = ["x", "packed_weights", "scales", "zero_points", "group_size", "lora_a", "lora_b", "lora_indices",
-            "scaling", "bias"]
-    args = [p[key] for key in keys]
+    args = [p[key] for key in CONTRACT_PARAMETERS["linear"]]
     if not lora:
         args[5] = args[6] = None
         args[7] = torch.full_like(p["lora_indices"], -1)
@@ -75,6 +75,8 @@ def spec_args(p, lora):
 
 def triton_fn(p, lora, config=None, ptx_unpack=False):
     """Our kernel, validated once here, then launched without the per-call host sync."""
+    if config is None:
+        return triton_int4.prepare_linear(*spec_args(p, lora), ptx_unpack=ptx_unpack)
     args = spec_args(p, lora)
     _, _, scale_kind, zero_kind = check_linear(*args[:8], args[9])
     zero_is_exact = triton_int4.exact_zero(torch.float16, p["zero_points"], check_values=True)
@@ -165,7 +167,8 @@ def main(argv=None):
     parser.add_argument("--num-loras", type=int, default=4, help="adapters; tokens pick one of them or none (-1)")
     parser.add_argument("--zero-points", default="none", choices=["none", "uint8", "int32"],
                         help="none: symmetric weights; else grouped integer zero points of that dtype")
-    parser.add_argument("--peak-tbps", type=float, default=3.35, help="HBM peak for the roofline (H100 SXM: 3.35)")
+    parser.add_argument("--peak-tbps", type=float, default=None,
+                        help="HBM peak for the roofline (default: the device's datasheet figure in harness.devices)")
     parser.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up time per measurement")
     parser.add_argument("--rep-ms", type=int, default=100, help="do_bench measuring time per measurement")
     parser.add_argument("--ptx", action="store_true", help="time the inline-PTX unpack (kernels/triton_ptx.py)")
@@ -173,6 +176,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("benchmarks/gpu_table.py needs a CUDA GPU")
+    if args.peak_tbps is None:
+        gbps, _, source = gpu_peaks(torch.cuda.get_device_name())
+        if gbps != gbps:  # NaN: not a device of the table
+            sys.exit(f"{source}: give --peak-tbps")
+        args.peak_tbps = gbps / 1e3
     sweep(args) if args.sweep else table(args)
 
 

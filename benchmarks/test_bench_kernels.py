@@ -5,10 +5,14 @@ Backends: the NumPy `reference` (small layers), the registry's fast paths (`torc
 time: the speed to beat and the memory to save) and `materialize` (dequantize to
 x.dtype on every call, then a dense matmul: the approach this project replaces).
 Operations: `dequantize`, `gemm` (the base alone, no adapters), `gemm_lora` (base +
-multi-LoRA). Each timed case becomes one parquet row (docs/bench_schema.md).
+multi-LoRA). Each timed case becomes one parquet row (docs/bench_schema.md). What is timed:
+`dense` without checks (its weight dequantized beforehand), a backend module's `prepare_linear`
+(Triton: checks once, then launches only) where it has one, else the public contract call
+(`torch`, `materialize`: their argument checks included).
 
 Run with `pytest benchmarks --benchmark-only`; pick the grid with BENCH_GRID or --bench-grid.
 """
+import importlib
 import math
 import time
 from functools import partial
@@ -163,6 +167,9 @@ def prepare(backend, operation, case, device):
     if backend == "dense":
         w = torch_dequantize(packed, scales, zero_points, group_size, output_dtype=x.dtype)  # once, ahead of time
         return partial(dense_forward, x, w, *adapters)  # holds no packed weights
+    module = importlib.import_module(BACKENDS[backend].module) if backend in BACKENDS else None
+    if hasattr(module, "prepare_linear"):  # a fast path: validated once, then timed at its launch, like `dense`
+        return module.prepare_linear(x, packed, scales, zero_points, group_size, *adapters)
     return partial(contract_fn(backend, operation), x, packed, scales, zero_points, group_size, *adapters)
 
 

@@ -26,3 +26,8 @@ def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, l
     """SPEC §4 linear, as kernels.triton_int4.linear (same shapes, dtypes and errors), PTX unpack."""
     return triton_int4.linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices,
                               scaling, bias, ptx_unpack=True)
+
+
+def prepare_linear(*args):
+    """kernels.triton_int4.prepare_linear with the PTX unpack."""
+    return triton_int4.prepare_linear(*args, ptx_unpack=True)

@@ -267,3 +267,10 @@ def test_gpu_code_paths_compile_for_hopper():
     run = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], cwd=Path(__file__).resolve().parents[1], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_prepare_linear_launches_what_linear_computes():
+    args = make_linear_case(3, 40, 128, 5, "fp16", rank=4, num_loras=2, group_size=32,
+                            zero_granularity="grouped").torch_args(DEVICE)
+    launch = triton_int4.prepare_linear(*args)
+    assert torch.equal(launch(), triton_int4.linear(*args))
