@@ -7,7 +7,6 @@ atomically after each row.
 import datetime
 import os
 import secrets
-import subprocess
 
 import pytest
 import torch
@@ -52,16 +51,6 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("bench_case", cases, ids=[grids.case_id(*case) for case in cases])
 
 
-def git_state(folder):
-    """(HEAD commit, whether the work tree has changes); ('unknown', None) outside a git checkout."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain"))
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown", None
-
-
 @pytest.fixture(scope="session")
 def bench_session(pytestconfig):
     """The session's grid, device, run id, parquet path, rows so far and verification verdicts."""
@@ -71,7 +60,7 @@ def bench_session(pytestconfig):
 @pytest.fixture(scope="session")
 def run_fields(pytestconfig, bench_session):
     """The columns every row of this run shares: run id, commit, host, device, versions and peaks."""
-    commit, dirty = git_state(pytestconfig.rootpath)
+    commit, dirty = devices.git_state(pytestconfig.rootpath)
     return dict(run_id=bench_session["run_id"], git_commit=commit, git_dirty=dirty, grid=bench_session["grid_name"],
                 **devices.describe(bench_session["device"]))
 

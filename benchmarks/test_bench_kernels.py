@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 import reference
 from harness import devices
-from harness.cases import DequantCase, make_linear_case
+from harness.cases import TORCH_DTYPES, DequantCase, make_linear_case
 from harness.properties import check_dequantizer, check_linear, failures
 from harness.shapes import LAYER_SHAPES
 from kernels.checks import check_weights
@@ -34,7 +34,6 @@ from kernels.torch_path import lora_delta, unpack
 
 SEED = 0
 VERIFY_M_MAX = 64  # a case is checked at its own M up to this; larger M reuse the check at this M
-ITEMSIZE = {"fp16": 2, "bf16": 2, "fp32": 4, "int32": 4, "int64": 8}
 
 
 # --- the two baselines ---------------------------------------------------------------------------
@@ -177,9 +176,9 @@ def weight_bytes(case):
     """(packed bytes: nibbles + scales + zero points, fp16 bytes of the same weight)."""
     w = case.weights
     out_features, in_features = w.shape
-    packed = w.packed.nbytes + w.scales.size * ITEMSIZE[w.scales_dtype]
+    packed = w.packed.nbytes + w.scales.size * TORCH_DTYPES[w.scales_dtype].itemsize
     if w.zero_points is not None:
-        packed += w.zero_points.size * ITEMSIZE[w.zero_points_dtype]
+        packed += w.zero_points.size * TORCH_DTYPES[w.zero_points_dtype].itemsize
     return packed, 2 * out_features * in_features
 
 
@@ -192,7 +191,7 @@ def work(backend, operation, case):
     """
     out_features, in_features = case.weights.shape
     packed, _ = weight_bytes(case)
-    size = ITEMSIZE[case.x_dtype]
+    size = TORCH_DTYPES[case.x_dtype].itemsize
     dense = out_features * in_features * size
     if operation == "dequantize":
         zeros = case.weights.zero_points is not None

@@ -1,4 +1,4 @@
-"""What a benchmark ran on: host, versions, and the peaks its GB/s and TFLOP/s are measured against.
+"""What a run ran on: host, versions, git state, and the peaks its GB/s and TFLOP/s are measured against.
 
 PEAKS holds vendor datasheet figures for known GPUs; a CPU gets a copy bandwidth
 measured here (labelled as measured in `peak_source`) and no compute peak.
@@ -8,7 +8,9 @@ import math
 import platform
 import re
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 import torch
 
@@ -85,3 +87,13 @@ def describe(device):
 def l2_cache_bytes():
     """The current CUDA device's L2 size in bytes (0 if torch does not report it)."""
     return getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0)
+
+
+def git_state(folder=Path(__file__).parent):
+    """(HEAD commit, whether the work tree has changes) of the checkout at `folder`; ('unknown', None) outside git."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain"))
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", None

@@ -14,7 +14,6 @@ JSON file) becomes a line in the page naming it, never a traceback.
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -24,7 +23,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from harness import perf_store
+from harness import devices, perf_store
 from harness.charts import memory_chart, ratio_chart, roofline_chart, small_multiples, ulps_chart
 from harness.cases import DequantCase, make_linear_case, make_weights
 from harness.shapes import LAYER_SHAPES
@@ -99,15 +98,10 @@ def load_bench(folder):
     return df, problems
 
 
-def git_commit(folder=Path(__file__).parent):
+def git_commit():
     """'abc1234' (+ ' (uncommitted changes)') of the checkout holding this code; 'unknown' outside git."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        commit, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + (" (uncommitted changes)" if dirty else "")
+    commit, dirty = devices.git_state()
+    return commit[:7] + (" (uncommitted changes)" if dirty else "")
 
 
 # --- section 1 and 2: verification ------------------------------------------------------------------
