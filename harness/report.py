@@ -340,7 +340,8 @@ def case_label(row):
     parts = [row["backend"], row["operation"], row["layer"]]
     if pd.notna(row["m"]):
         parts.append(f"M={int(row['m'])}")
-    parts.append(f"g{int(row['group_size'])}" if pd.notna(row["group_size"]) else "per-channel")
+    group = fmt_group(row["group_size"])
+    parts.append(group if group == "per-channel" else f"g{group}")
     if row["operation"] == "gemm_lora":
         parts += [f"r{int(row['rank'])}x{int(row['num_loras'])}", row["popularity"]]
     parts += [row["dtype"], row["cache_mode"]]
@@ -382,6 +383,11 @@ def memory_per_model(models=MODELS):
 
 
 # --- the page ---------------------------------------------------------------------------------------
+
+def fmt_group(group_size):
+    """A group size as the page shows it: '128', or 'per-channel' where there is none (None or NaN)."""
+    return "per-channel" if group_size is None or pd.isna(group_size) else str(int(group_size))
+
 
 def fmt_seconds(s):
     """3 significant digits in s, ms, µs or ns; '–' when missing."""
@@ -488,7 +494,6 @@ def real_weights_section():
     except FileNotFoundError as error:  # the model package is not installed: say so in the page
         return None, f"real weights: {error}"
     rows = real_weights.summary(table)
-    rows["group_size"] = rows["group_size"].astype(object).where(rows["group_size"].notna(), "per-channel")
     return _records(rows), None
 
 
@@ -535,7 +540,7 @@ def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=No
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(seconds=fmt_seconds, bytes=fmt_bytes, num=fmt_num)
+    env.filters.update(seconds=fmt_seconds, bytes=fmt_bytes, num=fmt_num, group=fmt_group)
     page = env.get_template("report.html.j2").render(
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), commit=git_commit(), problems=problems,
         what_ran=summary_lines(verify, bench, samples_info), overall=_records(overall_verdicts(table, BACKENDS)),
