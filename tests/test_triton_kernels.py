@@ -161,7 +161,7 @@ def test_inputs_unchanged_and_results_bitwise_deterministic():
 def test_strided_inputs():
     case = make_linear_case(4, 40, 128, 6, "fp16", rank=4, num_loras=2, group_size=64, zero_granularity="grouped")
     args = list(case.torch_args(DEVICE))
-    for i in (0, 1, 2, 5, 7, 9):  # x, packed, scales, lora_a, indices, bias: same values, every other element
+    for i in (0, 1, 2, 3, 5, 6, 7, 9):  # every tensor argument: same values, every other element in memory
         t = args[i]
         args[i] = torch.stack((t, t), dim=-1)[..., 0]
     assert not args[0].is_contiguous()
