@@ -338,8 +338,8 @@ def from_awq(qweight, qzeros, scales, group_size=None):
     """AWQ (GEMM layout) -> Canonical.
 
     qweight: int32 [in, ceil(out / 8)], AWQ_ORDER within each int32; qzeros: int32
-    [G, ceil(out / 8)], likewise; scales: float [G, out]; group_size: int, needed when G > 1
-    (never inferred from in / G). Fields are unsigned: W = (q - qz) * s.
+    [G, ceil(out / 8)], likewise; scales: float [G, out]; group_size: int, needed when G > 1 and
+    checked against G whenever given (never inferred from in / G). Fields are unsigned: W = (q - qz) * s.
     """
     scales = _floats(scales, "scales", ndim=2)
     groups, out_features = scales.shape
@@ -351,7 +351,8 @@ def from_awq(qweight, qzeros, scales, group_size=None):
     _shape(qzeros, (groups, words_for(out_features)), "qzeros", "[G, ceil(out / 8)]")
     if in_features % 2:
         raise ValueError(f"qweight has {in_features} input rows; the canonical layout needs an even number")
-    if groups > 1 and (group_size is None or group_size <= 0 or -(-in_features // group_size) != groups):
+    if (groups > 1 or group_size is not None) and (group_size is None or group_size <= 0
+                                                   or -(-in_features // group_size) != groups):
         raise ValueError(f"group_size must be given for {groups} groups of scales and make ceil(in / group_size) "
                          f"= {groups} with in = {in_features}; got {group_size!r}")
     values = int32_to_nibbles(qweight, AWQ_ORDER)[:, :out_features].T.astype(np.int8) - 8  # v: [out, in]

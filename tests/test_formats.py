@@ -298,6 +298,10 @@ def test_awq_group_size_is_required_and_never_inferred():
         from_awq(**valid("awq"))
     with pytest.raises(ValueError, match="group_size"):
         from_awq(**valid("awq"), group_size=16)
+    one_group = {**valid("awq"), "scales": valid("awq")["scales"][:1], "qzeros": valid("awq")["qzeros"][:1]}
+    with pytest.raises(ValueError, match="group_size"):  # one group of scales cannot be groups of 8 over 32 columns
+        from_awq(**one_group, group_size=8)
+    assert from_awq(**one_group).group_size is None  # one group: per-channel
 
 
 def test_gptq_group_size_given_must_agree_with_g_idx():
