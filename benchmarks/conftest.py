@@ -1,7 +1,7 @@
 """The benchmark session: which grid (--bench-grid or BENCH_GRID), the run id, and the run's parquet file.
 
 One run id per pytest session (UTC start time + 6 random hex digits); every timed case
-appends one row to `<bench-dir>/<run-id>.parquet` (harness.perf_store), rewritten
+appends one row to `<bench-dir>/<run-id>.parquet` (int4_lora_harness.bench.store), rewritten
 atomically after each row.
 """
 import datetime
@@ -11,8 +11,9 @@ import secrets
 import pytest
 import torch
 
-from benchmarks import grids
-from harness import devices, perf_store
+from int4_lora_harness.bench import grids
+from int4_lora_harness.bench import devices
+from int4_lora_harness.bench import store as perf_store
 
 SESSION = pytest.StashKey[dict]()
 

@@ -21,14 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.cases import CONTRACT_PARAMETERS  # noqa: E402
-from harness.devices import gpu_peaks  # noqa: E402
-from harness.shapes import LAYER_SHAPES  # noqa: E402
-from kernels import triton_int4  # noqa: E402
-from kernels.checks import check_linear  # noqa: E402
+from int4_lora_harness.verify.cases import CONTRACT_PARAMETERS  # noqa: E402
+from int4_lora_harness.bench.devices import gpu_peaks  # noqa: E402
+from int4_lora_harness.shapes import GPU_TABLE, LAYER_SHAPES  # noqa: E402
+from int4_lora_harness.kernels import triton_int4  # noqa: E402
+from int4_lora_harness.kernels.checks import validate_linear  # noqa: E402
 
-# out x in: 4096x4096, 14336x4096, 4096x14336
-LAYERS = ["llama3-8b.q_proj", "llama3-8b.gate_proj", "llama3-8b.down_proj"]
 
 DECODE_CONFIGS = [dict(BLOCK_M=16, BLOCK_N=n, BLOCK_K=128, num_warps=w, num_stages=s)
                   for n, w, s in [(32, 4, 4), (32, 4, 6), (32, 4, 8), (64, 4, 4), (64, 4, 6), (64, 4, 8),
@@ -78,7 +76,7 @@ def triton_fn(p, lora, config=None, ptx_unpack=False):
     if config is None:
         return triton_int4.prepare_linear(*spec_args(p, lora), ptx_unpack=ptx_unpack)
     args = spec_args(p, lora)
-    _, _, scale_kind, zero_kind = check_linear(*args[:8], args[9])
+    _, _, scale_kind, zero_kind = validate_linear(*args[:8], args[9])
     zero_is_exact = triton_int4.exact_zero(torch.float16, p["zero_points"], check_values=True)
     return lambda: triton_int4.launch_linear(*args, (scale_kind, zero_kind), config=config, zero_is_exact=zero_is_exact,
                                              ptx_unpack=ptx_unpack)
@@ -159,8 +157,8 @@ def table(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", nargs="+", default=LAYERS, choices=sorted(LAYER_SHAPES),
-                        help="layers of harness.shapes.LAYER_SHAPES to time (default: three Llama-3-8B layers)")
+    parser.add_argument("--layers", nargs="+", default=GPU_TABLE, choices=sorted(LAYER_SHAPES),
+                        help="layers of int4_lora_harness.shapes.LAYER_SHAPES to time (default: harness.shapes.GPU_TABLE, four Llama-3-8B layers)")
     parser.add_argument("--m", nargs="+", type=int, default=[1, 4, 16, 64, 256, 1024], help="token counts M")
     parser.add_argument("--group-size", type=int, default=128, help="quantization group size along in_features")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank")
@@ -168,7 +166,7 @@ def main(argv=None):
     parser.add_argument("--zero-points", default="none", choices=["none", "uint8", "int32"],
                         help="none: symmetric weights; else grouped integer zero points of that dtype")
     parser.add_argument("--peak-tbps", type=float, default=None,
-                        help="HBM peak for the roofline (default: the device's datasheet figure in harness.devices)")
+                        help="HBM peak for the roofline (default: the device's datasheet figure in int4_lora_harness.bench.devices)")
     parser.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up time per measurement")
     parser.add_argument("--rep-ms", type=int, default=100, help="do_bench measuring time per measurement")
     parser.add_argument("--ptx", action="store_true", help="time the inline-PTX unpack (kernels/triton_ptx.py)")

@@ -22,15 +22,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import reference
-from harness import devices
-from harness.cases import TORCH_DTYPES, DequantCase, make_linear_case
-from harness.properties import check_dequantizer, check_linear, failures
-from harness.shapes import LAYER_SHAPES
-from kernels.checks import check_weights
-from kernels.registry import BACKENDS
-from kernels.torch_path import dequantize as torch_dequantize
-from kernels.torch_path import lora_delta, unpack
+from int4_lora_harness import reference
+from int4_lora_harness.bench import devices
+from int4_lora_harness.verify.cases import TORCH_DTYPES, DequantCase, make_linear_case
+from int4_lora_harness.verify.properties import dequantizer_properties, linear_properties, failures
+from int4_lora_harness.shapes import LAYER_SHAPES
+from int4_lora_harness.kernels.checks import validate_weights
+from int4_lora_harness.kernels.registry import BACKENDS
+from int4_lora_harness.kernels.torch_path import dequantize as torch_dequantize
+from int4_lora_harness.kernels.torch_path import lora_delta, unpack
 
 SEED = 0
 VERIFY_M_MAX = 64  # a case is checked at its own M up to this; larger M reuse the check at this M
@@ -75,7 +75,7 @@ def materialize_dequantize(packed_weights, scales, zero_points=None, group_size=
     and the scales are of output_dtype, as in every grid; unlike the seed, it never
     infers a group size.
     """
-    out_features, in_features, scale_kind, zero_kind = check_weights(packed_weights, scales, zero_points, group_size)
+    out_features, in_features, scale_kind, zero_kind = validate_weights(packed_weights, scales, zero_points, group_size)
     w = unpack(packed_weights).to(output_dtype)  # [out, in]
     if zero_points is not None:
         w = w - _per_column(zero_points, zero_kind, in_features, group_size).to(output_dtype)
@@ -142,8 +142,8 @@ def verify(backend, operation, point, device, verdicts):
     if key not in verdicts:
         case = make_case(point, operation, m)
         fn = contract_fn(backend, operation)
-        verdicts[key] = (check_dequantizer(fn, DequantCase(case.weights, point["dtype"]), device)
-                         if operation == "dequantize" else check_linear(fn, case, device))
+        verdicts[key] = (dequantizer_properties(fn, DequantCase(case.weights, point["dtype"]), device)
+                         if operation == "dequantize" else linear_properties(fn, case, device))
     failed = failures(verdicts[key])
     if failed:
         pytest.fail(f"refusing to time backend {backend!r} ({operation}): it fails the reference check at M={m}: "

@@ -1,17 +1,25 @@
-"""Real LLM layer shapes, (out_features, in_features), shared by the large tier and the benchmarks.
+"""Real LLM layer shapes: the one list the large tier, the benchmark grids, the GPU table and the report use.
 
-Tile-boundary bugs only show past ~64k elements, so every verification run examines
-the LARGE_TIER at least once.
+MODELS holds every INT4 + LoRA linear layer of a decoder block, (out_features, in_features), from each
+model's config.json (embeddings and the LM head are not INT4 + LoRA layers): Llama 3 has 8 KV heads
+of 128 (k, v: 1024 out); Falcon-7B a fused QKV of 71 + 2 heads of 64.
 """
-LAYER_SHAPES = {
-    "llama3-8b.q_proj": (4096, 4096),
-    "llama3-8b.k_proj": (1024, 4096),
-    "llama3-8b.gate_proj": (14336, 4096),
-    "llama3-8b.down_proj": (4096, 14336),
-    "llama3-70b.gate_proj": (28672, 8192),
-    "llama3-70b.down_proj": (8192, 28672),
+MODELS = {  # model -> (decoder blocks, {projection: (out_features, in_features)})
+    "llama3-8b": (32, {"q_proj": (4096, 4096), "k_proj": (1024, 4096), "v_proj": (1024, 4096),
+                       "o_proj": (4096, 4096), "gate_proj": (14336, 4096), "up_proj": (14336, 4096),
+                       "down_proj": (4096, 14336)}),
+    "llama3-70b": (80, {"q_proj": (8192, 8192), "k_proj": (1024, 8192), "v_proj": (1024, 8192),
+                        "o_proj": (8192, 8192), "gate_proj": (28672, 8192), "up_proj": (28672, 8192),
+                        "down_proj": (8192, 28672)}),
     # Falcon-7B's fused QKV: in_features 4544 = 35 * 128 + 64, so group size 128 leaves a ragged last group.
-    "falcon-7b.query_key_value": (4672, 4544),
+    "falcon-7b": (32, {"query_key_value": (4672, 4544), "dense": (4544, 4544), "dense_h_to_4h": (18176, 4544),
+                       "dense_4h_to_h": (4544, 18176)}),
 }
 
+LAYER_SHAPES = {f"{model}.{name}": shape for model, (_, layers) in MODELS.items() for name, shape in layers.items()}
+
+# Tile-boundary and split-K bugs only show past ~64k elements, so every verification run examines these.
 LARGE_TIER = ["llama3-8b.q_proj", "llama3-8b.gate_proj", "llama3-8b.down_proj", "falcon-7b.query_key_value"]
+
+# The layers the GPU table of docs/gpu.md times (out x in: 4096x4096, 1024x4096, 14336x4096, 4096x14336).
+GPU_TABLE = ["llama3-8b.q_proj", "llama3-8b.k_proj", "llama3-8b.gate_proj", "llama3-8b.down_proj"]

@@ -1,4 +1,4 @@
 """Fast paths for the INT4 + LoRA contract of SPEC.md, by name in kernels.registry.BACKENDS."""
-from kernels.registry import BACKENDS, Backend, available
+from int4_lora_harness.kernels.registry import BACKENDS, Backend, available
 
 __all__ = ["BACKENDS", "Backend", "available"]

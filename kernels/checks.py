@@ -4,12 +4,12 @@ Each check raises ValueError naming the argument and the rule; nothing is guesse
 """
 import torch
 
-from reference.granularity import granularity  # one rule for the reference and every fast path
+from int4_lora_harness.reference.granularity import granularity  # one rule for the reference and every fast path
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def check_weights(packed_weights, scales, zero_points, group_size):
+def validate_weights(packed_weights, scales, zero_points, group_size):
     """Validate the packed base; return (out_features, in_features, scale_kind, zero_kind | None)."""
     if not isinstance(packed_weights, torch.Tensor) or packed_weights.dtype != torch.uint8:
         raise ValueError(f"packed_weights must be a torch.uint8 tensor, got {getattr(packed_weights, 'dtype', type(packed_weights))}")
@@ -28,7 +28,7 @@ def check_weights(packed_weights, scales, zero_points, group_size):
     return out_features, in_features, scale_kind, zero_kind
 
 
-def check_output_dtype(output_dtype):
+def validate_output_dtype(output_dtype):
     """SPEC §3: the dequantizer's output dtype is fp16, bf16 or fp32."""
     if output_dtype not in FLOAT_DTYPES:
         raise ValueError(f"output_dtype must be torch.float16, torch.bfloat16 or torch.float32, got {output_dtype}")
@@ -42,9 +42,9 @@ def same_device(first, **tensors):
             raise ValueError(f"{name} must be on {first}'s device {device}, got {t.device}")
 
 
-def check_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, bias):
+def validate_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, bias):
     """Validate SPEC §4's arguments; return (out_features, in_features, scale_kind, zero_kind)."""
-    out_features, in_features, scale_kind, zero_kind = check_weights(packed_weights, scales, zero_points, group_size)
+    out_features, in_features, scale_kind, zero_kind = validate_weights(packed_weights, scales, zero_points, group_size)
     if x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"x must be fp16, bf16 or fp32, got {x.dtype}")
     if x.dim() != 2 or x.shape[1] != in_features:

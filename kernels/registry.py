@@ -44,9 +44,9 @@ class Backend:
 
 
 BACKENDS = {
-    "torch": Backend("torch", "kernels.torch_path"),
-    "triton": Backend("triton", "kernels.triton_int4", cpu_needs_interpreter=True),
-    "triton-ptx": Backend("triton-ptx", "kernels.triton_ptx", cuda_only=True),  # inline PTX unpack
+    "torch": Backend("torch", "int4_lora_harness.kernels.torch_path"),
+    "triton": Backend("triton", "int4_lora_harness.kernels.triton_int4", cpu_needs_interpreter=True),
+    "triton-ptx": Backend("triton-ptx", "int4_lora_harness.kernels.triton_ptx", cuda_only=True),  # inline PTX unpack
 }
 
 

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from kernels.checks import check_linear, check_output_dtype, check_weights, integer_zeros_within
+from int4_lora_harness.kernels.checks import validate_linear, validate_output_dtype, validate_weights, integer_zeros_within
 
 
 def unpack(packed_weights):
@@ -68,8 +68,8 @@ def dequantize(packed_weights, scales, zero_points=None, group_size=None, output
 
     Computes in fp32 where that is exact (exact_in_fp32), else in float64 with round_once.
     """
-    out_features, in_features, scale_kind, zero_kind = check_weights(packed_weights, scales, zero_points, group_size)
-    check_output_dtype(output_dtype)
+    out_features, in_features, scale_kind, zero_kind = validate_weights(packed_weights, scales, zero_points, group_size)
+    validate_output_dtype(output_dtype)
     grouped = "grouped" in (scale_kind, zero_kind)
     width = group_size if grouped else in_features
     num_groups = math.ceil(in_features / width)
@@ -101,7 +101,7 @@ def lora_delta(x, lora_a, lora_b, lora_indices):
 
 def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias):
     """SPEC §4: x [M, in] (fp16/bf16/fp32) -> [M, out] in x.dtype."""
-    check_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, bias)
+    validate_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, bias)
     w = dequantize(packed_weights, scales, zero_points, group_size, output_dtype=x.dtype)  # [out, in]
     y = x.float() @ w.float().T  # [M, out], fp32 accumulation
     if bias is not None:

@@ -23,10 +23,10 @@ import os
 
 import torch
 
-from kernels.checks import check_linear, check_output_dtype, check_weights, integer_zeros_within
+from int4_lora_harness.kernels.checks import validate_linear, validate_output_dtype, validate_weights, integer_zeros_within
 
 try:
-    from kernels import triton_kernels
+    from int4_lora_harness.kernels import triton_kernels
 except ImportError as exc:  # no triton here: the module still imports, and says why it cannot run
     triton_kernels = None
     _IMPORT_ERROR = f"triton is not importable ({exc})"
@@ -170,7 +170,7 @@ def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, l
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"triton backend unavailable: {reason}")
-    _, _, scale_kind, zero_kind = check_linear(x, packed_weights, scales, zero_points, group_size,
+    _, _, scale_kind, zero_kind = validate_linear(x, packed_weights, scales, zero_points, group_size,
                                                lora_a, lora_b, lora_indices, bias)
     check_device("x", x)
     return launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices,
@@ -183,7 +183,7 @@ def prepare_linear(x, packed_weights, scales, zero_points, group_size, lora_a, l
     """`linear`'s checks done once now; returns a zero-argument callable that only launches (no host sync),
     as a serving loop runs a layer whose weights were validated at load time. Benchmarks time this."""
     args = (x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias)
-    _, _, scale_kind, zero_kind = check_linear(*args[:8], bias)
+    _, _, scale_kind, zero_kind = validate_linear(*args[:8], bias)
     check_device("x", x)
     zero_is_exact = exact_zero(x.dtype, zero_points, check_values=True)
     return lambda: launch_linear(*args, (scale_kind, zero_kind), zero_is_exact=zero_is_exact, ptx_unpack=ptx_unpack)
@@ -193,7 +193,7 @@ def launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lo
                   kinds, config=None, zero_is_exact=None, ptx_unpack=False):
     """`linear` without validation or host synchronization (benchmarks, CUDA graphs); same arguments, plus:
 
-    kinds: (scale_kind, zero_kind) as check_linear returns them; config: a launch_config() dict
+    kinds: (scale_kind, zero_kind) as validate_linear returns them; config: a launch_config() dict
     (default: by M); zero_is_exact: exact_zero()'s answer (default: decided by dtype alone);
     ptx_unpack: as in `linear` (ignored under the interpreter, which cannot run inline PTX).
     """
@@ -261,8 +261,8 @@ def dequantize(packed_weights, scales, zero_points=None, group_size=None, output
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"triton backend unavailable: {reason}")
-    n, k, scale_kind, zero_kind = check_weights(packed_weights, scales, zero_points, group_size)
-    check_output_dtype(output_dtype)
+    n, k, scale_kind, zero_kind = validate_weights(packed_weights, scales, zero_points, group_size)
+    validate_output_dtype(output_dtype)
     check_device("packed_weights", packed_weights)
     out = torch.empty((n, k), dtype=output_dtype, device=packed_weights.device)  # out: [out, in]
     if out.numel() == 0:

@@ -8,7 +8,7 @@ GPU run has passed it.
 """
 import torch
 
-from kernels import triton_int4
+from int4_lora_harness.kernels import triton_int4
 
 dequantize = triton_int4.dequantize  # the dequantize kernel has no PTX variant
 
@@ -29,5 +29,5 @@ def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, l
 
 
 def prepare_linear(*args):
-    """kernels.triton_int4.prepare_linear with the PTX unpack."""
+    """int4_lora_harness.kernels.triton_int4.prepare_linear with the PTX unpack."""
     return triton_int4.prepare_linear(*args, ptx_unpack=True)

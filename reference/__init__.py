@@ -2,12 +2,12 @@
 
 Imports no torch. Read in this order: packing, rounding, granularity, dequantize, linear, quantize.
 """
-from reference.dequantize import dequantize, dequantize_exact
-from reference.granularity import expand, granularity
-from reference.linear import linear, linear_exact
-from reference.packing import pack, unpack
-from reference.quantize import quantize
-from reference.rounding import FORMATS, float_format, ordinal, round_to, spacing
+from int4_lora_harness.reference.dequantize import dequantize, dequantize_exact
+from int4_lora_harness.reference.granularity import expand, granularity
+from int4_lora_harness.reference.linear import linear, linear_exact
+from int4_lora_harness.reference.packing import pack, unpack
+from int4_lora_harness.reference.quantize import quantize
+from int4_lora_harness.reference.rounding import FORMATS, float_format, ordinal, round_to, spacing
 
 __all__ = ["FORMATS", "dequantize", "dequantize_exact", "expand", "float_format", "granularity", "linear",
            "linear_exact", "ordinal", "pack", "quantize", "round_to", "spacing", "unpack"]

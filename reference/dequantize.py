@@ -1,9 +1,9 @@
 """The dequantizer of SPEC §3: W[o, c] = (v[o, c] - z[o, c]) * s[o, c], rounded once."""
 import numpy as np
 
-from reference.granularity import expand
-from reference.packing import unpack
-from reference.rounding import round_to
+from int4_lora_harness.reference.granularity import expand
+from int4_lora_harness.reference.packing import unpack
+from int4_lora_harness.reference.rounding import round_to
 
 
 def dequantize_exact(packed_weights, scales, zero_points=None, group_size=None):

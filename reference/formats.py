@@ -39,8 +39,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from reference.granularity import granularity
-from reference.packing import pack, unpack
+from int4_lora_harness.reference.granularity import granularity
+from int4_lora_harness.reference.packing import pack, unpack
 
 SEQUENTIAL = (0, 1, 2, 3, 4, 5, 6, 7)  # field i of an int32 holds element i of its block of 8
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # field i holds element AWQ_ORDER[i]

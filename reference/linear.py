@@ -4,8 +4,8 @@
 """
 import numpy as np
 
-from reference.dequantize import dequantize_exact
-from reference.rounding import round_to
+from int4_lora_harness.reference.dequantize import dequantize_exact
+from int4_lora_harness.reference.rounding import round_to
 
 
 def check_lora(lora_a, lora_b, lora_indices, m, out_features, in_features):

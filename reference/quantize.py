@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 
-from reference.granularity import expand
-from reference.packing import pack
+from int4_lora_harness.reference.granularity import expand
+from int4_lora_harness.reference.packing import pack
 
 
 def _reduce(w, granularity, group_size, reducer):

@@ -1,12 +1,14 @@
-"""Hypothesis profile from HYPOTHESIS_PROFILE (ci by default, thorough in tox -e thorough) and the device fixture."""
+"""Our own suite: the harness's Hypothesis profiles (HYPOTHESIS_PROFILE, ci by default), planted bugs, the device fixture."""
 import os
 
 import pytest
 import torch
 from hypothesis import settings
 
-import harness.strategies  # noqa: F401  (registers the ci and thorough profiles)
+from int4_lora_harness.verify.strategies import PROFILE_EXAMPLES, harness_settings
 
+for _name in PROFILE_EXAMPLES:  # registered here, for this suite only (users get harness_settings)
+    settings.register_profile(_name, harness_settings(_name))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

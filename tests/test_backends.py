@@ -4,12 +4,12 @@ import pytest
 import torch
 from hypothesis import given
 
-from harness.cases import make_linear_case
-from harness.tolerance import dequant_error
-from harness.properties import assert_holds, check_dequantizer, check_linear
-from harness.strategies import dequant_cases, linear_cases
-from kernels.registry import BACKENDS
-from kernels.torch_path import exact_in_fp32
+from int4_lora_harness.verify.cases import make_linear_case
+from int4_lora_harness.verify.tolerance import dequant_error
+from int4_lora_harness.verify.properties import assert_holds, dequantizer_properties, linear_properties
+from int4_lora_harness.verify.strategies import dequant_cases, linear_cases
+from int4_lora_harness.kernels.registry import BACKENDS
+from int4_lora_harness.kernels.torch_path import exact_in_fp32
 
 # Under TRITON_INTERPRET=1 only the Triton backend is run (the `interpreter` group of tox -e test).
 INTERPRETED = __import__("os").environ.get("TRITON_INTERPRET") == "1"
@@ -28,13 +28,13 @@ def backend(request, device):
 @pytest.mark.interpreter
 @given(case=dequant_cases())
 def test_dequantizer_meets_every_property(backend, device, case):
-    assert_holds(check_dequantizer(backend.dequantize, case, device))
+    assert_holds(dequantizer_properties(backend.dequantize, case, device))
 
 
 @pytest.mark.interpreter
 @given(case=linear_cases())
 def test_linear_meets_every_property(backend, device, case):
-    assert_holds(check_linear(backend.linear, case, device))
+    assert_holds(linear_properties(backend.linear, case, device))
 
 
 def test_the_ptx_backend_refuses_cpu_tensors_with_a_reason():
@@ -44,7 +44,7 @@ def test_the_ptx_backend_refuses_cpu_tensors_with_a_reason():
 
 def test_linear_without_adapters_equals_the_base_gemm(backend, device):
     case = make_linear_case(3, 40, 96, 5, "bf16", num_loras=0, group_size=32, popularity="none")
-    assert_holds(check_linear(backend.linear, case, device))
+    assert_holds(linear_properties(backend.linear, case, device))
 
 
 def _torch_linear_args():
@@ -109,7 +109,7 @@ def test_torch_dequantizer_is_correctly_rounded_on_both_sides_of_its_fp32_shortc
 
 
 def test_integer_zero_points_are_bounded_by_dtype_range_or_by_value():
-    from kernels.checks import integer_zeros_within
+    from int4_lora_harness.kernels.checks import integer_zeros_within
     assert integer_zeros_within(torch.tensor([-128, 127], dtype=torch.int8), 200, check_values=False)
     wide = torch.tensor([-300, 300], dtype=torch.int32)
     assert not integer_zeros_within(wide, 2040, check_values=False)  # the dtype alone cannot tell

@@ -5,11 +5,11 @@ import torch
 from hypothesis import given, strategies as st
 from safetensors.torch import save_file
 
-from harness.cases import TORCH_DTYPES
-from harness.checkpoint import load_layer
-from harness.strategies import DTYPES
-from reference import linear_exact
-from reference.formats import Canonical
+from int4_lora_harness.verify.cases import TORCH_DTYPES
+from int4_lora_harness.checkpoints.safetensors_layer import load_layer
+from int4_lora_harness.verify.strategies import DTYPES
+from int4_lora_harness.reference import linear_exact
+from int4_lora_harness.reference.formats import Canonical
 from test_formats import gptq_checkpoints, gptq_weight, quantized_layers, to_format, valid, weights
 
 PREFIX = "model.layers.0.mlp.down_proj"

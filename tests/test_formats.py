@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, strategies as st
 from hypothesis.extra.numpy import arrays
 
-from reference import dequantize_exact, linear_exact, quantize
-from reference.formats import (AWQ_ORDER, SEQUENTIAL, Canonical, from_awq, from_compressed_tensors, from_gptq,
+from int4_lora_harness.reference import dequantize_exact, linear_exact, quantize
+from int4_lora_harness.reference.formats import (AWQ_ORDER, SEQUENTIAL, Canonical, from_awq, from_compressed_tensors, from_gptq,
                                int32_to_nibbles, to_awq, to_compressed_tensors, to_gptq)
 
 FORMATS = ("compressed-tensors", "gptq-v1", "gptq-v2", "awq")
@@ -95,7 +95,7 @@ def ct_weight(weight_packed, weight_scale, weight_shape, weight_zero_point, grou
 
 @st.composite
 def quantized_layers(draw, in_multiple=8):
-    """Canonical layers from reference.quantize of float weights; group sizes divide in."""
+    """Canonical layers from int4_lora_harness.reference.quantize of float weights; group sizes divide in."""
     out_features = draw(st.integers(1, 12))
     in_features = in_multiple * draw(st.integers(1, 32 // in_multiple))
     w = draw(arrays(np.float32, (out_features, in_features), elements=st.floats(-4, 4, width=32)))

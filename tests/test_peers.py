@@ -11,8 +11,8 @@ import torch
 from hypothesis import assume, given, strategies as st
 from hypothesis.extra.numpy import arrays
 
-from reference import dequantize, dequantize_exact, linear_exact, pack, quantize
-from reference.formats import Canonical, from_compressed_tensors, to_compressed_tensors
+from int4_lora_harness.reference import dequantize, dequantize_exact, linear_exact, pack, quantize
+from int4_lora_harness.reference.formats import Canonical, from_compressed_tensors, to_compressed_tensors
 
 CT_STRATEGIES = {"per-tensor": "tensor", "per-channel": "channel", "grouped": "group"}
 CT_XFAIL_REASON = (

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from benchmarks import grids
+from int4_lora_harness.bench import grids
 from benchmarks import test_bench_kernels as bench
-from harness import perf_store
-from kernels.torch_path import linear as torch_linear
+from int4_lora_harness.bench import store as perf_store
+from int4_lora_harness.kernels.torch_path import linear as torch_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = (64, 128)  # out, in: the check runs in milliseconds
@@ -129,7 +129,7 @@ def test_an_unknown_grid_name_lists_the_valid_ones():
 
 
 @pytest.mark.parametrize("axes, message", [
-    ({"layer": ["llama3-8b.qproj"]}, "layer must be a layer of harness.shapes.LAYER_SHAPES"),
+    ({"layer": ["llama3-8b.qproj"]}, "layer must be a layer of int4_lora_harness.shapes.LAYER_SHAPES"),
     ({"popularity": ["skewed"]}, "popularity must be one of"),
     ({"group_size": [0]}, "group_size must be a positive int, or None"),
     ({"m": 5}, "axis 'm' must be a non-empty list"),

@@ -2,9 +2,9 @@
 import pytest
 from hypothesis import Phase, given, settings
 
-from harness.planted import CAUGHT_BY, CORRECT_DEQUANTIZERS, CORRECT_LINEARS, DEQUANTIZER_BUGS, LINEAR_BUGS
-from harness.properties import assert_holds, check_dequantizer, check_linear
-from harness.strategies import dequant_cases, linear_cases
+from planted.bugs import CAUGHT_BY, CORRECT_DEQUANTIZERS, CORRECT_LINEARS, DEQUANTIZER_BUGS, LINEAR_BUGS
+from int4_lora_harness.verify.properties import assert_holds, dequantizer_properties, linear_properties
+from int4_lora_harness.verify.strategies import dequant_cases, linear_cases
 
 
 def _search(check, candidate, strategy):
@@ -20,23 +20,23 @@ def _search(check, candidate, strategy):
 @pytest.mark.parametrize("name", sorted(DEQUANTIZER_BUGS))
 def test_properties_reject_planted_dequantizer_bug(name):
     with pytest.raises(AssertionError, match=CAUGHT_BY.get(name)):
-        _search(check_dequantizer, DEQUANTIZER_BUGS[name], dequant_cases())
+        _search(dequantizer_properties, DEQUANTIZER_BUGS[name], dequant_cases())
 
 
 @pytest.mark.parametrize("name", sorted(LINEAR_BUGS))
 def test_properties_reject_planted_linear_bug(name):
     with pytest.raises(AssertionError, match=CAUGHT_BY.get(name)):
-        _search(check_linear, LINEAR_BUGS[name], linear_cases())
+        _search(linear_properties, LINEAR_BUGS[name], linear_cases())
 
 
 @pytest.mark.parametrize("name", sorted(CORRECT_DEQUANTIZERS))
 def test_properties_accept_correct_dequantizer_written_differently(name):
-    _search(check_dequantizer, CORRECT_DEQUANTIZERS[name], dequant_cases())
+    _search(dequantizer_properties, CORRECT_DEQUANTIZERS[name], dequant_cases())
 
 
 @pytest.mark.parametrize("name", sorted(CORRECT_LINEARS))
 def test_properties_accept_correct_linear_written_differently(name):
-    _search(check_linear, CORRECT_LINEARS[name], linear_cases())
+    _search(linear_properties, CORRECT_LINEARS[name], linear_cases())
 
 
 def test_there_are_at_least_twelve_planted_bugs():

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from harness import real_weights
-from harness.real_weights import BLOCK_LAYERS, HIDDEN, INTERMEDIATE, NUM_BLOCKS, PACKAGE
+from int4_lora_harness.checkpoints import real_weights
+from int4_lora_harness.checkpoints.real_weights import BLOCK_LAYERS, HIDDEN, INTERMEDIATE, NUM_BLOCKS, PACKAGE
 
 try:
     MODEL_FILE, MISSING = real_weights.find_model_file(), None

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import reference as R
-from reference.rounding import bf16_bits
+from int4_lora_harness.reference.rounding import bf16_bits
 
 
 def test_low_nibble_is_the_even_column_and_values_are_offset_by_8():

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import perf_store
-from harness import report
-from harness.shapes import LAYER_SHAPES
+from int4_lora_harness.bench import store as perf_store
+from int4_lora_harness.report import cli as report_cli
+from int4_lora_harness.report import page as report
+from int4_lora_harness.shapes import LAYER_SHAPES
 
 PROPERTY_NAMES = ["shape, dtype and device", "within tolerance", "inputs unchanged", "deterministic",
                   "tracks input updates"]
@@ -115,19 +116,19 @@ def test_layer_bytes_count_nibbles_and_one_fp16_scale_per_group_of_128():
 
 
 def test_model_presets_agree_with_the_layer_shapes():
-    names = {"llama3-8b": "Llama-3-8B", "llama3-70b": "Llama-3-70B", "falcon-7b": "Falcon-7B"}
+    from int4_lora_harness.shapes import MODELS
     for name, shape in LAYER_SHAPES.items():
         model, projection = name.split(".")
-        assert report.MODELS[names[model]][1][projection] == shape, name
+        assert MODELS[model][1][projection] == shape, name
 
 
 def test_memory_per_model_sums_every_linear_layer_of_every_block():
     models = report.memory_per_model().set_index("model")
     per_block = 2 * 4096 * 4096 + 2 * 1024 * 4096 + 3 * 14336 * 4096
-    assert models.loc["Llama-3-8B", "fp16_bytes"] == 32 * 2 * per_block
-    assert models.loc["Llama-3-8B", "packed_bytes"] == 32 * (per_block // 2 + per_block // 128 * 2)
+    assert models.loc["llama3-8b", "fp16_bytes"] == 32 * 2 * per_block
+    assert models.loc["llama3-8b", "packed_bytes"] == 32 * (per_block // 2 + per_block // 128 * 2)
     packed = 32 * (per_block // 2 + per_block // 128 * 2)
-    assert models.loc["Llama-3-8B", "materialized_cached"] == packed + 32 * 2 * per_block
+    assert models.loc["llama3-8b", "materialized_cached"] == packed + 32 * 2 * per_block
     layers = report.memory_per_layer().set_index("layer")
     assert layers.loc["llama3-8b.q_proj", "ratio"] == pytest.approx(2 * 4096 * 4096 / (4096 * 2048 + 4096 * 32 * 2))
 
@@ -209,7 +210,7 @@ def test_a_slowdown_within_the_runs_spread_is_noise_not_a_regression():
 
 
 def test_error_samples_of_the_torch_path_stay_within_their_bounds():
-    from kernels.registry import BACKENDS
+    from int4_lora_harness.kernels.registry import BACKENDS
     samples, problems = report.error_samples({"torch": BACKENDS["torch"]})
     assert problems == []
     assert list(samples.columns) == ["backend", "contract", "dtype", "granularity", "ulps", "ratio"]
@@ -291,7 +292,7 @@ def test_the_memory_section_has_packed_and_fp16_bytes_per_layer_and_model(full_p
     memory = section(full_page[1], "memory")
     assert re.search(r"llama3-8b.q_proj</td><td class=\"n\">4096 × 4096</td><td class=\"n\">8.25 MiB</td>"
                      r"<td class=\"n\">32 MiB</td><td class=\"n\">3.88×", memory)
-    assert "Llama-3-70B" in memory and "Falcon-7B" in memory and "<svg" in memory
+    assert "llama3-70b" in memory and "falcon-7b" in memory and "<svg" in memory
 
 
 def test_the_comparison_highlights_regressions(full_page):
@@ -321,10 +322,10 @@ def test_corrupt_inputs_are_named_and_skipped(tmp_path):
 
 def test_the_command_line_writes_the_page(tmp_path, capsys):
     write_bench(tmp_path)
-    args = report.add_arguments(argparse.ArgumentParser()).parse_args(
+    args = report_cli.add_arguments(argparse.ArgumentParser()).parse_args(
         ["--reports", str(tmp_path), "--out", str(tmp_path / "page.html"), "--no-error-samples",
          "--compare", RUN_B, RUN_A, "--threshold", "0.5"])
-    assert report.run(args) == 0
+    assert report_cli.run(args) == 0
     html = (tmp_path / "page.html").read_text()
     assert f"<code>{RUN_B}</code> (older, A)" in html and "0 regression(s)" in html
     assert "report written to" in capsys.readouterr().out
@@ -333,9 +334,9 @@ def test_the_command_line_writes_the_page(tmp_path, capsys):
 @pytest.mark.parametrize("flags", [["--run", "no-such-run"], ["--compare", RUN_A, "no-such-run"]])
 def test_an_unknown_run_id_is_a_usage_error_and_writes_no_page(tmp_path, capsys, flags):
     write_bench(tmp_path)
-    args = report.add_arguments(argparse.ArgumentParser()).parse_args(
+    args = report_cli.add_arguments(argparse.ArgumentParser()).parse_args(
         ["--reports", str(tmp_path), "--no-error-samples", *flags])
-    assert report.run(args) == 2
+    assert report_cli.run(args) == 2
     err = capsys.readouterr().err
     assert "no benchmark run 'no-such-run'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "index.html").exists()

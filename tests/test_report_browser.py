@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import perf_store
-from harness.report import build_report
+from int4_lora_harness.bench import store as perf_store
+from int4_lora_harness.report.page import build_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",

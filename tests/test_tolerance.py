@@ -1,16 +1,16 @@
-"""harness.tolerance admits every correct design and rejects the errors SPEC §5 names, on fixed cases."""
+"""int4_lora_harness.verify.tolerance admits every correct design and rejects the errors SPEC §5 names, on fixed cases."""
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from harness.cases import TORCH_DTYPES, make_linear_case, make_weights
-from harness.planted import (accumulates_in_half, correct_linear_gathered, correct_linear_per_adapter,
+from int4_lora_harness.verify.cases import TORCH_DTYPES, make_linear_case, make_weights
+from planted.bugs import (accumulates_in_half, correct_linear_gathered, correct_linear_per_adapter,
                              lora_intermediate_in_half, two_roundings_in_output_dtype)
-from harness.tolerance import dequant_error, linear_error
-from kernels import torch_path
-from reference.rounding import spacing
+from int4_lora_harness.verify.tolerance import dequant_error, linear_error
+from int4_lora_harness.kernels import torch_path
+from int4_lora_harness.reference.rounding import spacing
 
 
 def _got(linear, case):

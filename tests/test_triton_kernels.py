@@ -2,7 +2,7 @@
 
 Runs on CUDA natively, or on CPU under Triton's interpreter (TRITON_INTERPRET=1, set before
 triton is imported), which costs ~0.1 s per program instance: shapes here stay within a few tiles.
-Every comparison uses harness.tolerance, the repo's error model of SPEC §5 (one bound per
+Every comparison uses int4_lora_harness.verify.tolerance, the repo's error model of SPEC §5 (one bound per
 correct design, derived from unit roundoffs, K and sum |x||w|), except the one test that
 compares with reference.linear directly and states its own bound.
 """
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-import reference
-from harness.cases import make_linear_case, make_weights, tensor
-from harness.tolerance import dequant_error, linear_error
-from kernels import triton_int4
+from int4_lora_harness import reference
+from int4_lora_harness.verify.cases import make_linear_case, make_weights, tensor
+from int4_lora_harness.verify.tolerance import dequant_error, linear_error
+from int4_lora_harness.kernels import triton_int4
 
 if triton_int4.unavailable_reason() is not None:
     pytest.skip(f"Triton backend cannot run here: {triton_int4.unavailable_reason()}", allow_module_level=True)
@@ -220,8 +220,8 @@ def test_large_layer_on_the_gpu():
 COMPILE_FOR_SM90 = """
 import torch, triton
 from triton.backends.compiler import GPUTarget
-from harness.cases import make_linear_case
-from kernels import triton_int4, triton_kernels
+from int4_lora_harness.verify.cases import make_linear_case
+from int4_lora_harness.kernels import triton_int4, triton_kernels
 
 TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.uint8: "u8",
          torch.int32: "i32", torch.int64: "i64"}
@@ -233,7 +233,7 @@ for name in KERNELS:
 
 def linear(m, n, k, x_dtype, ptx_unpack=False, **params):
     args = make_linear_case(0, n, k, m, x_dtype, **params).torch_args("cpu")
-    _, _, *kinds = triton_int4.check_linear(*args[:8], args[9])
+    _, _, *kinds = triton_int4.validate_linear(*args[:8], args[9])
     triton_int4.launch_linear(*args, tuple(kinds), zero_is_exact=triton_int4.exact_zero(args[0].dtype, args[3], True),
                               ptx_unpack=ptx_unpack)
 

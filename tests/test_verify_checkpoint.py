@@ -1,5 +1,6 @@
 """`verify --checkpoint FILE --layer PREFIX`: a real layer, in each format, becomes explicit examples."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from reference import formats, quantize
+from int4_lora_harness.reference import formats, quantize
 
 ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}  # the planted candidates are TARGETs planted.*
 PREFIX = "model.layers.0.mlp.down_proj"
 
 
@@ -26,14 +28,14 @@ def write_layer(path, fmt, out_features=64):
 
 
 def verify(tmp_path, *args):
-    return subprocess.run([sys.executable, "-m", "harness", "verify", "--report", str(tmp_path), "--no-large-tier",
-                           "--examples", "20", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "int4_lora_harness", "verify", "--report", str(tmp_path), "--no-large-tier",
+                           "--examples", "20", *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("fmt", ["compressed-tensors", "gptq", "awq"])
 def test_a_correct_kernel_passes_the_real_layer_in_each_format(tmp_path, fmt):
     write_layer(tmp_path / "model.safetensors", fmt)
-    run = verify(tmp_path, "--dequantizer", "harness.planted:correct_dequantize_fp32_math", "--checkpoint",
+    run = verify(tmp_path, "--dequantizer", "planted.bugs:correct_dequantize_fp32_math", "--checkpoint",
                  str(tmp_path / "model.safetensors"), "--layer", PREFIX, "--checkpoint-group-size", "32")
     assert run.returncode == 0, run.stdout + run.stderr
     examples = json.loads((tmp_path / "verify.json").read_text())["results"][0]["checkpoint"]
@@ -43,7 +45,7 @@ def test_a_correct_kernel_passes_the_real_layer_in_each_format(tmp_path, fmt):
 def test_a_checkpoint_specific_bug_is_caught_through_the_real_layer(tmp_path):
     # The fuzzed cases stay below 256 output rows (and the large tier is off): only the real layer shows the bug.
     write_layer(tmp_path / "model.safetensors", "awq", out_features=512)
-    target = "tests/candidates.py:rows_past_256_not_written"
+    target = "planted.hostile:rows_past_256_not_written"
     fuzz_only = verify(tmp_path / "fuzz", "--dequantizer", target)
     assert fuzz_only.returncode == 0, fuzz_only.stdout + fuzz_only.stderr
     run = verify(tmp_path, "--dequantizer", target, "--checkpoint", str(tmp_path / "model.safetensors"),
@@ -54,14 +56,14 @@ def test_a_checkpoint_specific_bug_is_caught_through_the_real_layer(tmp_path):
 
 def test_a_missing_layer_is_a_usage_error(tmp_path):
     write_layer(tmp_path / "model.safetensors", "gptq")
-    run = verify(tmp_path, "--dequantizer", "harness.planted:correct_dequantize_fp32_math", "--checkpoint",
+    run = verify(tmp_path, "--dequantizer", "planted.bugs:correct_dequantize_fp32_math", "--checkpoint",
                  str(tmp_path / "model.safetensors"), "--layer", "model.layers.9.nope")
     assert run.returncode == 2 and "no tensors under prefix" in run.stderr
 
 
 def test_a_correct_linear_passes_the_real_layer(tmp_path):
     write_layer(tmp_path / "model.safetensors", "gptq")
-    run = verify(tmp_path, "--linear", "harness.planted:correct_linear_gathered", "--dtypes", "fp16,bf16",
+    run = verify(tmp_path, "--linear", "planted.bugs:correct_linear_gathered", "--dtypes", "fp16,bf16",
                  "--checkpoint", str(tmp_path / "model.safetensors"), "--layer", PREFIX)
     assert run.returncode == 0, run.stdout + run.stderr
     examples = json.loads((tmp_path / "verify.json").read_text())["results"][0]["checkpoint"]
@@ -75,15 +77,15 @@ def test_a_correct_linear_passes_the_real_layer(tmp_path):
 ])
 def test_a_real_layer_outside_the_narrowed_domain_is_a_usage_error(tmp_path, narrowing, message):
     write_layer(tmp_path / "model.safetensors", "gptq")
-    run = verify(tmp_path, "--dequantizer", "harness.planted:correct_dequantize_fp32_math", *narrowing,
+    run = verify(tmp_path, "--dequantizer", "planted.bugs:correct_dequantize_fp32_math", *narrowing,
                  "--checkpoint", str(tmp_path / "model.safetensors"), "--layer", PREFIX)
     assert run.returncode == 2 and message in run.stderr, run.stdout + run.stderr
 
 
 def test_the_layers_bias_is_used_unless_the_domain_excludes_bias():
-    from harness.checkpoint import Layer
-    from harness.strategies import Domain
-    from harness.verify import checkpoint_cases
+    from int4_lora_harness.checkpoints.safetensors_layer import Layer
+    from int4_lora_harness.verify.strategies import Domain
+    from int4_lora_harness.verify.engine import checkpoint_cases
     layer = Layer(torch.zeros(8, 16, dtype=torch.uint8), torch.ones(8, dtype=torch.float16), None, None, None,
                   torch.arange(8, dtype=torch.float16), "gptq")
     with_bias = checkpoint_cases(layer, PREFIX, Domain(dtypes=("fp16",)))["linear"][0][1]

@@ -1,7 +1,7 @@
-"""python -m harness report: one self-contained HTML page from what `verify` and the benchmarks wrote.
+"""python -m int4_lora_harness report: one self-contained HTML page from what `verify` and the benchmarks wrote.
 
-    python -m harness report                         # reports/verify.json + bench/*.parquet -> reports/index.html
-    python -m harness report --compare RUN_A RUN_B   # the two benchmark runs section 6 compares
+    python -m int4_lora_harness report                         # reports/verify.json + bench/*.parquet -> reports/index.html
+    python -m int4_lora_harness report --compare RUN_A RUN_B   # the two benchmark runs section 6 compares
 
 The page is harness/templates/report.html.j2 filled with plain tables (made here by small
 functions, one DataFrame each) and charts (harness/charts.py). Charts are matplotlib figures
@@ -23,15 +23,16 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from harness import devices, perf_store
-from harness.charts import memory_chart, ratio_chart, roofline_chart, small_multiples, ulps_chart
-from harness.cases import DequantCase, make_linear_case, make_weights
-from harness.shapes import LAYER_SHAPES
-from harness.strategies import DTYPES, GRANULARITIES
-from harness.tolerance import dequant_error, linear_error
+from int4_lora_harness.bench import devices
+from int4_lora_harness.bench import store as perf_store
+from int4_lora_harness.report.charts import memory_chart, ratio_chart, roofline_chart, small_multiples, ulps_chart
+from int4_lora_harness.verify.cases import DequantCase, make_linear_case, make_weights
+from int4_lora_harness.shapes import LAYER_SHAPES, MODELS
+from int4_lora_harness.verify.strategies import DTYPES, GRANULARITIES
+from int4_lora_harness.verify.tolerance import dequant_error, linear_error
 
 TEMPLATES = Path(__file__).parent / "templates"
-REGRESSION_THRESHOLD = 0.10  # a case 10 % slower than in the older run is a regression
+from int4_lora_harness.report.cli import REGRESSION_THRESHOLD
 BASELINE = "dense"  # the backend speedups are measured against: weights dequantized ahead of time
 MAX_TABLE_ROWS = 2000  # per table: keeps the page under 10 MB whatever the history (~0.3 KB per row)
 
@@ -42,20 +43,6 @@ LORA_AXES = ("rank", "num_loras", "popularity")  # only gemm_lora rows vary thes
 # Section 5. Packed layout of SPEC §1-2 with group size 128 and fp16 scales, no zero points.
 MEMORY_GROUP_SIZE = 128
 SCALE_BYTES = 2
-# Every linear layer of a decoder block, (out_features, in_features), from each model's config.json:
-# Llama 3: 8 KV heads of 128 (k, v: 1024 out); Falcon-7B: fused QKV of 71 + 2 heads of 64.
-# Embeddings and the LM head are left out (they are not INT4 + LoRA layers).
-MODELS = {
-    "Llama-3-8B": (32, {"q_proj": (4096, 4096), "k_proj": (1024, 4096), "v_proj": (1024, 4096),
-                        "o_proj": (4096, 4096), "gate_proj": (14336, 4096), "up_proj": (14336, 4096),
-                        "down_proj": (4096, 14336)}),
-    "Llama-3-70B": (80, {"q_proj": (8192, 8192), "k_proj": (1024, 8192), "v_proj": (1024, 8192),
-                         "o_proj": (8192, 8192), "gate_proj": (28672, 8192), "up_proj": (28672, 8192),
-                         "down_proj": (8192, 28672)}),
-    "Falcon-7B": (32, {"query_key_value": (4672, 4544), "dense": (4544, 4544), "dense_h_to_4h": (18176, 4544),
-                       "dense_4h_to_h": (4544, 18176)}),
-}
-
 # Section 3: one seeded case per backend, contract, dtype and granularity. K = 1024 is where
 # the accumulation order starts to show; fp32 scales with fractional zero points make every
 # dequantized value round, in every output dtype.
@@ -67,10 +54,10 @@ ERROR_RANK, ERROR_LORAS = 16, 4
 # --- inputs ----------------------------------------------------------------------------------------
 
 def load_verify(path):
-    """(verdict dict | None, problems): reports/verify.json as `python -m harness verify` wrote it."""
+    """(verdict dict | None, problems): reports/verify.json as `python -m int4_lora_harness verify` wrote it."""
     path = Path(path)
     if not path.is_file():
-        return None, [f"no verification results: {path} does not exist (run `python -m harness verify`)"]
+        return None, [f"no verification results: {path} does not exist (run `python -m int4_lora_harness verify`)"]
     try:
         verify = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -186,12 +173,12 @@ def error_samples(backends=None, device="cpu", dtypes=DTYPES, granularities=GRAN
     """(tidy DataFrame, problems): one row per output element of seeded cases run through `backends`.
 
     Columns: backend, contract ('dequantizer' | 'linear'), dtype, granularity (of scales and
-    zero points), ulps and ratio (harness.tolerance's per-element numbers: distance from the
+    zero points), ulps and ratio (int4_lora_harness.verify.tolerance's per-element numbers: distance from the
     correctly rounded value in ulps, and error / allowed). backends: {name: kernels.registry.Backend},
     default every backend available on `device`. A backend that raises is named in `problems`.
     """
     if backends is None:
-        from kernels.registry import available
+        from int4_lora_harness.kernels.registry import available
         backends = available(device)
     frames, problems = [], []
     for name, backend in backends.items():
@@ -487,8 +474,8 @@ def summary_lines(verify, bench, samples_info):
 
 
 def real_weights_section():
-    """(rows of harness.real_weights.summary, problem | None): RTN on MiniLM-L6's real layers (a few seconds)."""
-    from harness import real_weights
+    """(rows of int4_lora_harness.checkpoints.real_weights.summary, problem | None): RTN on MiniLM-L6's real layers (a few seconds)."""
+    from int4_lora_harness.checkpoints import real_weights
     try:
         table = real_weights.quantization_table()
     except FileNotFoundError as error:  # the model package is not installed: say so in the page
@@ -506,7 +493,7 @@ def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=No
     one device); threshold: a time ratio above 1 + threshold is a regression; errors: run the
     backends on `device` for section 3 (a few seconds).
     """
-    from kernels.registry import BACKENDS
+    from int4_lora_harness.kernels.registry import BACKENDS
     reports_dir = Path(reports_dir)
     out = Path(out) if out else reports_dir / "index.html"
     verify, problems = load_verify(reports_dir / "verify.json")
@@ -551,32 +538,3 @@ def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=No
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
-
-
-def add_arguments(parser):
-    """The `report` subcommand's flags."""
-    parser.add_argument("--reports", default="reports", help="folder holding verify.json and bench/*.parquet")
-    parser.add_argument("--out", default=None, help="where to write the page (default: REPORTS/index.html)")
-    parser.add_argument("--run", default=None, help="benchmark run shown in the performance section (default: latest)")
-    parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), default=(None, None),
-                        help="two benchmark runs to compare, older first (default: the latest two on one device)")
-    parser.add_argument("--threshold", type=float, default=REGRESSION_THRESHOLD,
-                        help="a case slower by more than this fraction is flagged as a regression (default 0.10)")
-    parser.add_argument("--no-error-samples", action="store_true",
-                        help="skip running the backends for the numerical-error histograms")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="where the backends run for the numerical-error histograms")
-    return parser
-
-
-def run(args):
-    """Write the page and return 0 (missing or corrupt inputs are named in the page); 2 for a run id
-    given on the command line that no benchmark run has, with a one-line message."""
-    try:
-        out = build_report(args.reports, args.out, run=args.run, run_a=args.compare[0], run_b=args.compare[1],
-                           threshold=args.threshold, errors=not args.no_error_samples, device=args.device)
-    except UnknownRun as error:
-        print(f"usage error: {error}", file=sys.stderr)
-        return 2
-    print(f"report written to {out} ({out.stat().st_size / 1e6:.2f} MB)")
-    return 0

@@ -36,8 +36,8 @@ def gpu_peaks(device_name):
     """(GB/s, TFLOP/s, source) for a CUDA device name; NaNs and 'unknown device' when not in PEAKS."""
     for name, (gbps, tflops) in PEAKS.items():
         if re.search(rf"\b{re.escape(name)}\b", device_name):  # whole words: "L4" is not "L40S"
-            return gbps, tflops, f"datasheet: {name} in harness.devices.PEAKS"
-    return math.nan, math.nan, f"unknown device {device_name!r}: not in harness.devices.PEAKS"
+            return gbps, tflops, f"datasheet: {name} in int4_lora_harness.bench.devices.PEAKS"
+    return math.nan, math.nan, f"unknown device {device_name!r}: not in int4_lora_harness.bench.devices.PEAKS"
 
 
 def measure_cpu_bandwidth(nbytes=CPU_COPY_BYTES, repeats=5):

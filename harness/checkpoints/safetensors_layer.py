@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from reference import formats
+from int4_lora_harness.reference import formats
 
 NAMES = {  # fmt -> (required tensor names, optional tensor names)
     "compressed-tensors": ({"weight_packed", "weight_scale", "weight_shape"}, {"weight_zero_point"}),

@@ -1,4 +1,4 @@
-"""Named benchmark grids: plain dicts of sweeps over real layer shapes (harness.shapes.LAYER_SHAPES).
+"""Named benchmark grids: plain dicts of sweeps over real layer shapes (int4_lora_harness.shapes.LAYER_SHAPES).
 
 A grid names its device, backends, timing budget and sweeps. A sweep is a product of
 axes; the axes it leaves out take DEFAULTS. Each operation only sees the axes that
@@ -8,8 +8,8 @@ the adapters. Pick a grid with `--bench-grid NAME` or `BENCH_GRID=NAME`; by defa
 """
 import itertools
 
-from harness.cases import POPULARITIES
-from harness.shapes import LAYER_SHAPES
+from int4_lora_harness.verify.domain import POPULARITIES
+from int4_lora_harness.shapes import GPU_TABLE, LAYER_SHAPES
 
 BACKENDS = ("reference", "torch", "triton", "triton-ptx", "dense", "materialize")
 
@@ -31,7 +31,7 @@ def _positive_int(v):
 
 # axis -> (is this value valid, what a valid value is)
 AXES = {
-    "layer": (lambda v: v in LAYER_SHAPES, f"a layer of harness.shapes.LAYER_SHAPES ({', '.join(LAYER_SHAPES)})"),
+    "layer": (lambda v: v in LAYER_SHAPES, f"a layer of int4_lora_harness.shapes.LAYER_SHAPES ({', '.join(LAYER_SHAPES)})"),
     "m": (_positive_int, "a positive int (tokens)"),
     "group_size": (lambda v: v is None or _positive_int(v), "a positive int, or None for per-channel scales"),
     "rank": (_positive_int, "a positive int"),
@@ -41,7 +41,6 @@ AXES = {
     "cache_mode": (lambda v: v in ("warm", "cold"), "'warm', or 'cold' (GPU L2 flushed before every timed call)"),
 }
 
-LLAMA3_8B = ["llama3-8b.q_proj", "llama3-8b.k_proj", "llama3-8b.gate_proj", "llama3-8b.down_proj"]
 
 GRIDS = {
     # One case per operation and backend: does the machinery work here? (seconds)
@@ -64,8 +63,8 @@ GRIDS = {
     "gpu": dict(device="cuda", backends=("torch", "triton", "triton-ptx", "dense", "materialize"), reference_layers=[],
                 max_time_s=0.1, min_rounds=20, max_rounds=500,
                 sweeps={
-                    "llama3-8b": dict(layer=LLAMA3_8B, m=[1, 4, 16, 64, 256, 1024]),
-                    "decode-cold": dict(layer=LLAMA3_8B, m=[1, 4, 16], cache_mode=["cold"]),
+                    "llama3-8b": dict(layer=GPU_TABLE, m=[1, 4, 16, 64, 256, 1024]),
+                    "decode-cold": dict(layer=GPU_TABLE, m=[1, 4, 16], cache_mode=["cold"]),
                     "larger": dict(layer=["llama3-70b.gate_proj", "falcon-7b.query_key_value"], m=[1, 16, 256]),
                     "bf16": dict(layer=["llama3-8b.q_proj"], m=[1, 16, 256], dtype=["bf16"]),
                     "group_size": dict(layer=["llama3-8b.q_proj"], m=[1, 256], group_size=[32, 64, None]),
@@ -104,7 +103,7 @@ def validate(grid, name):
         raise ValueError(f"grid {name!r}: unknown backends {unknown}; valid: {list(BACKENDS)}")
     bad_layers = [layer for layer in grid["reference_layers"] if layer not in LAYER_SHAPES]
     if bad_layers:
-        raise ValueError(f"grid {name!r}: reference_layers {bad_layers} are not in harness.shapes.LAYER_SHAPES")
+        raise ValueError(f"grid {name!r}: reference_layers {bad_layers} are not in int4_lora_harness.shapes.LAYER_SHAPES")
     if not (_positive_int(grid["min_rounds"]) and _positive_int(grid["max_rounds"])
             and grid["min_rounds"] <= grid["max_rounds"] and grid["max_time_s"] > 0):
         raise ValueError(f"grid {name!r}: needs 0 < min_rounds <= max_rounds (ints) and max_time_s > 0")

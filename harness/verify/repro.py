@@ -1,7 +1,7 @@
 """Write a standalone repro for a failing case: repro_<name>.py (torch only) and its tensors, repro_<name>.pt.
 
 The .pt file holds the contract's inputs, the expected values (float64) and the absolute error
-allowed per element; the script loads them, calls the candidate in the order harness.properties
+allowed per element; the script loads them, calls the candidate in the order int4_lora_harness.verify.properties
 does (values, inputs unchanged, a second call, an in-place update of packed_weights) and prints
 each mismatch.
 """
@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.cases import TORCH_DTYPES, DequantCase
-from harness.tolerance import dequant_error, linear_error
-from reference.rounding import spacing
+from int4_lora_harness.verify.cases import TORCH_DTYPES, DequantCase
+from int4_lora_harness.verify.tolerance import dequant_error, linear_error
+from int4_lora_harness.reference.rounding import spacing
 
-SCRIPT = '''"""Repro written by `python -m harness verify`: {target} ({contract}) on a case where {failed} failed.
+SCRIPT = '''"""Repro written by `python -m int4_lora_harness verify`: {target} ({contract}) on a case where {failed} failed.
 
 Case: {case}
 Run: python {script_name}   (exit status 1 while the mismatch is there)
@@ -100,7 +100,7 @@ print("no mismatch: the candidate now passes this case")
 
 
 def _allowed_abs(case, got):
-    """float64 absolute error allowed per element, the envelope of harness.tolerance's rule."""
+    """float64 absolute error allowed per element, the envelope of int4_lora_harness.verify.tolerance's rule."""
     if isinstance(case, DequantCase):
         w = case.weights
         report = dequant_error(got, w.packed, w.scales, w.zero_points, w.group_size, case.output_dtype)

@@ -1,10 +1,10 @@
-"""Misbehaving candidates for the verify CLI tests (each is a TARGET: tests/candidates.py:NAME)."""
+"""Misbehaving candidates for the verify CLI tests (each is a TARGET: planted.hostile:NAME)."""
 import ctypes
 import time
 
 import torch
 
-from harness.planted import correct_dequantize_fp32_math
+from planted.bugs import correct_dequantize_fp32_math
 
 
 def returns_list(packed_weights, scales, zero_points=None, group_size=None, output_dtype=torch.float16):

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from kernels.torch_path import dequantize, lora_delta, round_once, unpack
+from int4_lora_harness.kernels.torch_path import dequantize, lora_delta, round_once, unpack
 
 
 def _columns(in_features, group_size):
@@ -38,7 +38,7 @@ def _finish(v, scales, zero_points, group_size, output_dtype, group_of_column=No
     return round_once(w, output_dtype)
 
 
-# ---- correct dequantizers, written differently from kernels.torch_path ----
+# ---- correct dequantizers, written differently from int4_lora_harness.kernels.torch_path ----
 
 def correct_dequantize_fp64_expand(packed_weights, scales, zero_points=None, group_size=None,
                                    output_dtype=torch.float16):
@@ -158,7 +158,7 @@ DEQUANTIZER_BUGS = {f.__name__: f for f in (
 CORRECT_DEQUANTIZERS = {f.__name__: f for f in (correct_dequantize_fp64_expand, correct_dequantize_fp32_math)}
 
 
-# ---- correct linears, written differently from kernels.torch_path ----
+# ---- correct linears, written differently from int4_lora_harness.kernels.torch_path ----
 
 def correct_linear_per_adapter(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices,
                                scaling, bias):

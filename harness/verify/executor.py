@@ -20,7 +20,7 @@ def _to(value, device):
 
 
 def _worker(target, contract, device, conn):
-    from harness.__main__ import load_target  # in the child: import the candidate there, never here
+    from int4_lora_harness.verify.targets import load_target  # in the child: import the candidate there, never here
 
     function = load_target(target, contract)
     while True:

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from reference.rounding import round_to
+from int4_lora_harness.reference.rounding import round_to
+from int4_lora_harness.verify.domain import POPULARITIES
 
-TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
-                "int8": torch.int8, "int32": torch.int32, "int64": torch.int64}
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "uint8": torch.uint8,
+                "int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
 DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
-POPULARITIES = ("uniform", "distinct", "zipf", "identical", "none")
 # The contracts' parameters (SPEC §3 and §4), in order: the dequantizer is called by keyword, the linear positionally.
 CONTRACT_PARAMETERS = {
     "dequantizer": ("packed_weights", "scales", "zero_points", "group_size", "output_dtype"),
@@ -144,8 +144,9 @@ def make_weights(rng, out_features, in_features, group_size=128, scale_granulari
         if zero_kind in ("int", "int32", "int8", "int64"):  # integer zero points in [-8, 7]; "int" is int32
             zero_dtype = "int32" if zero_kind == "int" else zero_kind
             zero_points = rng.integers(-8, 8, size=like.shape).astype(zero_dtype)
-        else:  # fractional zero points, stored in the scales' float dtype
-            zero_points, zero_dtype = round_to(rng.uniform(-8.0, 8.0, size=like.shape), scales_dtype), scales_dtype
+        else:  # fractional zero points: in the scales' float dtype ("float"), or in fp32 (wider than fp16/bf16 output)
+            zero_dtype = scales_dtype if zero_kind == "float" else zero_kind
+            zero_points = round_to(rng.uniform(-8.0, 8.0, size=like.shape), zero_dtype)
     uses_groups = "grouped" in (scale_granularity, zero_granularity)
     return Weights(packed, scales, scales_dtype, zero_points, zero_dtype, group_size if uses_groups else None)
 
@@ -189,7 +190,7 @@ def make_linear_case(seed, out_features, in_features, m, x_dtype="fp16", rank=16
 
 
 def weights_from_tensors(packed_weights, scales, zero_points, group_size):
-    """Weights from canonical torch tensors (e.g. a checkpoint's layer, harness.checkpoint.Layer)."""
+    """Weights from canonical torch tensors (e.g. a checkpoint's layer, int4_lora_harness.checkpoints.safetensors_layer.Layer)."""
     zeros = None if zero_points is None else zero_points.cpu()
     return Weights(packed_weights.cpu().numpy(), scales.cpu().float().numpy(), DTYPE_NAMES[scales.dtype],
                    None if zeros is None else (zeros.float().numpy() if zeros.is_floating_point() else zeros.numpy()),

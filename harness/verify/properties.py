@@ -1,12 +1,12 @@
 """What "correct" means for an implementation of each contract (SPEC §3 and §4), in one place.
 
-The tests and `verify` both call `check_dequantizer` / `check_linear`: each runs the
+The tests and `verify` both call `dequantizer_properties` / `linear_properties`: each runs the
 candidate on one case and returns one Outcome per property, with the numbers behind
 it (worst element, error over the allowed bound). Nothing here returns a bare bool.
 
 Properties:
   shape, dtype and device  the result is a tensor [out, in] / [M, out] of the promised dtype, on the input's device
-  within tolerance         every element within harness.tolerance's bound (worst element reported)
+  within tolerance         every element within int4_lora_harness.verify.tolerance's bound (worst element reported)
   inputs unchanged         every input tensor is bitwise the same after the call
   deterministic            a second call gives a bitwise identical result
   tracks input updates     after the packed weights are changed in place (same tensor object, new values)
@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from harness.cases import TORCH_DTYPES
-from harness.tolerance import dequant_error, linear_error
+from int4_lora_harness.verify.cases import TORCH_DTYPES
+from int4_lora_harness.verify.tolerance import dequant_error, linear_error
 
 PROPERTIES = ("shape, dtype and device", "within tolerance", "inputs unchanged", "deterministic",
               "tracks input updates")
@@ -98,8 +98,8 @@ def _flipped(weights):
     return replace(weights, packed=~weights.packed)
 
 
-def check_dequantizer(dequantizer, case, device="cpu"):
-    """Outcomes of `dequantizer(**kwargs)` on a harness.cases.DequantCase."""
+def dequantizer_properties(dequantizer, case, device="cpu"):
+    """Outcomes of `dequantizer(**kwargs)` on a int4_lora_harness.verify.cases.DequantCase."""
     w = case.weights
     kwargs = case.torch_kwargs(device)
     names = list(kwargs)
@@ -109,8 +109,8 @@ def check_dequantizer(dequantizer, case, device="cpu"):
     return _check(call, tuple(kwargs.values()), fresh, w.shape, TORCH_DTYPES[case.output_dtype], device, error_of)
 
 
-def check_linear(linear, case, device="cpu"):
-    """Outcomes of `linear(*args)` (SPEC §4, positional) on a harness.cases.LinearCase."""
+def linear_properties(linear, case, device="cpu"):
+    """Outcomes of `linear(*args)` (SPEC §4, positional) on a int4_lora_harness.verify.cases.LinearCase."""
     args = case.torch_args(device)
     fresh = lambda: replace(case, weights=_flipped(case.weights)).torch_args(device)  # noqa: E731
     shape = (case.x.shape[0], case.weights.shape[0])

@@ -62,7 +62,7 @@ def to_table(rows):
     for i, row in enumerate(rows):
         missing, extra = sorted(expected - row.keys()), sorted(row.keys() - expected)
         if missing or extra:
-            raise ValueError(f"row {i} does not match harness.perf_store.SCHEMA: missing {missing}, unexpected {extra}")
+            raise ValueError(f"row {i} does not match int4_lora_harness.bench.store.SCHEMA: missing {missing}, unexpected {extra}")
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 

@@ -1,0 +1,2 @@
+"""Benchmarks: named grids of real layer shapes, one timer, one work model (bytes and FLOPs), the parquet store
+and the device peaks the rates are measured against."""

@@ -1,0 +1,1 @@
+"""Real weights: INT4 layers read from safetensors checkpoints, and round-to-nearest on a real model's layers."""

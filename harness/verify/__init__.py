@@ -1,0 +1,3 @@
+"""The judge: cases, strategies, the tolerance model, the properties, and the engine that runs them on a TARGET.
+
+Never imports kernels/: what it judges comes in as a callable (verify.targets loads a TARGET string)."""

@@ -1,0 +1,98 @@
+"""Hypothesis strategies that draw whole, valid cases for the two contracts.
+
+Each strategy draws a handful of named parameters (shapes, dtypes, granularities,
+magnitudes, adapters) and a seed; int4_lora_harness.verify.cases builds the arrays from them. So a
+shrunk counterexample reads as parameters ("M=1, out=3, in=26, group_size=24, ...")
+and is rebuilt exactly from them.
+
+A `Domain` narrows the space for kernels that support only part of it; the default
+is the whole of SPEC §1-4.
+"""
+import math
+
+import numpy as np
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from int4_lora_harness.verify.domain import (DTYPES, FULL, GRANULARITIES, GROUP_SIZES, LINEAR_SCALE_EXPONENTS,
+                                           SCALE_EXPONENTS, SCALINGS, Domain)
+from int4_lora_harness.verify.cases import DequantCase, make_linear_case, make_weights
+
+
+
+# The settings a harness search runs under, by profile. Nothing is registered on import: a user's own
+# profiles stay theirs; `harness_settings` hands out a settings object to decorate a test with.
+PROFILE_EXAMPLES = {"ci": 40, "thorough": 600}
+# Cases are whole layers (slow to build and to judge), so no deadline and no too-slow health checks;
+# the fixtures our tests take (device, backend) are plain values, so function scope is harmless.
+QUIET = (HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture)
+
+
+def harness_settings(profile="ci", **overrides):
+    """hypothesis.settings for a search of `profile` ('ci': 40 cases, 'thorough': 600), e.g. as a decorator."""
+    if profile not in PROFILE_EXAMPLES:
+        raise ValueError(f"profile must be one of {sorted(PROFILE_EXAMPLES)}, got {profile!r}")
+    return settings(**{**dict(max_examples=PROFILE_EXAMPLES[profile], deadline=None, print_blob=True,
+                              suppress_health_check=list(QUIET)), **overrides})
+
+
+@st.composite
+def shapes(draw, domain=FULL):
+    """(out_features, in_features, group_size) inside `domain`: odd and even out, in a multiple of group_size or not."""
+    out_unit, in_unit = domain.out_multiple_of, domain.in_multiple_of
+    out_features = out_unit * max(1, draw(st.one_of(st.integers(1, 40), st.integers(41, 200))) // out_unit)
+    if domain.long_k and draw(st.integers(0, 5)) == 5:  # shrinks towards the short branch
+        in_features = draw(st.sampled_from([1024, 1536, 2050, 4096]))
+    else:
+        in_features = 2 * draw(st.integers(1, 160))
+    in_features = in_unit * max(1, in_features // in_unit)
+    if domain.group_sizes is not None:
+        group_size = draw(st.sampled_from(domain.group_sizes))
+    else:
+        group_size = draw(st.one_of(st.sampled_from(GROUP_SIZES), st.integers(2, in_features + 10)))
+    if not domain.ragged:  # whole groups only: round in_features up to a multiple of the group size
+        unit = math.lcm(group_size, in_unit)
+        in_features = unit * -(-in_features // unit)
+    return out_features, in_features, group_size
+
+
+@st.composite
+def weight_params(draw, domain, dtype, exponents):
+    """Keyword arguments of int4_lora_harness.verify.cases.make_weights, drawn independently inside `domain`."""
+    low, high = exponents[dtype]
+    scales_dtype = draw(st.sampled_from(domain.scale_dtype_choices(dtype)))
+    if scales_dtype == "fp16":
+        high = min(high, 14)  # scales up to 2**15 stay finite in fp16; larger W needs bf16/fp32 scales
+    scale_granularity = draw(st.sampled_from(domain.granularities))
+    zero_granularity, zero_kind = None, "int32"
+    if domain.zero_kinds():
+        zero_granularity = draw(st.one_of(st.none(), st.just(scale_granularity) if domain.same_granularity
+                                          else st.sampled_from(domain.granularities)))
+        zero_kind = draw(st.sampled_from(domain.zero_kinds()))
+    return dict(scale_granularity=scale_granularity, zero_granularity=zero_granularity, zero_kind=zero_kind,
+                scales_dtype=scales_dtype, scale_exponent=float(draw(st.integers(low, high))))
+
+
+@st.composite
+def dequant_cases(draw, domain=FULL):
+    """A DequantCase covering SPEC §1-3."""
+    out_features, in_features, group_size = draw(shapes(domain))
+    output_dtype = draw(st.sampled_from(domain.dtypes))
+    params = draw(weight_params(domain, output_dtype, SCALE_EXPONENTS))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return DequantCase(make_weights(rng, out_features, in_features, group_size=group_size, **params), output_dtype)
+
+
+@st.composite
+def linear_cases(draw, domain=FULL):
+    """A LinearCase covering SPEC §4: M = 1, multiples of 16 and not; ranks 1..max_rank; 0..max_loras adapters."""
+    out_features, in_features, group_size = draw(shapes(domain))
+    x_dtype = draw(st.sampled_from(domain.dtypes))
+    m = draw(st.one_of(st.just(1), st.sampled_from([16, 32, 48]), st.integers(2, 70)))
+    num_loras = draw(st.integers(0, domain.max_loras))
+    return make_linear_case(
+        seed=draw(st.integers(0, 2**32 - 1)), out_features=out_features, in_features=in_features, m=m,
+        x_dtype=x_dtype, rank=draw(st.integers(1, domain.max_rank)), num_loras=num_loras,
+        popularity=draw(st.sampled_from(domain.popularities)), scaling=draw(st.sampled_from(SCALINGS)),
+        bias=domain.bias and draw(st.booleans()), index_dtype=draw(st.sampled_from(["int32", "int64"])),
+        group_size=group_size, **draw(weight_params(domain, x_dtype, LINEAR_SCALE_EXPONENTS)))
