@@ -23,7 +23,8 @@ import os
 
 import torch
 
-from int4_lora_harness.kernels.checks import validate_linear, validate_output_dtype, validate_weights, integer_zeros_within
+from int4_lora_harness.kernels.checks import (integer_zeros_within, validate_linear, validate_output_dtype,
+                                             validate_scaling, validate_weights)
 
 try:
     from int4_lora_harness.kernels import triton_kernels
@@ -79,6 +80,15 @@ def shrink_config(m, k, rank_pad):
 def cdiv(a, b):
     """ceil(a / b) for positive ints."""
     return -(-a // b)
+
+
+def kernel_group_size(group_size, k):
+    """group_size as the kernels and the tile choices take it: a Python int in [1, max(k, 1)].
+
+    NumPy integers become ints; None, or a size of k or more, is one group, which reads no group
+    index (its scales come with a zero group stride), so 1 or k stands for it without changing a value.
+    """
+    return 1 if group_size is None else max(1, min(int(group_size), k))
 
 
 def next_pow2(n):
@@ -161,9 +171,10 @@ def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, l
 
     x: fp16/bf16/fp32 [M, in]; packed_weights: uint8 [out, in // 2]; scales: float, per-tensor,
     [out] or [out, ceil(in / group_size)]; zero_points: None or int/float of any of those shapes;
-    group_size: int (grouped tensors); lora_a: float [L, rank, in] | None; lora_b: float
-    [L, out, rank] | None; lora_indices: int32/int64 [M], -1 = no adapter; scaling: float;
-    bias: float [out] | None. Raises ValueError naming the argument on any violation.
+    group_size: None or an integer (int or numpy integer), >= 1 for grouped tensors; lora_a: float
+    [L, rank, in] | None; lora_b: float [L, out, rank] | None; lora_indices: int32/int64 [M], -1 = no
+    adapter; scaling: int, float or numpy real scalar; bias: float [out] | None. Raises TypeError /
+    ValueError naming the argument on any violation (kernels.checks). M = 0 launches nothing.
     ptx_unpack: unpack fp16/bf16 nibbles with the inline PTX of triton_kernels (CUDA only; see
     kernels/triton_ptx.py) instead of the portable tl.* form.
     """
@@ -172,6 +183,7 @@ def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, l
         raise RuntimeError(f"triton backend unavailable: {reason}")
     _, _, scale_kind, zero_kind = validate_linear(x, packed_weights, scales, zero_points, group_size,
                                                lora_a, lora_b, lora_indices, bias)
+    validate_scaling(scaling)
     check_device("x", x)
     return launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices,
                          scaling, bias, (scale_kind, zero_kind),
@@ -184,6 +196,7 @@ def prepare_linear(x, packed_weights, scales, zero_points, group_size, lora_a, l
     as a serving loop runs a layer whose weights were validated at load time. Benchmarks time this."""
     args = (x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias)
     _, _, scale_kind, zero_kind = validate_linear(*args[:8], bias)
+    validate_scaling(scaling)
     check_device("x", x)
     zero_is_exact = exact_zero(x.dtype, zero_points, check_values=True)
     return lambda: launch_linear(*args, (scale_kind, zero_kind), zero_is_exact=zero_is_exact, ptx_unpack=ptx_unpack)
@@ -200,7 +213,8 @@ def launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lo
     m, n, k = x.shape[0], packed_weights.shape[0], 2 * packed_weights.shape[1]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)  # y: [M, out]
     if y.numel() == 0:
-        return y
+        return y  # M = 0 or out_features = 0: nothing to launch
+    group_size = kernel_group_size(group_size, k)
     lora_indices = lora_indices.contiguous()  # the kernels index it (and bias) with unit stride
     bias = None if bias is None else bias.contiguous()
     config = dict(config or launch_config(m, n, k))
@@ -217,7 +231,7 @@ def launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lo
     grid = (cdiv(m, config["BLOCK_M"]), cdiv(n, config["BLOCK_N"]))
     triton_kernels.int4_lora_gemm_kernel[grid](
         x, packed_weights, s, z, x if bias is None else bias, y, shrink, b, lora_indices,
-        m, n, k, group_size or 1, rank, num_loras, num_splits, float(scaling),
+        m, n, k, group_size, rank, num_loras, num_splits, float(scaling),
         x.stride(0), x.stride(1), packed_weights.stride(0), packed_weights.stride(1), s_sn, s_sg, z_sn, z_sg,
         y.stride(0), y.stride(1), *b_strides,
         HAS_ZERO=zero_points is not None, ZERO_IS_INT=is_int(zero_points), HAS_BIAS=bias is not None,
@@ -266,12 +280,13 @@ def dequantize(packed_weights, scales, zero_points=None, group_size=None, output
     check_device("packed_weights", packed_weights)
     out = torch.empty((n, k), dtype=output_dtype, device=packed_weights.device)  # out: [out, in]
     if out.numel() == 0:
-        return out
+        return out  # 0 rows or 0 columns: nothing to launch
+    group_size = kernel_group_size(group_size, k)
     kinds = (scale_kind, zero_kind)
     block_n, block_k = 64, pick_block_k(128, (scales, zero_points), kinds, group_size)
     (s, s_sn, s_sg, s_chunks), (z, z_sn, z_sg, z_chunks) = weight_args(scales, zero_points, kinds, group_size, block_k)
     triton_kernels.dequantize_kernel[(cdiv(k, block_k), cdiv(n, block_n))](
-        packed_weights, s, z, out, n, k, group_size or 1,
+        packed_weights, s, z, out, n, k, group_size,
         packed_weights.stride(0), packed_weights.stride(1), s_sn, s_sg, z_sn, z_sg, out.stride(0), out.stride(1),
         HAS_ZERO=zero_points is not None, ZERO_IS_INT=is_int(zero_points), S_CHUNKS=s_chunks, Z_CHUNKS=z_chunks,
         # fp32 output rounds once only if v - z is exact in fp32: not for fractional or huge zero points

@@ -1,7 +1,8 @@
 """The dequantizer of SPEC §3: W[o, c] = (v[o, c] - z[o, c]) * s[o, c], rounded once."""
 import numpy as np
 
-from int4_lora_harness.reference.granularity import expand
+from int4_lora_harness.reference.checks import check_format_name, real_array
+from int4_lora_harness.reference.granularity import from_groups, granularity, group_width, in_groups, per_group
 from int4_lora_harness.reference.packing import unpack
 from int4_lora_harness.reference.rounding import round_to
 
@@ -9,14 +10,25 @@ from int4_lora_harness.reference.rounding import round_to
 def dequantize_exact(packed_weights, scales, zero_points=None, group_size=None):
     """float64 [out, in]: the exact dequantized weights (no rounding to an output dtype).
 
-    packed_weights: uint8 [out, in // 2]; scales, zero_points: per-tensor, [out] or
-    [out, ceil(in / group_size)], any real dtype; group_size: int for grouped tensors.
+    packed_weights: uint8 [out, in // 2] (either may be 0); scales, zero_points: per-tensor, [out] or
+    [out, ceil(in / group_size)], any integer or floating dtype (the reference is the ground truth for
+    any real values; bool, complex and None scales are refused); group_size: None or an integer,
+    >= 1 for grouped tensors.
     """
-    values = unpack(packed_weights).astype(np.float64)  # v: [out, in]
+    values = unpack(packed_weights)  # v: int8 [out, in]
     out_features, in_features = values.shape
-    s = expand(scales, out_features, in_features, group_size, "scales")
-    z = 0.0 if zero_points is None else expand(zero_points, out_features, in_features, group_size, "zero_points")
-    return (values - z) * s
+    scales = real_array(scales, "scales")
+    zero_points = None if zero_points is None else real_array(zero_points, "zero_points")
+    kinds = [granularity(scales, out_features, in_features, group_size, "scales")]
+    if zero_points is not None:
+        kinds.append(granularity(zero_points, out_features, in_features, group_size, "zero_points"))
+    width = group_width(kinds, in_features, group_size)
+    v = in_groups(values.astype(np.float64), width)  # [out, groups, width]
+    s = per_group(scales, out_features, in_features, group_size, "scales", width)  # [out | 1, groups | 1, 1]
+    if zero_points is None:
+        return from_groups(v * s, in_features)
+    z = per_group(zero_points, out_features, in_features, group_size, "zero_points", width)
+    return from_groups((v - z) * s, in_features)
 
 
 def dequantize(packed_weights, scales, zero_points=None, group_size=None, output_dtype="fp16"):
@@ -24,5 +36,6 @@ def dequantize(packed_weights, scales, zero_points=None, group_size=None, output
 
     Returns np.float16 for fp16, np.float32 (holding bf16 values) for bf16 and fp32.
     """
+    check_format_name(output_dtype, "output_dtype")
     with np.errstate(over="ignore"):
         return round_to(dequantize_exact(packed_weights, scales, zero_points, group_size), output_dtype)

@@ -1,17 +1,22 @@
 """INT4 base + multi-LoRA linear of SPEC §4, in float64, rounded once to x's dtype.
 
     y[m] = x[m] @ W^T + bias + scaling * (x[m] @ A[i_m]^T) @ B[i_m]^T   (if i_m >= 0)
+
+Any size may be 0 (M = 0 tokens, empty weights); lora_a/lora_b with 0 adapters are accepted when
+every index is -1, and give the base result. scaling may be inf or NaN: it only reaches the tokens
+that have an adapter.
 """
 import numpy as np
 
+from int4_lora_harness.reference.checks import INTEGER_KINDS, check_format_name, check_scaling, real_array
 from int4_lora_harness.reference.dequantize import dequantize_exact
 from int4_lora_harness.reference.rounding import round_to
 
 
 def check_lora(lora_a, lora_b, lora_indices, m, out_features, in_features):
-    """Validate the adapter arguments of SPEC §4; raise ValueError naming the argument."""
-    indices = np.asarray(lora_indices)
-    if indices.shape != (m,) or not np.issubdtype(indices.dtype, np.integer):
+    """Validate the adapter arguments of SPEC §4; raise ValueError (TypeError for None indices) naming the argument."""
+    indices = real_array(lora_indices, "lora_indices", INTEGER_KINDS)
+    if indices.shape != (m,):
         raise ValueError(f"lora_indices must be an integer array of shape [{m}], got {indices.dtype} {indices.shape}")
     if lora_a is None or lora_b is None:
         if lora_a is not None or lora_b is not None:
@@ -19,46 +24,80 @@ def check_lora(lora_a, lora_b, lora_indices, m, out_features, in_features):
         if (indices != -1).any():
             raise ValueError("lora_indices must all be -1 when there are no adapters")
         return
-    num_loras, rank = np.shape(lora_a)[:2]
-    if np.shape(lora_a) != (num_loras, rank, in_features):
-        raise ValueError(f"lora_a must have shape [num_loras, rank, {in_features}], got {np.shape(lora_a)}")
-    if np.shape(lora_b) != (num_loras, out_features, rank):
-        raise ValueError(f"lora_b must have shape [{num_loras}, {out_features}, {rank}], got {np.shape(lora_b)}")
+    a, b = real_array(lora_a, "lora_a"), real_array(lora_b, "lora_b")
+    if a.ndim != 3 or a.shape[2] != in_features:
+        raise ValueError(f"lora_a must have shape [num_loras, rank, {in_features}], got {a.shape}")
+    num_loras, rank = a.shape[:2]
+    if b.shape != (num_loras, out_features, rank):
+        raise ValueError(f"lora_b must have shape [{num_loras}, {out_features}, {rank}], got {b.shape}")
     if indices.size and (indices.min() < -1 or indices.max() >= num_loras):
         raise ValueError(f"lora_indices must lie in [-1, {num_loras - 1}], got min {indices.min()} max {indices.max()}")
+
+
+def base_exact(x, w, bias):
+    """float64 [M, out]: x @ W^T + bias on already-dequantized weights. x: [M, in]; w: [out, in]; bias: [out] | None."""
+    x, w = real_array(x, "x").astype(np.float64), real_array(w, "w").astype(np.float64)
+    if w.ndim != 2:
+        raise ValueError(f"w must be 2-D [out, in], got shape {w.shape}")
+    if x.ndim != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"x must have shape [M, {w.shape[1]}], got {x.shape}")
+    y = x @ w.T  # [M, out]
+    if bias is None:
+        return y
+    bias = real_array(bias, "bias")
+    if bias.shape != (w.shape[0],):
+        raise ValueError(f"bias must have shape [{w.shape[0]}], got {bias.shape}")
+    return y + bias.astype(np.float64)
+
+
+def lora_exact(x, lora_a, lora_b, lora_indices, scaling):
+    """float64 [M, out]: scaling * (x[m] @ A[i_m]^T) @ B[i_m]^T per token, 0 where i_m = -1 or without adapters.
+
+    x: [M, in]; lora_a: [L, rank, in] | None; lora_b: [L, out, rank] | None; lora_indices: int [M];
+    scaling: a real number (see reference.checks.check_scaling). Without adapters out is 0.
+    """
+    check_scaling(scaling)
+    x = real_array(x, "x").astype(np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D [M, in], got shape {x.shape}")
+    out_features = np.shape(lora_b)[1] if np.ndim(lora_b) == 3 else 0
+    check_lora(lora_a, lora_b, lora_indices, x.shape[0], out_features, x.shape[1])
+    delta = np.zeros((x.shape[0], out_features))
+    if lora_a is None:
+        return delta
+    a = np.asarray(lora_a, dtype=np.float64)
+    b = np.asarray(lora_b, dtype=np.float64)
+    for m, i in enumerate(np.asarray(lora_indices)):  # one token at a time: slow on purpose
+        if i >= 0:
+            delta[m] = scaling * (b[i] @ (a[i] @ x[m]))  # [out] <- [out, rank] @ [rank]
+    return delta
+
+
+def linear_from_weights(x, w, lora_a, lora_b, lora_indices, scaling, bias):
+    """float64 [M, out]: SPEC §4 before its final rounding, on already-dequantized weights w [out, in].
+
+    The one formula every design reference of the tolerance model is built from."""
+    check_scaling(scaling)
+    y = base_exact(x, w, bias)  # checks x, w and bias
+    check_lora(lora_a, lora_b, lora_indices, y.shape[0], y.shape[1], np.shape(w)[1])
+    return y if lora_a is None else y + lora_exact(x, lora_a, lora_b, lora_indices, scaling)
 
 
 def linear_exact(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias):
     """float64 [M, out]: the exact result of SPEC §4 before the final rounding.
 
-    x: float [M, in]; packed_weights: uint8 [out, in // 2]; scales/zero_points as in
-    dequantize; lora_a: [L, rank, in] | None; lora_b: [L, out, rank] | None;
-    lora_indices: int [M], -1 = no adapter; scaling: float; bias: [out] | None.
+    x: real [M, in]; packed_weights: uint8 [out, in // 2]; scales/zero_points/group_size as in
+    dequantize; lora_a: real [L, rank, in] | None; lora_b: real [L, out, rank] | None;
+    lora_indices: integer [M], -1 = no adapter; scaling: real number; bias: real [out] | None.
     """
-    x = np.asarray(x, dtype=np.float64)
     w = dequantize_exact(packed_weights, scales, zero_points, group_size)  # [out, in]
-    out_features, in_features = w.shape
-    if x.ndim != 2 or x.shape[1] != in_features:
-        raise ValueError(f"x must have shape [M, {in_features}], got {x.shape}")
-    check_lora(lora_a, lora_b, lora_indices, x.shape[0], out_features, in_features)
-    y = x @ w.T  # [M, out]
-    if bias is not None:
-        if np.shape(bias) != (out_features,):
-            raise ValueError(f"bias must have shape [{out_features}], got {np.shape(bias)}")
-        y = y + np.asarray(bias, dtype=np.float64)
-    if lora_a is None:
-        return y
-    a = np.asarray(lora_a, dtype=np.float64)
-    b = np.asarray(lora_b, dtype=np.float64)
-    for m, i in enumerate(np.asarray(lora_indices)):  # one token at a time: slow on purpose
-        if i >= 0:
-            y[m] += scaling * (b[i] @ (a[i] @ x[m]))  # [out] <- [out, rank] @ [rank]
-    return y
+    return linear_from_weights(x, w, lora_a, lora_b, lora_indices, scaling, bias)
 
 
 def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias,
            x_dtype="fp16"):
     """SPEC §4 rounded once to `x_dtype` ('fp16', 'bf16', 'fp32'); arguments as in linear_exact."""
+    check_format_name(x_dtype, "x_dtype")
     y = linear_exact(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias)
     with np.errstate(over="ignore"):
         return round_to(y, x_dtype)

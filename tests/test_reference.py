@@ -5,7 +5,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import reference as R
+from int4_lora_harness import reference as R
 from int4_lora_harness.reference.rounding import bf16_bits
 
 
