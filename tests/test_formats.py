@@ -1,7 +1,8 @@
-"""Converters of reference/formats.py: every format against its definition, the canonical layout and each other.
+"""Converters of reference/layouts/: every format against its definition, the canonical layout and each other.
 
 The oracles below decode each format field by field with Python ints, straight from the format's
-definition (docs/formats.md), independently of the vectorized converters.
+definition (docs/formats.md, docs/layouts/), independently of the vectorized converters; where the
+format's own package is installed (gguf, hqq) its encoder and decoder are checked against ours too.
 """
 import numpy as np
 import pytest
@@ -9,8 +10,10 @@ from hypothesis import given, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from int4_lora_harness.reference import dequantize_exact, linear_exact, quantize
-from int4_lora_harness.reference.formats import (AWQ_ORDER, SEQUENTIAL, Canonical, from_awq, from_compressed_tensors, from_gptq,
-                               int32_to_nibbles, to_awq, to_compressed_tensors, to_gptq)
+from int4_lora_harness.reference.layouts import (AWQ_ORDER, SEQUENTIAL, Canonical, from_awq, from_compressed_tensors,
+                                                 from_gguf_q4_0, from_gguf_q4_1, from_gptq, from_hqq, int32_to_nibbles,
+                                                 to_awq, to_compressed_tensors, to_gguf_q4_0, to_gguf_q4_1, to_gptq,
+                                                 to_hqq)
 
 FORMATS = ("compressed-tensors", "gptq-v1", "gptq-v2", "awq")
 ZERO_RANGE = {"compressed-tensors": (-8, 7), "gptq-v1": (-7, 8), "gptq-v2": (-8, 7), "awq": (-8, 7)}
@@ -329,3 +332,215 @@ def test_writers_refuse_what_the_format_cannot_hold():
         to_gptq(c16._replace(perm=np.zeros(16, dtype=int)))
     with pytest.raises(ValueError, match="zero_points"):
         to_compressed_tensors(c16._replace(zero_points=np.zeros(8)))  # per-channel zeros, grouped scales
+
+
+# --- GGUF Q4_0 / Q4_1 blocks --------------------------------------------------------------
+
+def gguf_weight(blocks, shape, fmt):
+    """W[o, 32 b + j] from the block layout, one block at a time: fp16 d [, fp16 m], then 16 bytes,
+    byte j holding element j (low nibble) and element j + 16 (high nibble)."""
+    out_features, in_features = shape
+    size = {"q4_0": 18, "q4_1": 20}[fmt]
+    w = np.empty((out_features, in_features))
+    for o in range(out_features):
+        for b in range(in_features // 32):
+            block = bytes(blocks[o, b * size:(b + 1) * size])
+            d = float(np.frombuffer(block[:2], "<f2")[0])
+            m = float(np.frombuffer(block[2:4], "<f2")[0]) if fmt == "q4_1" else None
+            qs = block[size - 16:]
+            for j in range(32):
+                q = qs[j % 16] >> 4 if j >= 16 else qs[j] & 0x0F
+                w[o, 32 * b + j] = (q - 8) * d if m is None else q * d + m
+    return w
+
+
+def seven_bit_halves(draw, shape):
+    """fp16 values of 7 significant bits, 2**-10 <= |d| <= 2**11, either sign (Q4_1's fitted d)."""
+    significand = draw(arrays(np.int64, shape, elements=st.integers(64, 127)))
+    exponent = draw(arrays(np.int64, shape, elements=st.integers(-16, 4)))
+    sign = draw(arrays(np.int64, shape, elements=st.sampled_from([-1, 1])))
+    return (sign * np.ldexp(significand.astype(np.float64), exponent)).astype(np.float16)
+
+
+def q4_1_ratios(draw, shape):
+    """r = m / d: k * 2**j with |k| <= 15 and j in [-4, 0], the form whose m = r * d is exact in fp16."""
+    k = draw(arrays(np.int64, shape, elements=st.integers(-15, 15)))
+    j = draw(arrays(np.int64, shape, elements=st.integers(-4, 0)))
+    return np.ldexp(k.astype(np.float64), j)
+
+
+@st.composite
+def gguf_blocks(draw, fmt):
+    """Raw Q4_0 blocks (any finite fp16 d) or Q4_1 blocks whose m / d the canonical layout holds."""
+    out_features, blocks_per_row = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+    shape = (out_features, blocks_per_row)
+    qs = draw(arrays(np.uint8, (*shape, 16)))
+    if fmt == "q4_0":
+        d = draw(arrays(np.float16, shape, elements=st.floats(width=16, allow_nan=False)))
+        halves = [d]
+    else:
+        d = seven_bit_halves(draw, shape)
+        m = (q4_1_ratios(draw, shape) * d).astype(np.float16)
+        halves = [d, np.where(m == 0, np.float16(0), m)]  # the writer's zero m is +0
+    parts = [h.astype("<f2").view(np.uint8).reshape(*shape, 2) for h in halves] + [qs]
+    return np.concatenate(parts, axis=-1).reshape(out_features, -1), (out_features, 32 * blocks_per_row)
+
+
+@st.composite
+def gguf_canonical_layers(draw, fmt):
+    """Canonical layers a GGUF format holds: in % 32 == 0, fp16 scales (grouped: 32 or 64 columns, ragged or
+    not), Q4_0 without zero points, Q4_1 with z = -8 - r of any granularity."""
+    out_features, in_features = draw(st.integers(1, 5)), 32 * draw(st.integers(1, 4))
+    kinds = ["per-tensor", "per-channel", "grouped"]
+    scale_kind, zero_kind = draw(st.sampled_from(kinds)), draw(st.sampled_from(kinds))
+    group_size = draw(st.sampled_from([32, 64]))
+    shape = lambda kind: {"per-tensor": (1,), "per-channel": (out_features,),  # noqa: E731
+                          "grouped": (out_features, -(-in_features // group_size))}[kind]
+    scales = seven_bit_halves(draw, shape(scale_kind))
+    zero_points = None
+    if fmt == "q4_1" and draw(st.booleans()):
+        zero_points = -8.0 - q4_1_ratios(draw, shape(zero_kind))
+    uses_groups = scale_kind == "grouped" or (zero_points is not None and zero_kind == "grouped")
+    return Canonical(draw(arrays(np.uint8, (out_features, in_features // 2))), scales, zero_points,
+                     group_size if uses_groups else None)
+
+
+GGUF = {"q4_0": (to_gguf_q4_0, from_gguf_q4_0), "q4_1": (to_gguf_q4_1, from_gguf_q4_1)}
+
+
+@given(st.data(), st.sampled_from(sorted(GGUF)))
+def test_gguf_blocks_to_canonical_to_blocks_are_byte_identical(data, fmt):
+    blocks, shape = data.draw(gguf_blocks(fmt))
+    to_blocks, from_blocks = GGUF[fmt]
+    again = to_blocks(from_blocks(blocks, shape))
+    assert again["shape"] == shape and again["blocks"].dtype == np.uint8
+    assert np.array_equal(again["blocks"], blocks)
+
+
+@given(st.data(), st.sampled_from(sorted(GGUF)))
+def test_gguf_reader_matches_the_block_by_block_definition(data, fmt):
+    blocks, shape = data.draw(gguf_blocks(fmt))
+    with np.errstate(over="ignore", invalid="ignore"):  # an inf d times a zero nibble is nan in both
+        assert np.array_equal(weights(GGUF[fmt][1](blocks, shape)), gguf_weight(blocks, shape, fmt), equal_nan=True)
+
+
+@given(st.data(), st.sampled_from(sorted(GGUF)))
+def test_canonical_to_gguf_keeps_the_dequantized_weights(data, fmt):
+    c = data.draw(gguf_canonical_layers(fmt))
+    t = GGUF[fmt][0](c)
+    assert np.array_equal(gguf_weight(t["blocks"], t["shape"], fmt), weights(c))
+    assert np.array_equal(weights(GGUF[fmt][1](**t)), weights(c))
+
+
+def test_q4_0_refuses_zero_points_ragged_blocks_and_non_fp16_scales():
+    c = Canonical(np.zeros((2, 32), np.uint8), np.full((2, 2), 0.5), None, 32)
+    with pytest.raises(ValueError, match="zero_points"):
+        to_gguf_q4_0(c._replace(zero_points=np.ones(2)))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        to_gguf_q4_0(c._replace(packed=np.zeros((2, 24), np.uint8), scales=np.full((2, 2), 0.5)))
+    with pytest.raises(ValueError, match="multiple of the format's block of 32"):
+        to_gguf_q4_0(c._replace(scales=np.full((2, 4), 0.5), group_size=16))  # two scales in one block
+    with pytest.raises(ValueError, match="fp16"):
+        to_gguf_q4_0(c._replace(scales=np.full((2, 2), 0.1)))  # 0.1 is no fp16 number
+
+
+def test_q4_1_refuses_a_zero_point_whose_m_is_no_fp16_and_a_block_whose_m_over_d_is_inexact():
+    c = Canonical(np.zeros((1, 16), np.uint8), np.array([1.0]), np.array([0.1]), None)
+    with pytest.raises(ValueError, match=r"zero_points: Q4_1 stores m = \(-8 - z\) \* d"):
+        to_gguf_q4_1(c)  # m = -8.1 is no fp16 number
+    block = np.concatenate([np.array([3.0, 1.0], "<f2").view(np.uint8), np.zeros(16, np.uint8)])[None]
+    with pytest.raises(ValueError, match="blocks: Q4_1 block 0 of row 0"):
+        from_gguf_q4_1(block, (1, 32))  # m / d = 1 / 3
+
+
+def test_gguf_package_blocks_read_and_write_back_byte_for_byte():
+    quants = pytest.importorskip("gguf.quants")
+    kind = pytest.importorskip("gguf").GGMLQuantizationType.Q4_0
+    w = np.random.default_rng(4).standard_normal((6, 128)).astype(np.float32)
+    blocks = quants.quantize(w, kind)  # gguf-py's own Q4_0 encoder
+    c = from_gguf_q4_0(blocks, w.shape)
+    assert np.array_equal(to_gguf_q4_0(c)["blocks"], blocks)
+    assert np.array_equal(quants.dequantize(blocks, kind).astype(np.float64), weights(c))  # its float32 is exact
+
+
+@given(st.data(), st.sampled_from(sorted(GGUF)))
+def test_gguf_package_dequantizes_our_blocks_to_the_canonical_weights(data, fmt):
+    gguf = pytest.importorskip("gguf")
+    c = data.draw(gguf_canonical_layers(fmt))
+    kind = {"q4_0": gguf.GGMLQuantizationType.Q4_0, "q4_1": gguf.GGMLQuantizationType.Q4_1}[fmt]
+    w = gguf.quants.dequantize(GGUF[fmt][0](c)["blocks"], kind)  # float32 d * q [+ m]: exact for these d, m
+    assert w.shape == weights(c).shape and np.array_equal(w.astype(np.float64), weights(c))
+
+
+# --- HQQ ------------------------------------------------------------------------------------
+
+def hqq_weight(W_q, scale, zero, shape, group_size):  # noqa: N803
+    """W from HQQ's definition, one element at a time: group row r < rows / 2 is the high nibble of W_q[r],
+    row r >= rows / 2 the low nibble of W_q[r - rows / 2]; W.flat[r * g + k] = (q - zero[r]) * scale[r]."""
+    half, g = W_q.shape
+    w = np.empty(2 * half * g)
+    for r in range(2 * half):
+        for k in range(g):
+            byte = int(W_q[r % half, k])
+            q = byte >> 4 if r < half else byte & 0x0F
+            w[r * g + k] = (q - float(zero.flat[r])) * float(scale.flat[r])
+    return w.reshape(shape)
+
+
+@st.composite
+def hqq_tensors(draw):
+    """Raw HQQ 4-bit tensors: out even, group_size None or a divisor of in, fp16 scale and zero."""
+    out_features, in_features = 2 * draw(st.integers(1, 4)), 2 * draw(st.integers(1, 16))
+    divisors = [d for d in range(2, in_features + 1) if in_features % d == 0]
+    group_size = draw(st.one_of(st.none(), st.sampled_from(divisors)))
+    g = group_size or in_features
+    rows = out_features * in_features // g
+    halves = st.floats(-1e3, 1e3, width=16)
+    return dict(W_q=draw(arrays(np.uint8, (rows // 2, g))), scale=draw(arrays(np.float16, (rows, 1), elements=halves)),
+                zero=draw(arrays(np.float16, (rows, 1), elements=halves)), shape=(out_features, in_features),
+                group_size=group_size)
+
+
+@given(hqq_tensors())
+def test_hqq_tensors_to_canonical_to_tensors_are_identical(t):
+    again = to_hqq(from_hqq(**t))
+    assert again["shape"] == t["shape"] and again["group_size"] == t["group_size"]
+    assert again["W_q"].dtype == np.uint8 and np.array_equal(again["W_q"], t["W_q"])
+    assert np.array_equal(again["scale"], t["scale"]) and np.array_equal(again["zero"], t["zero"])
+
+
+@given(hqq_tensors())
+def test_hqq_reader_matches_the_element_by_element_definition(t):
+    assert np.array_equal(weights(from_hqq(**t)), hqq_weight(**t))
+
+
+@given(quantized_layers(in_multiple=2).filter(lambda c: c.packed.shape[0] % 2 == 0))
+def test_canonical_to_hqq_keeps_the_dequantized_weights(c):
+    t = to_hqq(c)
+    assert np.array_equal(hqq_weight(**t), weights(c))
+    assert np.array_equal(weights(from_hqq(**t)), weights(c))
+
+
+def test_hqq_refuses_ragged_groups_and_an_odd_number_of_group_rows():
+    c = Canonical(np.zeros((2, 6), np.uint8), np.ones((2, 3)), None, 5)  # in = 12: groups of 5, 5, 2
+    with pytest.raises(ValueError, match="must divide in_features"):
+        to_hqq(c)
+    with pytest.raises(ValueError, match="must be even"):
+        to_hqq(Canonical(np.zeros((3, 6), np.uint8), np.ones(3), None, None))  # 3 rows of 12
+
+
+def test_hqq_package_quantizer_output_reads_back_and_dequantizes_as_ours():
+    torch = pytest.importorskip("torch")
+    quantize_module = pytest.importorskip("hqq.core.quantize")
+    Quantizer = quantize_module.Quantizer  # noqa: N806
+    w = torch.from_numpy(np.random.default_rng(5).standard_normal((6, 64)).astype(np.float32))
+    for group_size in (16, 64, None):
+        W_q, meta = Quantizer.quantize(w, nbits=4, group_size=group_size, axis=1,  # noqa: N806 (HQQ's name)
+                                       optimize=False, device="cpu")
+        t = dict(W_q=W_q.numpy(), scale=meta["scale"].numpy(), zero=meta["zero"].numpy(), shape=tuple(meta["shape"]),
+                 group_size=group_size)
+        c = from_hqq(**t)
+        again = to_hqq(c)
+        assert np.array_equal(again["W_q"], t["W_q"]) and np.array_equal(again["zero"], t["zero"])
+        theirs = Quantizer.dequantize(W_q, dict(meta, compute_dtype=torch.float64))  # (q - zero) * scale in float64
+        assert np.array_equal(theirs.numpy(), weights(c)), group_size
