@@ -1,2 +1,8 @@
 """The serving layer around the INT4 + LoRA linear (SPEC §7): stacked adapter slots, merged output slices and
-tensor parallelism, as a third contract (`layer`) that verify judges."""
+tensor parallelism, as a third contract (`layer`) that verify judges (docs/serving.md).
+
+Read in this order: cases (LayerCase, the contract's parameters), strategies (what is drawn), tolerance
+(the all-reduce's extra error), ranks (the tp processes and their collectives), properties, verify_layer
+(the entry point of `verify --layer`). The ground truth is int4_lora_harness.reference.layer; a torch
+implementation is int4_lora_harness.kernels.torch_layer (the judge never imports it: it is a TARGET).
+"""
