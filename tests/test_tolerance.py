@@ -85,3 +85,44 @@ def test_the_seeds_arithmetic_in_the_output_dtype_is_rejected():
     got = two_roundings_in_output_dtype(*w.torch_args("cpu"), torch.float16).double().numpy()
     report = dequant_error(got, w.packed, w.scales, w.zero_points, w.group_size, "fp16")
     assert not report.passed and report.ulps.max() > 2
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+def test_weight_flips_finds_every_weight_whose_rounding_the_window_can_flip(dtype):
+    # Weights drawn near midpoints of the dtype's grid (and at powers of two, where the gap below is half),
+    # compared with rounding both ends of the window for every weight.
+    from int4_lora_harness.reference.rounding import FORMATS, round_to
+    from int4_lora_harness.verify.tolerance import weight_flips
+    rng = np.random.default_rng(0)
+    grid = round_to(np.exp2(rng.uniform(-20, 10, size=20000)), dtype).astype(np.float64)
+    gap = spacing(grid, dtype)
+    exact = np.concatenate([grid + gap / 2 * (1 + rng.uniform(-1e-6, 1e-6, grid.size)),  # at a midpoint
+                            np.exp2(rng.integers(-20, 10, 2000).astype(np.float64)) * (1 - rng.uniform(0, 2e-7, 2000)),
+                            grid * (1 + rng.uniform(-0.3, 0.3, grid.size))]) * rng.choice([-1, 1], 42000)
+    window = np.abs(exact) * FORMATS[dtype].unit_roundoff * 2.0 ** -8  # a few u32 for fp16, far less than a gap
+    w_x = round_to(exact, dtype).astype(np.float64)
+    direct = np.abs(round_to(exact + window, dtype).astype(np.float64) - round_to(exact - window, dtype))
+    assert np.array_equal(weight_flips(exact, window, w_x, dtype), direct)
+    assert (direct > 0).any() and (direct == 0).any()
+
+
+def test_sparse_abs_products_equal_the_dense_product():
+    from int4_lora_harness.verify.tolerance import sparse_abs_products
+    rng = np.random.default_rng(1)
+    weights = np.where(rng.random((50, 300)) < 0.01, rng.random((50, 300)), 0.0)
+    x_abs = np.abs(rng.standard_normal((7, 300)))
+    assert np.allclose(sparse_abs_products(x_abs, weights), x_abs @ weights.T, rtol=1e-14, atol=0)
+
+
+def test_the_grouped_dequantization_equals_the_per_element_definition():
+    from int4_lora_harness.reference.dequantize import dequantize_exact
+    from int4_lora_harness.reference.granularity import expand
+    from int4_lora_harness.reference.packing import unpack
+    rng = np.random.default_rng(2)
+    for scale_g, zero_g, group_size, in_features in [("grouped", "per-channel", 24, 100), ("per-tensor", "grouped", 7, 30),
+                                                     ("per-channel", None, None, 64), ("grouped", "grouped", 200, 64)]:
+        w = make_weights(rng, 9, in_features, group_size, scale_g, zero_g, "float", "fp32")
+        v = unpack(w.packed).astype(np.float64)
+        z = 0.0 if w.zero_points is None else expand(w.zero_points, 9, in_features, w.group_size, "z")
+        assert np.array_equal(dequantize_exact(w.packed, w.scales, w.zero_points, w.group_size),
+                              (v - z) * expand(w.scales, 9, in_features, w.group_size, "s"))

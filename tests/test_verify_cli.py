@@ -1,4 +1,9 @@
-"""`python -m int4_lora_harness verify` judged as a user meets it: as a subprocess, by exit status, output and repro."""
+"""`verify` judged as a user meets it: by exit status, output, the verdict file and the repro.
+
+Most runs call the CLI in this process (the candidate still runs in its own child process, as it
+does for users); the few that must see the process boundary itself (the exit status of a verifier
+whose candidate raises SystemExit(0), the console script) run `python -m int4_lora_harness`.
+"""
 import json
 import os
 import subprocess
@@ -7,16 +12,23 @@ from pathlib import Path
 
 import pytest
 
+from int4_lora_harness.__main__ import main
 from planted.bugs import CORRECT_DEQUANTIZERS, CORRECT_LINEARS, DEQUANTIZER_BUGS, LINEAR_BUGS
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}  # the planted candidates are TARGETs planted.*
-FAST = ["--no-large-tier", "--examples", "40", "--timeout", "20"]
+FAST = ["--no-large-tier", "--examples", "40", "--timeout", "20", "--quiet"]
 
 
-def verify(tmp_path, *args):
-    command = [sys.executable, "-m", "int4_lora_harness", "verify", "--report", str(tmp_path), *args]
-    return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+def verify(tmp_path, capsys, *args):
+    """(exit status, stdout, stderr) of `int4-harness verify` run in this process."""
+    code = main(["verify", "--report", str(tmp_path), *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def verdict(tmp_path):
+    return json.loads((tmp_path / "verify.json").read_text())
 
 
 def contract_flag(name):
@@ -24,81 +36,169 @@ def contract_flag(name):
 
 
 @pytest.mark.parametrize("name", sorted(DEQUANTIZER_BUGS) + sorted(LINEAR_BUGS))
-def test_verify_fails_each_planted_bug_and_its_repro_reproduces(tmp_path, name):
-    run = verify(tmp_path, contract_flag(name), f"planted.bugs:{name}", *FAST)
-    assert run.returncode == 1, run.stdout + run.stderr
-    assert "FAIL" in run.stdout and "minimal case:" in run.stdout
-    verdict = json.loads((tmp_path / "verify.json").read_text())["results"][0]
-    assert not verdict["passed"] and verdict["failure"]["case"]
-    repro = subprocess.run([sys.executable, verdict["repro"]], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+def test_verify_fails_each_planted_bug_and_its_repro_reproduces(tmp_path, capsys, name):
+    code, out, err = verify(tmp_path, capsys, contract_flag(name), f"planted.bugs:{name}", *FAST)
+    assert code == 1, out + err
+    assert "FAIL" in out and "minimal case:" in out
+    result = verdict(tmp_path)["results"][0]
+    assert not result["passed"] and result["failure"]["case"] and result["failure"]["kind"] in ("wrong", "raised")
+    from int4_lora_harness.verify.repro import replay
+    assert replay(Path(result["repro"]).with_suffix(".case"), ["--in-process"]) == 1
+    assert "the failure is still there" in capsys.readouterr().out
+
+
+def test_a_repro_script_runs_standalone_and_exits_1(tmp_path, capsys):
+    code, out, err = verify(tmp_path, capsys, "--dequantizer", "planted.bugs:missing_offset", *FAST)
+    assert code == 1
+    repro = subprocess.run([sys.executable, verdict(tmp_path)["results"][0]["repro"]], cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=300)
     assert repro.returncode == 1, repro.stdout + repro.stderr
-    assert "MISMATCH" in repro.stdout or "outside the allowed error" in repro.stdout
+    assert "FAIL  within tolerance" in repro.stdout
 
 
 @pytest.mark.parametrize("name", sorted(CORRECT_DEQUANTIZERS) + sorted(CORRECT_LINEARS))
-def test_verify_passes_each_correct_variant(tmp_path, name):
-    run = verify(tmp_path, contract_flag(name), f"planted.bugs:{name}", *FAST)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.count("PASS") >= 5
-    assert "large tier skipped (--no-large-tier): not a full verdict" in run.stdout
+def test_verify_passes_each_correct_variant(tmp_path, capsys, name):
+    code, out, err = verify(tmp_path, capsys, contract_flag(name), f"planted.bugs:{name}", *FAST)
+    assert code == 0, out + err
+    assert out.count("PASS") >= 6
+    assert "large tier and probes skipped (--no-large-tier): not a full verdict" in out
 
 
 @pytest.mark.parametrize("contract", ["dequantizer", "linear"])
 def test_a_registry_backends_repro_imports_its_real_function(contract):
-    from int4_lora_harness.verify.targets import load_target, repro_target
     from int4_lora_harness.kernels.registry import BACKENDS
+    from int4_lora_harness.verify.cases import CONTRACT_PARAMETERS
+    from int4_lora_harness.verify.targets import load_target, repro_target
     target = repro_target("torch", contract)
-    function = load_target(target, contract)
+    function = load_target(target, CONTRACT_PARAMETERS[contract], contract)
     assert function is getattr(BACKENDS["torch"], "dequantize" if contract == "dequantizer" else "linear")
 
 
 def test_the_large_tier_is_skipped_and_said_so_only_for_interpreted_triton_backends():
     from argparse import Namespace
-    from int4_lora_harness.verify.cli import large_tier_skipped
-    cpu, cuda = Namespace(no_large_tier=False, device="cpu"), Namespace(no_large_tier=False, device="cuda")
-    assert "interpreter" in large_tier_skipped(cpu, "triton")
-    assert large_tier_skipped(cpu, "torch") is None and large_tier_skipped(cuda, "triton") is None
-    assert large_tier_skipped(cpu, "mine.py:linear") is None
+
+    from int4_lora_harness.verify.main import INTERPRETED, candidates
+    args = Namespace(linear=None, dequantizer=None, seeds=None, seed=0, no_large_tier=False, device="cpu")
+    found, skipped = candidates(args, {})
+    assert {c.label for c in found} == {"torch"} and all(c.large_tier_skipped is None for c in found)
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        found, _ = candidates(args, {})
+    finally:
+        del os.environ["TRITON_INTERPRET"]
+    triton = [c for c in found if c.label == "triton"]
+    assert triton and all(c.large_tier_skipped == INTERPRETED for c in triton)
+    mine = candidates(Namespace(**{**vars(args), "linear": "mine.py:linear"}), {})[0]
+    assert mine[0].large_tier_skipped is None
 
 
 @pytest.mark.parametrize("target, message", [
     ("tests/missing_file.py:f", "TARGET file tests/missing_file.py does not exist"),
     ("planted.hostile:missing", "has no function 'missing'"),
-    ("planted.hostile:takes_two_arguments", "does not take the dequantizer contract's arguments"),
+    ("planted.hostile:takes_two_arguments", "cannot be called as the dequantizer contract calls it, by keyword"),
+    ("planted.hostile:renamed_arguments", "cannot be called as the dequantizer contract calls it, by keyword"),
     ("no_such_package.module:f", "cannot import no_such_package.module"),
     ("just_a_name", "TARGET must be"),
 ])
-def test_usage_errors_exit_2_with_one_line_and_no_traceback(tmp_path, target, message):
-    run = verify(tmp_path, "--dequantizer", target)
-    assert run.returncode == 2
-    assert message in run.stderr and "Traceback" not in run.stderr + run.stdout
-    assert len(run.stderr.strip().splitlines()) == 1
+def test_usage_errors_exit_2_with_one_line_and_no_traceback(tmp_path, capsys, target, message):
+    code, out, err = verify(tmp_path, capsys, "--dequantizer", target, "--quiet")
+    assert code == 2
+    assert message in err and "Traceback" not in err + out
+    assert len(err.strip().splitlines()) == 1
+    assert verdict(tmp_path)["status"] == "usage error"  # no stale verdict: this run says it could not judge
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--examples", "-3"], "--examples: must be a positive integer"),
+    (["--examples", "0"], "--examples: must be a positive integer"),
+    (["--timeout", "0"], "--timeout: must be a finite number of seconds > 0"),
+    (["--timeout", "-1"], "--timeout: must be a finite number of seconds > 0"),
+    (["--timeout", "nan"], "--timeout: must be a finite number of seconds > 0"),
+    (["--seed", "x"], "--seed: must be an integer"),
+    (["--dtypes", "fp8"], "--dtypes: takes a comma-separated subset"),
+    (["--designs", "fused"], "--designs: takes all, single-rounding, unfused"),
+    (["--in-multiple-of", "3"], "in_multiple_of must be even"),
+    (["--tp", "2"], "--tp N needs --layer TARGET"),
+])
+def test_every_bad_flag_is_a_one_line_usage_error(tmp_path, flags, message):
+    run = subprocess.run([sys.executable, "-m", "int4_lora_harness", "verify", "--report", str(tmp_path),
+                          "--dequantizer", "planted.bugs:missing_offset", *flags], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_a_report_path_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    code, out, err = verify(tmp_path / "a_file", capsys, "--dequantizer", "planted.bugs:missing_offset")
+    assert code == 2 and "is a file; it must name a folder" in err
 
 
 @pytest.mark.parametrize("name, extra, expected", [
     ("returns_list", [], "returned list, expected a torch.Tensor"),
     ("wrong_shape", [], "shape"),
     ("raises", [], "the candidate raised: RuntimeError: kernel launch failed"),
-    ("sleeps_forever", ["--timeout", "2"], "the candidate hung: TimeoutError"),
-    ("segfaults", ["--isolate"], "the candidate crashed: CandidateCrashed: the candidate's process killed by SIGSEGV"),
+    ("sleeps_forever", ["--timeout", "2"], "the candidate hung: no answer within 2 s"),
+    ("swallows_the_timeout", ["--timeout", "2"], "the candidate hung: no answer within 2 s"),
+    ("segfaults", [], "the candidate crashed: the candidate's process killed by SIGSEGV"),
+    ("exits_hard", [], "the candidate crashed: the candidate's process exited with status 3"),
+    ("exits_zero", [], "the candidate raised: SystemExit: 0"),
+    ("interrupts", [], "the candidate raised: KeyboardInterrupt"),
+    ("raises_base_exception", [], "the candidate raised: Ended: custom BaseException"),
+    ("leaves_a_thread", ["--examples", "2"], "the candidate hung: the candidate's process did not exit"),
+    ("caches_by_scales_id", [], "tracks input updates"),
+    ("returns_one_buffer", [], "earlier results intact"),
+    ("subclass_shows_other_data", [], "within tolerance"),
+    ("nondeterministic", [], "deterministic"),
 ])
-def test_misbehaving_candidates_get_a_verdict_not_a_dead_verifier(tmp_path, name, extra, expected):
-    run = verify(tmp_path, "--dequantizer", f"planted.hostile:{name}", "--no-large-tier", *extra)
+def test_misbehaving_candidates_get_a_verdict_not_a_dead_verifier(tmp_path, capsys, name, extra, expected):
+    code, out, err = verify(tmp_path, capsys, "--dequantizer", f"planted.hostile:{name}", "--no-large-tier",
+                            "--quiet", *extra)
+    assert code == 1, out + err
+    assert expected in out, out
+    result = verdict(tmp_path)
+    assert result["status"] == "complete" and not result["results"][0]["passed"]
+
+
+@pytest.mark.parametrize("module", ["exits_at_import", "dies_at_import"])
+def test_a_target_that_ends_its_process_while_imported_gets_a_verdict(tmp_path, capsys, module):
+    code, out, err = verify(tmp_path, capsys, "--dequantizer", f"planted.{module}:dequantize", "--quiet")
+    assert code == 1, out + err
+    failure = verdict(tmp_path)["results"][0]["failure"]
+    assert failure["kind"] in ("raised", "crashed") and "import" in failure["message"]
+
+
+def test_systemexit_0_on_large_layers_still_exits_1_and_replaces_the_old_verdict(tmp_path):
+    (tmp_path / "verify.json").write_text(json.dumps(dict(results=[dict(candidate="old", passed=True)])))
+    run = subprocess.run([sys.executable, "-m", "int4_lora_harness", "verify", "--report", str(tmp_path), "--quiet",
+                          "--dequantizer", "planted.hostile:exits_zero_on_large_layers", "--examples", "5"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert run.returncode == 1, run.stdout + run.stderr
-    assert expected in run.stdout
-    assert "minimal case:" in run.stdout
+    result = verdict(tmp_path)
+    assert result["status"] == "complete" and result["results"][0]["candidate"] != "old"
+    assert result["results"][0]["failure"]["kind"] == "raised" and "SystemExit" in result["results"][0]["failure"]["message"]
 
 
-def test_same_seed_gives_the_same_verdict(tmp_path):
-    runs = [verify(tmp_path / str(i), "--dequantizer", "planted.bugs:group_size_inferred", "--seed", "7",
-                   "--no-large-tier") for i in range(2)]
-    cases = [json.loads((tmp_path / str(i) / "verify.json").read_text())["results"][0]["failure"] for i in range(2)]
-    assert runs[0].returncode == runs[1].returncode == 1
+def test_same_seed_gives_the_same_verdict(tmp_path, capsys):
+    for i in range(2):
+        verify(tmp_path / str(i), capsys, "--dequantizer", "planted.bugs:group_size_inferred", "--seed", "7",
+               "--no-large-tier", "--quiet")
+    cases = [verdict(tmp_path / str(i))["results"][0]["failure"]["case"] for i in range(2)]
     assert cases[0] == cases[1]
 
 
-def test_a_narrowed_domain_is_stated_in_the_verdict(tmp_path):
-    run = verify(tmp_path, "--linear", "planted.bugs:correct_linear_gathered", "--dtypes", "fp16",
-                 "--group-sizes", "32,64", "--no-bias", "--examples", "10", "--no-large-tier")
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "dtypes=('fp16',)" in run.stdout and "group_sizes=(32, 64)" in run.stdout and "bias=False" in run.stdout
+def test_a_narrowed_domain_is_stated_in_the_verdict(tmp_path, capsys):
+    code, out, err = verify(tmp_path, capsys, "--linear", "planted.bugs:correct_linear_gathered", "--dtypes", "fp16",
+                            "--group-sizes", "32,64", "--no-bias", "--examples", "10", "--no-large-tier", "--quiet")
+    assert code == 0, out + err
+    assert "dtypes=('fp16',)" in out and "group_sizes=(32, 64)" in out and "bias=False" in out
+
+
+def test_the_console_script_and_help_name_both_signatures():
+    run = subprocess.run([sys.executable, "-m", "int4_lora_harness", "verify", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0
+    assert "dequantizer(packed_weights, scales, zero_points, group_size, output_dtype)" in run.stdout
+    assert "linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias)" \
+        in run.stdout
+    assert "docs/contract.md" in run.stdout

@@ -16,7 +16,7 @@ from int4_lora_harness.verify.domain import POPULARITIES
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "uint8": torch.uint8,
                 "int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
 DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
-# The contracts' parameters (SPEC §3 and §4), in order: the dequantizer is called by keyword, the linear positionally.
+# The contracts' parameters (SPEC §3 and §4), in order. Every candidate is called by keyword (docs/contract.md).
 CONTRACT_PARAMETERS = {
     "dequantizer": ("packed_weights", "scales", "zero_points", "group_size", "output_dtype"),
     "linear": ("x", "packed_weights", "scales", "zero_points", "group_size", "lora_a", "lora_b", "lora_indices",
@@ -86,12 +86,14 @@ class LinearCase:
     scaling: float
     bias: np.ndarray | None  # [out], values of x_dtype
     notes: dict = field(default_factory=dict)  # how the case was drawn, for humans
+    expect: str = "tolerance"  # "tolerance" (harness.verify.tolerance), or a probe's: "exact", "columns"
 
     def describe(self):
         """The case in words: shapes, dtypes, granularities, group size, M, rank, indices."""
         lora = None if self.lora_a is None else dict(num_loras=self.lora_a.shape[0], rank=self.lora_a.shape[1])
-        return dict(self.weights.describe(), x_dtype=self.x_dtype, M=self.x.shape[0], lora=lora,
-                    scaling=self.scaling, lora_indices=self.lora_indices.tolist()[:64], bias=self.bias is not None)
+        words = dict(self.weights.describe(), x_dtype=self.x_dtype, M=self.x.shape[0], lora=lora,
+                     scaling=self.scaling, lora_indices=self.lora_indices.tolist()[:64], bias=self.bias is not None)
+        return words if self.expect == "tolerance" else dict(words, probe=self.notes.get("probe", self.expect))
 
     def __repr__(self):  # what Hypothesis prints for a falsifying example: the case in words, not its data
         return f"LinearCase({self.describe()})"
@@ -116,7 +118,7 @@ class LinearCase:
         return dict(zip(CONTRACT_PARAMETERS["linear"], self.torch_args(device)))
 
     def call(self, linear, device):
-        return linear(*self.torch_args(device))
+        return linear(**self.torch_kwargs(device))
 
 
 def tensor(values, dtype, device):

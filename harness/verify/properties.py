@@ -1,124 +1,210 @@
 """What "correct" means for an implementation of each contract (SPEC §3 and §4), in one place.
 
-The tests and `verify` both call `dequantizer_properties` / `linear_properties`: each runs the
-candidate on one case and returns one Outcome per property, with the numbers behind
-it (worst element, error over the allowed bound). Nothing here returns a bare bool.
+`run_properties` runs the candidate (through an executor: harness.verify.executor) on one case and
+returns one Outcome per property, with the numbers behind it. Nothing here returns a bare bool.
 
 Properties:
   shape, dtype and device  the result is a tensor [out, in] / [M, out] of the promised dtype, on the input's device
-  within tolerance         every element within int4_lora_harness.verify.tolerance's bound (worst element reported)
+  within tolerance         every element within harness.verify.tolerance's bound for some accepted design (or,
+                           for a probe, bit for bit / to the dequantizer's standard: harness.verify.probes)
   inputs unchanged         every input tensor is bitwise the same after the call
   deterministic            a second call gives a bitwise identical result
-  tracks input updates     after the packed weights are changed in place (same tensor object, new values)
-                           the result equals that of fresh tensors holding the new values (no stale cache)
+  earlier results intact   a later call does not change a result returned earlier (no shared output buffer)
+  tracks input updates     after an input is changed in place (same tensor object, new values), the result
+                           equals that of fresh tensors holding the new values (no cache keyed by identity);
+                           every input in turn on fuzzed cases, the packed weights and then all the others
+                           at once on the large tier
+A result is judged on the data of its torch.Tensor base (the executor copies it out), never on what a
+subclass's methods show.
 """
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from int4_lora_harness.verify.cases import TORCH_DTYPES
-from int4_lora_harness.verify.tolerance import dequant_error, linear_error
+from int4_lora_harness.verify.cases import TORCH_DTYPES, DequantCase
+from int4_lora_harness.verify.designs import DESIGNS
+from int4_lora_harness.verify.probes import probe_judgement
+from int4_lora_harness.verify.tolerance import dequant_judgement, linear_judgement
 
 PROPERTIES = ("shape, dtype and device", "within tolerance", "inputs unchanged", "deterministic",
-              "tracks input updates")
+              "earlier results intact", "tracks input updates")
+EACH, QUICK = "each input in turn", "packed weights, then the rest at once"
 
 
 @dataclass
 class Outcome:
     name: str  # one of PROPERTIES
-    passed: bool
+    passed: bool | None  # None: not judged (the message says why)
     message: str  # one line a human reads
-    worst: dict | None = None  # within tolerance: index, expected, got, ulps, allowed, ratio, design
-    max_ratio: float | None = None  # within tolerance: largest error / allowed
+    judgement: object = None  # within tolerance: harness.verify.tolerance.Judgement
+
+    @property
+    def max_ratio(self):
+        return None if self.judgement is None else self.judgement.max_ratio
+
+    @property
+    def worst(self):
+        return None if self.judgement is None else self.judgement.worst
 
 
-def _bits(t):
-    """A tensor's bit pattern, so that NaN == NaN and -0 != +0 in comparisons."""
-    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
-    return t.contiguous().view(ints)
+@dataclass
+class CaseRun:
+    """The outcomes on one case and where its time went."""
+    outcomes: list
+    candidate_s: float = 0.0  # inside the candidate's calls
+    judge_s: float = 0.0  # the rest: building inputs, judging, comparing
 
 
 def same_bits(a, b):
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(_bits(a).cpu(), _bits(b).cpu())
+    """Bitwise equal tensors (NaN == NaN, -0 != +0)."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return torch.equal(a.contiguous().view(ints).cpu(), b.contiguous().view(ints).cpu())
 
 
-def _tensors(args):
-    return [a for a in args if isinstance(a, torch.Tensor)]
+def case_inputs(case, layout="canonical"):
+    """The candidate's keyword arguments for `case` in `layout` (harness.verify.layouts), as CPU tensors."""
+    if layout == "canonical":
+        return case.torch_kwargs("cpu")
+    from int4_lora_harness.verify import layouts
+    make = layouts.dequantizer_kwargs if isinstance(case, DequantCase) else layouts.linear_kwargs
+    return make(layouts.LAYOUTS[layout], case, "cpu")
 
 
-def _shape_outcome(out, shape, dtype, device):
-    name = PROPERTIES[0]
-    if not isinstance(out, torch.Tensor):
-        return Outcome(name, False, f"returned {type(out).__name__}, expected a torch.Tensor")
-    problems = []
-    if tuple(out.shape) != tuple(shape):
-        problems.append(f"shape {list(out.shape)} != {list(shape)}")
-    if out.dtype != dtype:
-        problems.append(f"dtype {out.dtype} != {dtype}")
-    if out.device.type != torch.device(device).type:
-        problems.append(f"device {out.device} != {device}")
-    return Outcome(name, not problems, "; ".join(problems) or f"{list(shape)} {dtype} on {device}")
-
-
-def _tolerance_outcome(report):
-    worst = report.worst()
-    if worst is None:
-        return Outcome(PROPERTIES[1], True, "empty result", None, 0.0)
-    where = (f"worst element {worst['index']}: expected {worst['expected']!r}, got {worst['got']!r}, "
-             f"{worst['ulps']:g} ulp, error/allowed {worst['ratio']:.3g} (allowed {worst['allowed']:.3g}, "
-             f"design: {worst['design']})")
-    return Outcome(PROPERTIES[1], report.passed, where, worst, report.max_ratio)
-
-
-def _check(call, args, fresh_args, expected_shape, dtype, device, error_of):
-    """Run the properties for one call; `fresh_args()` builds new tensors of the same case."""
-    copies = [t.clone() for t in _tensors(args)]
-    out = call(*args)
-    shape = _shape_outcome(out, expected_shape, dtype, device)
-    if not shape.passed:
-        return [shape]
-    changed = [i for i, (t, c) in enumerate(zip(_tensors(args), copies)) if not same_bits(t, c)]
-    unchanged = Outcome(PROPERTIES[2], not changed,
-                        f"input tensors {changed} (in argument order) were modified" if changed else "all inputs intact")
-    report = error_of(out.detach().to(torch.float32).cpu().numpy().astype(np.float64))
-    again = call(*args)
-    same = isinstance(again, torch.Tensor) and same_bits(out, again)
-    deterministic = Outcome(PROPERTIES[3], same, "two calls bitwise equal" if same else "two calls differ")
-    packed = next(t for t in _tensors(args) if t.dtype == torch.uint8)
-    packed.bitwise_not_()  # v -> -v - 1 for every weight, in place
-    updated, fresh = call(*args), call(*fresh_args())
-    tracks = isinstance(updated, torch.Tensor) and same_bits(updated, fresh)
-    tracking = Outcome(PROPERTIES[4], tracks, "follows in-place weight updates" if tracks else
-                       "after an in-place update of packed_weights the result differs from fresh tensors (stale cache?)")
-    return [shape, _tolerance_outcome(report), unchanged, deterministic, tracking]
-
-
-def _flipped(weights):
-    return replace(weights, packed=~weights.packed)
-
-
-def dequantizer_properties(dequantizer, case, device="cpu"):
-    """Outcomes of `dequantizer(**kwargs)` on a int4_lora_harness.verify.cases.DequantCase."""
+def updated_case(case):
+    """The same case with every input changed, staying valid: nibbles v -> -v - 1, scales negated, integer
+    zero points z -> -z - 1 and fractional ones negated, x, adapters and bias negated, indices rolled."""
     w = case.weights
-    kwargs = case.torch_kwargs(device)
-    names = list(kwargs)
-    call = lambda *a: dequantizer(**dict(zip(names, a)))  # noqa: E731
-    fresh = lambda: tuple(replace(case, weights=_flipped(w)).torch_kwargs(device).values())  # noqa: E731
-    error_of = lambda got: dequant_error(got, w.packed, w.scales, w.zero_points, w.group_size, case.output_dtype)  # noqa: E731
-    return _check(call, tuple(kwargs.values()), fresh, w.shape, TORCH_DTYPES[case.output_dtype], device, error_of)
+    z = w.zero_points
+    if z is not None:
+        z = -z - 1 if w.zero_points_dtype.startswith("int") else -z
+    weights = replace(w, packed=~w.packed, scales=-w.scales, zero_points=z)
+    if isinstance(case, DequantCase):
+        return replace(case, weights=weights)
+    neg = lambda a: None if a is None else -a  # noqa: E731
+    return replace(case, weights=weights, x=-case.x, lora_a=neg(case.lora_a), lora_b=neg(case.lora_b),
+                   bias=neg(case.bias), lora_indices=np.roll(case.lora_indices, 1))
 
 
-def linear_properties(linear, case, device="cpu"):
-    """Outcomes of `linear(*args)` (SPEC §4, positional) on a int4_lora_harness.verify.cases.LinearCase."""
-    args = case.torch_args(device)
-    fresh = lambda: replace(case, weights=_flipped(case.weights)).torch_args(device)  # noqa: E731
-    shape = (case.x.shape[0], case.weights.shape[0])
-    return _check(linear, args, fresh, shape, TORCH_DTYPES[case.x_dtype], device, lambda got: linear_error(got, case))
+def _shape_outcome(reply, shape, dtype):
+    name = PROPERTIES[0]
+    if reply.get("out") is None:
+        return Outcome(name, False, f"returned {reply['type']}, expected a torch.Tensor")
+    problems = []
+    if tuple(reply["shape"]) != tuple(shape):
+        problems.append(f"shape {reply['shape']} != {list(shape)}")
+    if reply["dtype"] != str(dtype):
+        problems.append(f"dtype {reply['dtype']} != {dtype}")
+    if not reply["device_ok"]:
+        problems.append(f"device {reply['device']} is not the inputs' device")
+    note = f" (a {reply['subclass']}: judged on its torch.Tensor data)" if reply.get("subclass") else ""
+    return Outcome(name, not problems, "; ".join(problems) or f"{list(shape)} {dtype}{note}")
+
+
+def judge(case, got, designs=tuple(DESIGNS)):
+    """harness.verify.tolerance.Judgement of `got` (float64 array of the output) on `case`."""
+    if isinstance(case, DequantCase):
+        return dequant_judgement(got, case.weights, case.output_dtype)
+    if case.expect != "tolerance":
+        return probe_judgement(got, case)
+    return linear_judgement(got, case, designs)
+
+
+def tolerance_outcome(judgement):
+    name = PROPERTIES[1]
+    worst = judgement.worst
+    if worst is None:
+        return Outcome(name, True, "empty result", judgement)
+    message = (f"worst element {tuple(worst['index'])}: expected {worst['expected']!r}, got {worst['got']!r}, "
+               f"{worst['ulps']:g} ulp, error/allowed {worst['ratio']:.3g} (allowed {worst['allowed']:.3g}, "
+               f"design: {worst['design']})")
+    if judgement.hint:
+        message += f"; {judgement.hint}"
+    return Outcome(name, judgement.passed, message, judgement)
+
+
+def _update_steps(inputs, new, plan):
+    """[(names, ...)] to update in turn: tensors whose values the update changes."""
+    names = [k for k, v in inputs.items() if isinstance(v, torch.Tensor) and not same_bits(v, new[k])]
+    if plan == EACH or len(names) <= 1:
+        return [[n] for n in names]
+    packed = next((n for n in names if not inputs[n].is_floating_point()), names[0])
+    return [[packed], [n for n in names if n != packed]]
+
+
+def run_properties(executor, case, designs=tuple(DESIGNS), layout="canonical", updates=EACH):
+    """CaseRun of every property on `case`; CandidateFailure (raised, hung, crashed) propagates."""
+    start, transfer = time.perf_counter(), getattr(executor, "transfer_s", 0.0)
+    candidate = 0.0
+    inputs = case_inputs(case, layout)
+    dequant = isinstance(case, DequantCase)
+    shape = case.weights.shape if dequant else (case.x.shape[0], case.weights.shape[0])
+    dtype = TORCH_DTYPES[case.output_dtype if dequant else case.x_dtype]
+    executor.start_case(inputs)
+    first = executor.call()
+    candidate += first["seconds"]
+    outcome = _shape_outcome(first, shape, dtype)
+    if not outcome.passed:
+        return _case_run([outcome], executor, start, transfer, candidate)
+    outcomes = [outcome]
+    got = first["out"].to(torch.float64).numpy()
+    outcomes.append(tolerance_outcome(judge(case, got, designs)))
+    modified = first["modified"]
+    outcomes.append(Outcome(PROPERTIES[2], not modified, f"the call modified {', '.join(modified)}" if modified
+                            else "all inputs intact"))
+    if dequant or case.expect == "tolerance":  # probes judge values only
+        second = executor.call()
+        candidate += second["seconds"]
+        same = same_bits(first["out"], second.get("out"))
+        outcomes.append(Outcome(PROPERTIES[3], same, "two calls bitwise equal" if same else
+                                "two calls on the same inputs differ bitwise (nondeterministic)"))
+        candidate += _tracking(executor, case, inputs, layout, updates, same, outcomes)
+        changed = executor.results_changed()
+        outcomes.insert(4, Outcome(PROPERTIES[4], not changed, "earlier results intact" if not changed else
+                                   f"results of calls {changed} were changed by later calls (a shared output buffer?)"))
+    return _case_run(outcomes, executor, start, transfer, candidate)
+
+
+def _case_run(outcomes, executor, start, transfer, candidate):
+    """CaseRun with the judge's seconds: the elapsed time less the candidate's and the executor's transfers."""
+    moved = getattr(executor, "transfer_s", 0.0) - transfer
+    return CaseRun(outcomes, candidate, max(0.0, time.perf_counter() - start - candidate - moved))
+
+
+def _tracking(executor, case, inputs, layout, plan, deterministic, outcomes):
+    """Append the 'tracks input updates' outcome; return the candidate seconds it took."""
+    new = case_inputs(updated_case(case), layout)
+    current, seconds, stale = dict(inputs), 0.0, []
+    for names in _update_steps(inputs, new, plan):
+        for name in names:
+            executor.update(name, new[name])
+            current[name] = new[name]
+        updated, fresh = executor.call(), executor.call_fresh(current)
+        seconds += updated["seconds"] + fresh["seconds"]
+        if not same_bits(updated.get("out"), fresh.get("out")):
+            again = executor.call_fresh(current)  # noise or a stale cache? two fresh calls tell
+            seconds += again["seconds"]
+            deterministic = deterministic and same_bits(fresh.get("out"), again.get("out"))
+            stale.append(" + ".join(names))
+    if stale and not deterministic:
+        if outcomes[3].passed:
+            outcomes[3] = Outcome(PROPERTIES[3], False, "two calls on fresh tensors holding the same values differ "
+                                                        "bitwise (nondeterministic)")
+        outcomes.append(Outcome(PROPERTIES[5], None, "not judged: the candidate is nondeterministic, so a result after "
+                                                     "an in-place update cannot be told from noise"))
+    elif stale:
+        outcomes.append(Outcome(PROPERTIES[5], False, f"after in-place updates of {', then '.join(stale)}, the result "
+                                                      "differs from fresh tensors holding the same values (stale cache)"))
+    else:
+        outcomes.append(Outcome(PROPERTIES[5], True, f"follows in-place updates ({plan})"))
+    return seconds
 
 
 def failures(outcomes):
-    return [o for o in outcomes if not o.passed]
+    return [o for o in outcomes if o.passed is False]
 
 
 def assert_holds(outcomes):
@@ -126,3 +212,19 @@ def assert_holds(outcomes):
     failed = failures(outcomes)
     if failed:
         raise AssertionError("; ".join(f"{o.name}: {o.message}" for o in failed))
+
+
+def properties_in_process(candidate, case, device="cpu", designs=tuple(DESIGNS), layout="canonical", updates=EACH):
+    """Outcomes of `candidate` (a callable) on `case`, run in this process: for tests and a user's own @given."""
+    from int4_lora_harness.verify.executor import InProcessExecutor
+    return run_properties(InProcessExecutor(candidate, device, timeout=600.0), case, designs, layout, updates).outcomes
+
+
+def dequantizer_properties(dequantizer, case, device="cpu"):
+    """Outcomes of `dequantizer(**kwargs)` on a harness.verify.cases.DequantCase, in this process."""
+    return properties_in_process(dequantizer, case, device)
+
+
+def linear_properties(linear, case, device="cpu", designs=tuple(DESIGNS)):
+    """Outcomes of `linear(**kwargs)` (SPEC §4) on a harness.verify.cases.LinearCase, in this process."""
+    return properties_in_process(linear, case, device, designs)

@@ -1,0 +1,69 @@
+"""The pytest plugin (entry point `pytest11`): verify a TARGET inside a user's own test run.
+
+    pytest --int4-dequantizer mypkg/ops.py:dequantize --int4-linear mypkg.ops:linear [--int4-profile thorough]
+
+adds one test per contract, `int4-verify[linear mypkg.ops:linear]`, that runs the same verification as
+`int4-verify` (the candidate in a child process; fuzzed cases, the coverage floor, the large tier and the
+probes) and fails with the verdict's lines. The verdict file goes to --int4-report (default
+reports/). For a user's own @given tests, see int4_lora_harness.testing; the `int4_settings` fixture is
+the harness's Hypothesis settings for --int4-profile (nothing is registered on import).
+"""
+import pytest
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("int4", "int4-lora-harness: verify an INT4 + LoRA kernel")
+    group.addoption("--int4-dequantizer", metavar="TARGET", help="verify this dequantizer (pkg.mod:fn or file.py:fn)")
+    group.addoption("--int4-linear", metavar="TARGET", help="verify this linear (pkg.mod:fn or file.py:fn)")
+    group.addoption("--int4-layout", default="canonical", help="the TARGETs' weight layout (docs/layouts/)")
+    group.addoption("--int4-profile", default="ci", choices=["ci", "thorough"], help="40 or 600 fuzzed cases")
+    group.addoption("--int4-device", default="cpu", choices=["cpu", "cuda"], help="where the inputs are created")
+    group.addoption("--int4-no-large-tier", action="store_true", help="skip the real layer shapes and probes")
+    group.addoption("--int4-report", default="reports", help="folder for the verdict file and repro scripts")
+
+
+class VerifyItem(pytest.Item):
+    """One contract's verification of one TARGET, as a test item."""
+
+    def __init__(self, *, contract, target, **kwargs):
+        super().__init__(**kwargs)
+        self.contract, self.target = contract, target
+
+    def runtest(self):
+        from int4_lora_harness.__main__ import main
+        option = self.config.getoption
+        argv = ["verify", f"--{self.contract}", self.target, "--layout", option("int4_layout"), "--profile",
+                option("int4_profile"), "--device", option("int4_device"), "--report", option("int4_report"), "--quiet"]
+        if option("int4_no_large_tier"):
+            argv.append("--no-large-tier")
+        status = main(argv)
+        if status != 0:
+            raise VerifyFailed(f"int4-verify exited with status {status}: see the verdict above and "
+                               f"{option('int4_report')}/verify.json")
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, VerifyFailed):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.target, None, f"int4-verify {self.contract} {self.target}"
+
+
+class VerifyFailed(Exception):
+    """A verification that did not pass (its lines are in the captured output)."""
+
+
+def pytest_collection_modifyitems(session, config, items):
+    for contract in ("dequantizer", "linear"):
+        target = config.getoption(f"int4_{contract}")
+        if target:
+            items.append(VerifyItem.from_parent(session, name=f"int4-verify[{contract} {target}]", contract=contract,
+                                                target=target))
+
+
+@pytest.fixture
+def int4_settings(pytestconfig):
+    """hypothesis.settings of the harness for --int4-profile, to decorate a test with or pass to settings(parent=)."""
+    from int4_lora_harness.verify.strategies import harness_settings
+    return harness_settings(pytestconfig.getoption("int4_profile"))

@@ -1,0 +1,127 @@
+"""`verify` from parsed flags to an exit status: options, candidates, the verdict file, harness.verify.run."""
+from pathlib import Path
+
+from int4_lora_harness.progress import say
+from int4_lora_harness.verify import record
+from int4_lora_harness.verify.cli import PROFILES, parse_domain
+from int4_lora_harness.verify.executor import TargetRefused
+from int4_lora_harness.verify.run import Candidate, run, run_layer, usage_error_verdict
+from int4_lora_harness.verify.targets import UsageError, split_target
+
+INTERPRETED = "Triton's CPU interpreter would take hours on layer shapes; verify on CUDA for them"
+
+
+def options_from(args):
+    """The run's options (a plain dict, picklable for --jobs); UsageError naming the flag for what is wrong."""
+    import torch
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available on this machine")
+    if bool(args.checkpoint) != bool(args.checkpoint_layer):
+        raise UsageError("--checkpoint FILE.safetensors and --checkpoint-layer PREFIX go together")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise UsageError(f"--checkpoint {args.checkpoint} does not exist")
+    if args.tp > 1 and not args.layer:
+        raise UsageError("--tp N needs --layer TARGET: tensor parallelism is part of the layer contract")
+    if args.layout != "canonical" and not (args.linear or args.dequantizer):
+        raise UsageError(f"--layout {args.layout} needs a TARGET (--linear or --dequantizer): the project's own "
+                         "backends take the canonical layout")
+    try:
+        folder = record.prepare_folder(args.report)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    domain = parse_domain(args)
+    if args.layout != "canonical":
+        domain = layout_domain(args.layout, domain)
+    return dict(run_id=record.new_run_id(), report=str(folder), device=args.device, profile=args.profile,
+                examples=args.examples or PROFILES[args.profile], seed=args.seed, domain=domain,
+                designs=args.designs, layout=args.layout, timeout=args.timeout, in_process=args.in_process,
+                jobs=args.jobs, progress=not args.quiet, checkpoint={},
+                gpus=list(range(torch.cuda.device_count())) if args.device == "cuda" else [])
+
+
+def layout_domain(layout, domain):
+    """The domain narrowed by a native layout's own limits (harness.verify.layouts), said on stdout."""
+    from int4_lora_harness.verify import layouts
+    chosen = layouts.LAYOUTS[layout]
+    try:
+        narrowed = domain.narrow(**chosen.limits)
+    except ValueError as error:
+        raise UsageError(f"--layout {layout}: {error}") from None
+    say(f"layout {layout}: {chosen.describe_limits()}")
+    return narrowed
+
+
+def candidates(args, options):
+    """([Candidate], [(name, reason)] skipped): the TARGET, or every backend of kernels.registry available here."""
+    seeds = args.seeds or (args.seed,)
+    if args.linear or args.dequantizer:
+        target = args.linear or args.dequantizer
+        split_target(target)
+        contract = "linear" if args.linear else "dequantizer"
+        skip = "--no-large-tier" if args.no_large_tier else None
+        return [Candidate(target, target, contract, "third-party", skip, s) for s in seeds], []
+    from int4_lora_harness.kernels.registry import BACKENDS
+    found, skipped = [], []
+    for name, backend in BACKENDS.items():
+        reason = backend.unavailable_reason(args.device)
+        if reason:
+            say(f"{name:>10} on {args.device}: SKIPPED ({reason})")
+            skipped.append((name, reason))
+            continue
+        skip = "--no-large-tier" if args.no_large_tier else \
+            INTERPRETED if args.device == "cpu" and backend.cpu_needs_interpreter else None
+        for contract, function in (("dequantizer", "dequantize"), ("linear", "linear")):
+            found += [Candidate(name, f"{backend.module}:{function}", contract, "backend", skip, s) for s in seeds]
+    return found, skipped
+
+
+def checkpoint_examples(args, domain, seed):
+    """--checkpoint's layer, loaded once, as {contract: [(group, name, case)]}; UsageError for what it refuses."""
+    if not args.checkpoint:
+        return {}
+    from int4_lora_harness.checkpoints.safetensors_layer import load_layer  # safetensors is only needed for this
+    from int4_lora_harness.verify.plan import checkpoint_cases
+    try:
+        layer = load_layer(args.checkpoint, args.checkpoint_layer, args.format, args.checkpoint_group_size)
+        return checkpoint_cases(layer, args.checkpoint_layer, domain, seed)
+    except ValueError as error:  # a prefix, format, tensor or domain conflict: the caller's to fix
+        raise UsageError(f"--checkpoint {args.checkpoint} --checkpoint-layer {args.checkpoint_layer}: {error}") \
+            from None
+
+
+def layer_results(args, options):
+    """--layer: one result per sharding style from harness.serving (its ranks load the TARGET themselves)."""
+    from int4_lora_harness.reference.layer import STYLES
+    from int4_lora_harness.serving.verify_layer import verify_layer
+    split_target(args.layer)
+    for result in verify_layer(args.layer, args.tp, args.styles or STYLES, options["device"], options["examples"],
+                               options["seed"], options["timeout"]):
+        yield dict(result, kind="third-party", layout="canonical", domain=["full"], explicit=[])
+
+
+def main(args, argv):
+    """Exit status: 0 all passed, 1 a failure, 2 usage error (raised as UsageError; a verdict says so)."""
+    options = options_from(args)
+    if args.layer:
+        try:
+            return run_layer(layer_results(args, options), options, argv)
+        except (UsageError, ValueError) as error:
+            usage_error_verdict(options, argv, str(error))
+            raise UsageError(str(error)) from None
+    try:
+        options["checkpoint"] = checkpoint_examples(args, options["domain"], args.seed)
+        found, skipped = candidates(args, options)
+        return run(found, skipped, options, argv)
+    except (UsageError, TargetRefused) as error:
+        usage_error_verdict(options, argv, str(error))
+        raise UsageError(str(error)) from None
+
+
+def run(args, argv=()):
+    """Exit status of one `verify` run: 0 pass, 1 fail, 2 usage error (one line on stderr)."""
+    import sys
+    try:
+        return main(args, list(argv))
+    except UsageError as error:
+        print(f"usage error: {error}", file=sys.stderr)
+        return 2

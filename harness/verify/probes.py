@@ -1,0 +1,200 @@
+"""Probes: inputs built so that a defect only large shapes reach shows as an exact mismatch (SPEC §5).
+
+A bound on random data at K = 14336 is about one product term, so fp16 split-K partial sums, a
+double-rounded weight inside a fused linear or a narrower LoRA intermediate pass it. Three probes
+make every correct design give one known answer, whatever its accumulation order or tiling:
+
+exact    small-integer activations (7..15) and weights with power-of-two scales: every product is
+         an integer (|.| <= 210) and every partial sum of any subset of products is an integer below
+         2**24, so any fp32 accumulation, in any order or split, is exact and every correct design
+         returns RN_x(y). The weights' sign alternates every 128 columns, so each 64- or 128-column
+         partial sum is a same-sign run of a few thousand (odd integers above 2048 are not fp16
+         numbers; bf16 keeps 8 bits) while y, a sum of alternating runs, stays within a few
+         thousand, where x's dtype still resolves the error a half-precision partial sum, a
+         skipped tile or a wrong tile offset leaves: judged bit for bit.
+columns  one-hot activation rows at tile and group boundaries (first and last column, multiples
+         of 16/32/64/128/256 and their neighbours, the ragged last group), so y[m] = W[:, c_m]
+         and the weight inside the linear is held to the dequantizer's standard: <= 1 ulp from
+         RN_x(W), equal where W is representable (widened only where computing W in fp32 as
+         v*s - z*s may cross a tie: term 3's window).
+lora     a zero base, one-hot activations and one-hot ranks in B: y[m, o] = scaling * A[i_m][o %
+         rank, c_m], with A's values exact in x's dtype but not in a narrower one (fp16: 11-bit
+         significands bf16 cannot hold; bf16: magnitudes fp16 cannot hold; fp32: 24 bits);
+         tokens alternate adapters across the 16-row tile boundary. Judged bit for bit.
+"""
+import numpy as np
+
+from int4_lora_harness.reference.granularity import expand
+from int4_lora_harness.reference.packing import pack
+from int4_lora_harness.reference.rounding import round_to
+from int4_lora_harness.verify.cases import LinearCase, Weights
+from int4_lora_harness.verify.designs import PROBE_DESIGN
+from int4_lora_harness.verify.judgement import Tally, row_blocks, weight_rows
+from int4_lora_harness.verify.tolerance import ratio_of, ulp_distance, weight_window
+
+PROBES = ("exact", "columns", "lora")
+RUN = 128  # columns of same-sign products: any 64- or 128-column partial sum is coherent (> 2048)
+EXACT_M = 20  # tokens: more than one 16-row tile
+TILES = (16, 32, 64, 128, 256)
+
+
+def _zero_points(rng, kind, shape, fractional):
+    """Integer zero points in [-3, 3], or half-integers k + 0.5 in [-3.5, 3.5], of `shape` [rows, groups]."""
+    return rng.integers(-4, 4, size=shape) + 0.5 if fractional else rng.integers(-3, 4, size=shape).astype(np.float64)
+
+
+def _granular(t, granularity, out_features, groups):
+    """A [out, groups] array reduced to the granularity's shape (per-tensor: [1]; per-channel: [out])."""
+    if granularity == "per-tensor":
+        return t[:1, :1].reshape(1)
+    if granularity == "per-channel":
+        return t[:, 0].copy()
+    return t
+
+
+def exact_weights(rng, out_features, in_features, group_size, scale_granularity, zero_granularity, zero_kind,
+                  scales_dtype):
+    """Weights W = u * s, the sign of u alternating every RUN columns: |u| in {2, 3, 4} and s in {1, 2}, or with
+    half-integer zero points |u| in {1.5, 2.5, 3.5} and s in {2, 4} (W an integer either way, odd or even)."""
+    groups = -(-in_features // group_size) if "grouped" in (scale_granularity, zero_granularity) else 1
+    fractional = zero_granularity is not None and zero_kind in ("float", "fp32")
+    half = 0.5 if fractional else 0.0  # z = k + 0.5 needs half-integer u for integer nibbles v = u + z
+    sign = np.where((np.arange(in_features) // RUN) % 2 == 0, 1.0, -1.0)  # [in]: runs of same-sign products
+    u = sign * (rng.integers(2 - int(half > 0), 5 - int(half > 0), size=(out_features, in_features)) + half)
+    exponents = rng.integers(0, 2, size=(out_features, groups)) + (1 if half else 0)
+    scales = _granular(np.exp2(exponents.astype(np.float64)), scale_granularity, out_features, groups)
+    zeros, zero_dtype, v = None, None, u
+    if zero_granularity is not None:
+        zeros = _granular(_zero_points(rng, zero_kind, (out_features, groups), fractional), zero_granularity,
+                          out_features, groups)
+        zero_dtype = (scales_dtype if zero_kind == "float" else zero_kind) if fractional else zero_kind
+        zeros = zeros.astype(zero_dtype) if zero_dtype.startswith("int") else zeros
+        v = u + expand(zeros, out_features, in_features, group_size, "zero_points")
+    assert np.array_equal(np.clip(v, -8, 7), v) and np.array_equal(np.rint(v), v), "probe nibbles must be exact"
+    uses_groups = "grouped" in (scale_granularity, zero_granularity)
+    return Weights(pack(v.astype(np.int8)), scales, scales_dtype, zeros, zero_dtype, group_size if uses_groups else None)
+
+
+def exact_probe(seed, out_features, in_features, x_dtype, group_size=128, scale_granularity="grouped",
+                zero_granularity=None, zero_kind="int8", scales_dtype=None):
+    """A LinearCase every correct design computes bit-exactly (module docstring); no adapters, no bias."""
+    rng = np.random.default_rng(seed)
+    weights = exact_weights(rng, out_features, in_features, group_size, scale_granularity, zero_granularity,
+                            zero_kind, scales_dtype or x_dtype)
+    x = rng.integers(7, 16, size=(EXACT_M, in_features)).astype(np.float64)  # positive: runs stay coherent
+    notes = dict(probe="exact", seed=seed)
+    return LinearCase(weights, x, x_dtype, None, None, np.full(EXACT_M, -1, np.int32), 1.0, None, notes, "exact")
+
+
+def probe_columns(in_features, group_size):
+    """Columns at tile and group boundaries, sorted: first, last, T - 1, T, T + 1 for the tile sizes, the last
+    group's first column, and the middle; at most 64."""
+    cols = {0, 1, in_features - 2, in_features - 1, in_features // 2}
+    for t in TILES:
+        cols |= {t - 1, t, t + 1, in_features - t}
+    if group_size:
+        cols |= {(in_features - 1) // group_size * group_size, group_size - 1, group_size}
+    return sorted(c for c in cols if 0 <= c < in_features)[:64]
+
+
+def columns_probe(weights, x_dtype, seed=0):
+    """A LinearCase of one-hot rows at probe_columns over `weights` (random, inexact scales and zero points)."""
+    out_features, in_features = weights.shape
+    cols = probe_columns(in_features, weights.group_size)
+    x = np.zeros((len(cols), in_features))
+    x[np.arange(len(cols)), cols] = 1.0
+    notes = dict(probe="columns", columns=cols, seed=seed)
+    return LinearCase(weights, x, x_dtype, None, None, np.full(len(cols), -1, np.int32), 1.0, None, notes, "columns")
+
+
+def lora_values(rng, shape, x_dtype):
+    """Adapter values exact in x_dtype and not in a narrower format (see the module docstring)."""
+    if x_dtype == "fp16":
+        odd = 2 * rng.integers(0, 512, size=shape) + 1  # 1 + odd * 2**-10: 11 significant bits
+        return (1.0 + odd * 2.0 ** -10) * rng.choice([-1.0, 1.0], size=shape) * 2.0 ** rng.integers(-4, 2, size=shape)
+    if x_dtype == "bf16":
+        return (1.0 + rng.integers(0, 128, size=shape) * 2.0 ** -7) * rng.choice([-1.0, 1.0], size=shape) * 2.0 ** 17
+    return (1.0 + (2 * rng.integers(0, 2 ** 22, size=shape) + 1) * 2.0 ** -23) * rng.choice([-1.0, 1.0], size=shape)
+
+
+def lora_probe(seed, out_features, in_features, x_dtype, num_loras=4, rank=16, m=33, scaling=0.5):
+    """A LinearCase with a zero base whose output is the shrink intermediate itself (module docstring)."""
+    rng = np.random.default_rng(seed)
+    weights = Weights(np.full((out_features, in_features // 2), 0x88, np.uint8), np.ones(1), "fp16", None, None, None)
+    cols = rng.choice(in_features, size=m, replace=in_features < m)
+    x = np.zeros((m, in_features))
+    x[np.arange(m), cols] = 1.0
+    lora_a = np.zeros((num_loras, rank, in_features))
+    lora_a[:, :, cols] = lora_values(rng, (num_loras, rank, m), x_dtype)
+    lora_b = np.zeros((num_loras, out_features, rank))
+    lora_b[:, np.arange(out_features), np.arange(out_features) % rank] = 1.0
+    indices = np.arange(m) % (num_loras + 1) - 1  # -1, 0, 1, ...: neighbours differ, across row 16 too
+    notes = dict(probe="lora", seed=seed)
+    return LinearCase(weights, x, x_dtype, lora_a, lora_b, indices.astype(np.int32), float(scaling), None, notes,
+                      "exact")
+
+
+# --- judging probes -------------------------------------------------------------------------------
+
+def exact_expected(case):
+    """float64 [M, out]: RN_x of the exact result (exact in float64: integer partial sums / one-hot), by row blocks."""
+    from int4_lora_harness.reference.dequantize import dequantize_exact
+    from int4_lora_harness.reference.linear import base_exact, lora_exact
+    w = case.weights
+    x = case.x.astype(np.float64)
+    y = np.empty((x.shape[0], w.shape[0]))
+    for rows in row_blocks(*w.shape):
+        packed, scales, zeros = weight_rows(w, rows)
+        bias = None if case.bias is None else case.bias[rows]
+        y[:, rows] = base_exact(x, dequantize_exact(packed, scales, zeros, w.group_size), bias)
+    if case.lora_a is not None:
+        y += lora_exact(x, case.lora_a, case.lora_b, case.lora_indices, case.scaling)
+    return round_to(y, case.x_dtype).astype(np.float64)
+
+
+def exact_judgement(got, case):
+    """Bit for bit against RN_x(exact): ratio 0 where equal, inf elsewhere (ulps say how far)."""
+    expected = exact_expected(case)
+    got = np.asarray(got, np.float64)
+    ulps = ulp_distance(got, expected, case.x_dtype)
+    ratio = np.where(ulps == 0, 0.0, np.inf)
+    tally = Tally(PROBE_DESIGN, got.size)
+    tally.add(ratio, ulps, lambda i, j: dict(index=(int(i), int(j)), expected=float(expected[i, j]),
+                                             got=float(got[i, j]), ulps=float(ulps[i, j]), allowed=0.0,
+                                             ratio=float(ratio[i, j]), inputs=dict(probe=case.notes.get("probe"),
+                                             lora_index=int(case.lora_indices[i]))))
+    return tally.judgement()
+
+
+def columns_judgement(got, case):
+    """Each y[m, o] = W[o, c_m] held to the dequantizer's standard (module docstring), block by block."""
+    from int4_lora_harness.reference.dequantize import dequantize_exact
+    cols = case.notes["columns"]
+    got = np.asarray(got, np.float64)
+    w = case.weights
+    tally = Tally(PROBE_DESIGN, got.size)
+    for rows in row_blocks(*w.shape):
+        packed, scales, zeros = weight_rows(w, rows)
+        exact = dequantize_exact(packed, scales, zeros, w.group_size)[:, cols].T  # [M, rows]
+        window = weight_window(packed, scales, zeros, w.group_size)[:, cols].T
+        with np.errstate(over="ignore", invalid="ignore"):
+            expected = round_to(exact, case.x_dtype).astype(np.float64)
+            low, high = (round_to(exact + sign * window, case.x_dtype).astype(np.float64) for sign in (-1, 1))
+        g = got[:, rows]
+        ulps = ulp_distance(g, expected, case.x_dtype)
+        spread = np.maximum(ulp_distance(low, expected, case.x_dtype), ulp_distance(high, expected, case.x_dtype))
+        allowed = np.maximum(np.where(expected == exact, 0.0, 1.0), spread)
+        ratio = ratio_of(ulps, allowed)
+        tally.add(ratio, ulps, lambda i, j, rows=rows, expected=expected, g=g, ulps=ulps, allowed=allowed,
+                  ratio=ratio, exact=exact: dict(index=(int(i), rows.start + int(j)), expected=float(expected[i, j]),
+                                                 got=float(g[i, j]), ulps=float(ulps[i, j]),
+                                                 allowed=float(allowed[i, j]), ratio=float(ratio[i, j]),
+                                                 inputs=dict(probe="columns", column=int(cols[i]),
+                                                             exact_weight=float(exact[i, j]))))
+    return tally.judgement()
+
+
+def probe_judgement(got, case):
+    """The judgement of a probe case (case.expect 'exact' or 'columns')."""
+    return columns_judgement(got, case) if case.expect == "columns" else exact_judgement(got, case)
+

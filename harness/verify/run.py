@@ -1,0 +1,166 @@
+"""One verify run: each candidate and contract judged (in parallel with --jobs), the verdict written throughout.
+
+A candidate runs in a spawned child process (harness.verify.executor) unless --in-process; the
+TARGET is imported only there. Whatever the candidate does (raise anything, exit, die, hang, leave
+a thread running), the run ends with a verdict file and exit status 1, never with the candidate's.
+"""
+import concurrent.futures
+import multiprocessing
+import os
+from dataclasses import dataclass
+
+from int4_lora_harness.progress import bar, say
+from int4_lora_harness.verify import plan, record
+from int4_lora_harness.verify.executor import CandidateFailure, ChildExecutor, InProcessExecutor, TargetRefused
+from int4_lora_harness.verify.printing import print_summary, print_verdict
+from int4_lora_harness.verify.targets import parameters, repro_target
+
+
+@dataclass(frozen=True)
+class Candidate:
+    label: str  # what the verdict calls it: a backend name or the TARGET
+    target: str  # 'pkg.module:function' or 'file.py:function'
+    contract: str  # 'dequantizer' | 'linear'
+    kind: str  # 'backend' (kernels.registry) | 'third-party'
+    large_tier_skipped: str | None = None  # why the large tier and probes are not run, if they are not
+    seed: int = 0
+
+
+def open_executor(candidate, options):
+    """The executor for `candidate`; TargetRefused for a usage error, CandidateFailure if importing ends it."""
+    names = parameters(candidate.contract, options["layout"])
+    if options["in_process"]:
+        from int4_lora_harness.verify.targets import load_target, source_of
+        function = load_target(candidate.target, names, candidate.contract)
+        return InProcessExecutor(function, options["device"], options["timeout"], source_of(function))
+    return ChildExecutor(candidate.target, names, candidate.contract, options["device"], options["timeout"])
+
+
+def explicit_cases(candidate, options):
+    """The explicit examples of harness.verify.plan for this candidate (large tier and probes unless skipped)."""
+    domain, seed, contract = options["domain"], candidate.seed, candidate.contract
+    cases = plan.coverage_cases(contract, domain, seed)
+    if candidate.large_tier_skipped is None:
+        cases += plan.large_tier_cases(contract, domain, seed)
+        cases += plan.probe_cases(domain, seed) if contract == "linear" else []
+    return cases + options["checkpoint"].get(contract, [])
+
+
+def verify_one(candidate, options, progress_enabled=True):
+    """The result dict for one candidate and contract (harness.verify.record documents it)."""
+    from int4_lora_harness.verify.engine import batch_invariance, verify_candidate
+    base = dict(candidate=candidate.label, target=candidate.target, kind=candidate.kind, contract=candidate.contract,
+                device=options["device"], layout=options["layout"], seed=candidate.seed,
+                domain=options["domain"].describe() or ["full"], accepted_designs=list(options["designs"]),
+                large_tier_skipped=candidate.large_tier_skipped)
+    try:
+        executor = open_executor(candidate, options)
+    except CandidateFailure as failure:  # it ended the process while being imported
+        return dict(base, **ended_at_import(failure))
+    explicit = explicit_cases(candidate, options)
+    progress = bar(options["examples"] + len(explicit), f"{candidate.label} [{candidate.contract}]",
+                   progress_enabled and options["progress"])
+    run_options = dict(seed=candidate.seed, examples=options["examples"], domain=options["domain"],
+                       designs=options["designs"], layout=options["layout"])
+    result, failure = verify_candidate(candidate.contract, executor, explicit, run_options, progress)
+    progress.close()
+    result = dict(base, source=executor.source, **result)
+    if result["passed"] and candidate.contract == "linear" and options["layout"] == "canonical":
+        try:
+            result["batch_invariance"] = batch_invariance(executor, options["domain"], candidate.seed)
+        except CandidateFailure as error:  # informational only: reported, never failed on
+            result["batch_invariance"] = dict(invariant=None, error=f"the candidate {error.kind}: {error.message}")
+    try:
+        executor.close()
+    except CandidateFailure as lingering:
+        if result["passed"]:
+            result.update(passed=False, failure=dict(kind=lingering.kind, message=lingering.message, case=None,
+                                                     values=None, failed=["exits cleanly"], worst=None))
+    if failure is not None and failure.get("case") is not None:
+        result["repro"] = write_repro(candidate, failure, options)
+    return result
+
+
+def ended_at_import(failure):
+    return dict(passed=False, fuzzed_cases=0, properties=[], explicit=[], designs={}, samples=[], seconds=0.0,
+                failure=dict(kind=failure.kind, message=failure.message, exception=failure.exception, case=None,
+                             values=None, failed=["imports"], worst=None))
+
+
+def write_repro(candidate, failure, options):
+    from int4_lora_harness.verify.repro import write_repro as write
+    try:
+        return str(write(options["report"], repro_target(candidate.label, candidate.contract), candidate.contract,
+                         failure["case"], options))
+    except OSError as error:  # the verdict stands without it; say why there is none
+        return f"not written: {error}"
+
+
+def _job(candidate, options):
+    """One job of a --jobs run, in a worker process: its own GPU where several are present."""
+    gpus = options.get("gpus") or []
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus[os.getpid() % len(gpus)])
+    return verify_one(candidate, options, progress_enabled=False)
+
+
+def judge_all(candidates, options):
+    """Results in the candidates' order, run `options['jobs']` at a time (concurrent.futures, spawn)."""
+    if options["jobs"] <= 1 or len(candidates) <= 1:
+        results = []
+        for candidate in candidates:
+            results.append(verify_one(candidate, options))
+            print_verdict(results[-1])
+            yield results[-1]
+        return
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(options["jobs"], mp_context=context) as pool:
+        futures = [pool.submit(_job, c, options) for c in candidates]
+        for future in futures:
+            result = future.result()
+            print_verdict(result)
+            yield result
+
+
+def run(candidates, skipped, options, argv):
+    """Judge every candidate, writing the verdict before, during and after; the exit status (0 or 1)."""
+    verdict = record.header(options["run_id"], argv, device=options["device"], profile=options["profile"],
+                            examples=options["examples"], seed=options["seed"], designs=list(options["designs"]),
+                            layout=options["layout"], domain=options["domain"].describe() or ["full"],
+                            skipped=[dict(candidate=n, reason=r) for n, r in skipped])
+    path = record.write(options["report"], verdict)
+    try:
+        for result in judge_all(candidates, options):
+            verdict["results"].append(result)
+            record.write(options["report"], verdict)
+    except KeyboardInterrupt:
+        record.write(options["report"], record.finish(verdict, "interrupted", 1))
+        say(f"interrupted: the verdict so far is in {path}")
+        return 1
+    status = 0 if verdict["results"] and all(r["passed"] for r in verdict["results"]) else 1
+    record.write(options["report"], record.finish(verdict, "complete", status))
+    print_summary(verdict["results"], skipped, path)
+    return status
+
+
+def run_layer(results, options, argv):
+    """Like `run`, for the --layer results (one per style), which harness.serving computes itself."""
+    verdict = record.header(options["run_id"], argv, device=options["device"], profile=options["profile"],
+                            examples=options["examples"], seed=options["seed"], designs=list(options["designs"]),
+                            layout="canonical", domain=["full"], skipped=[])
+    path = record.write(options["report"], verdict)
+    for result in results:
+        verdict["results"].append(result)
+        record.write(options["report"], verdict)
+        print_verdict(result)
+    status = 0 if verdict["results"] and all(r["passed"] for r in verdict["results"]) else 1
+    record.write(options["report"], record.finish(verdict, "complete", status))
+    print_summary(verdict["results"], [], path)
+    return status
+
+
+def usage_error_verdict(options, argv, message):
+    """Write a verdict that says the run could not judge (the report folder is known to be writable)."""
+    verdict = record.header(options["run_id"], argv, device=options.get("device"), error=message)
+    record.write(options["report"], record.finish(verdict, "usage error", 2))
+
