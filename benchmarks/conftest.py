@@ -4,15 +4,12 @@ One run id per pytest session (UTC start time + 6 random hex digits); every time
 appends one row to `<bench-dir>/<run-id>.parquet` (int4_lora_harness.bench.store), rewritten
 atomically after each row.
 """
-import datetime
 import os
-import secrets
 
 import pytest
 import torch
 
-from int4_lora_harness.bench import grids
-from int4_lora_harness.bench import devices
+from int4_lora_harness.bench import grids, runner
 from int4_lora_harness.bench import store as perf_store
 
 SESSION = pytest.StashKey[dict]()
@@ -29,8 +26,8 @@ def pytest_addoption(parser):
 
 def new_run_id(now=None):
     """'20250101T120000Z-a1b2c3': the session's start in UTC, then 6 random hex digits."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    from int4_lora_harness.verify.record import new_run_id as make
+    return make(now)
 
 
 def pytest_configure(config):
@@ -61,17 +58,15 @@ def bench_session(pytestconfig):
 @pytest.fixture(scope="session")
 def run_fields(pytestconfig, bench_session):
     """The columns every row of this run shares: run id, commit, host, device, versions and peaks."""
-    commit, dirty = devices.git_state(pytestconfig.rootpath)
-    return dict(run_id=bench_session["run_id"], git_commit=commit, git_dirty=dirty, grid=bench_session["grid_name"],
-                **devices.describe(bench_session["device"]))
+    return runner.run_fields(bench_session["run_id"], bench_session["grid_name"], bench_session["device"],
+                             pytestconfig.rootpath)
 
 
 @pytest.fixture
 def bench_record(request, bench_session, run_fields):
-    """record(fields): one timed case -> one row appended to the run's parquet file."""
+    """record(fields): one timed case (harness.bench.runner.measure) -> one row appended to the run's parquet file."""
     def record(fields):
-        row = dict(run_fields, timestamp=datetime.datetime.now(datetime.timezone.utc), test_id=request.node.nodeid,
-                   **fields)
+        row = dict(run_fields, test_id=request.node.nodeid, **fields)
         perf_store.append_row(bench_session["rows"], perf_store.with_rates(row), bench_session["path"])
     return record
 

@@ -4,8 +4,8 @@ For each Llama-3-8B layer and M this prints one markdown row: our kernel without
 adapters; (a) a dense fp16 matmul on weights dequantized ahead of time, plus the LoRA in plain
 torch; (b) dequantizing on every call (our Triton dequantize kernel, the fastest way to
 materialize W) and then (a)'s matmul; (c) the HBM roofline, the fewest bytes the base GEMM must
-move over the peak bandwidth. Timings are triton.testing.do_bench medians with the L2 cache
-flushed before every call (do_bench's default), so decode figures stream weights from HBM.
+move over the peak bandwidth. Timings are medians of harness.bench.timing (CUDA events, the L2 cache
+flushed before every call), so decode figures stream weights from HBM.
 Our kernel is timed through launch_linear: linear() adds a host sync (kernels.checks reads the
 index range back) that a serving loop would not repeat per layer.
 
@@ -15,17 +15,17 @@ index range back) that a serving loop would not repeat per layer.
 """
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from int4_lora_harness.verify.cases import CONTRACT_PARAMETERS  # noqa: E402
-from int4_lora_harness.bench.devices import gpu_peaks  # noqa: E402
-from int4_lora_harness.shapes import GPU_TABLE, LAYER_SHAPES  # noqa: E402
-from int4_lora_harness.kernels import triton_int4  # noqa: E402
-from int4_lora_harness.kernels.checks import validate_linear  # noqa: E402
+from int4_lora_harness.verify.cases import CONTRACT_PARAMETERS
+from int4_lora_harness.bench.baselines import dense_forward
+from int4_lora_harness.bench.devices import gpu_peaks
+from int4_lora_harness.bench.timing import one_call_seconds, rounds_for, time_calls
+from int4_lora_harness.bench.work import work
+from int4_lora_harness.shapes import GPU_TABLE, LAYER_SHAPES
+from int4_lora_harness.kernels import triton_int4
+from int4_lora_harness.kernels.checks import validate_linear
 
 
 DECODE_CONFIGS = [dict(BLOCK_M=16, BLOCK_N=n, BLOCK_K=128, num_warps=w, num_stages=s)
@@ -38,7 +38,7 @@ PREFILL_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=w, num_sta
 
 
 def make_problem(n, k, m, group_size, rank, num_loras, zero_points, seed=0):
-    """Random fp16 problem on the GPU: dict of the SPEC §4 arguments (no bias), plus the stacked LoRA views."""
+    """Random fp16 problem on the GPU: dict of the SPEC §4 arguments (no bias)."""
     gen = torch.Generator(device="cuda").manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, generator=gen, device="cuda")  # noqa: E731
     groups = -(-k // group_size)
@@ -50,17 +50,12 @@ def make_problem(n, k, m, group_size, rank, num_loras, zero_points, seed=0):
     if zero_points != "none":
         zeros = torch.randint(0, 16, (n, groups), generator=gen, device="cuda")
         p["zero_points"] = zeros.to(getattr(torch, zero_points))
-    p["a_stacked"] = p["lora_a"].reshape(num_loras * rank, k)  # [L * rank, K]
-    p["b_stacked"] = p["lora_b"].permute(1, 0, 2).reshape(n, num_loras * rank).contiguous()  # [N, L * rank]
     return p
 
 
-def torch_lora(p):
-    """scaling * (x @ A[i]^T) @ B[i]^T per token in plain torch, sync-free: all adapters' shrink, masked, one expand."""
-    num_loras, rank = p["lora_a"].shape[:2]
-    t = p["x"] @ p["a_stacked"].T  # [M, L * rank]
-    mine = (p["lora_indices"][:, None] == torch.arange(num_loras, device="cuda")).repeat_interleave(rank, dim=1)
-    return (t * mine * p["scaling"]) @ p["b_stacked"].T  # [M, N]
+def dense(p, w):
+    """(a): x @ W^T on weights dequantized ahead of time, plus the LoRA in plain torch (harness.bench.baselines)."""
+    return dense_forward(p["x"], w, p["lora_a"], p["lora_b"], p["lora_indices"], p["scaling"], None)
 
 
 def spec_args(p, lora):
@@ -83,14 +78,15 @@ def triton_fn(p, lora, config=None, ptx_unpack=False):
 
 
 def base_bytes(n, k, m, p):
-    """Fewest bytes the base GEMM moves: packed weights, scales, zero points, x and y, each once."""
+    """Fewest bytes the base GEMM moves (harness.bench.work): packed weights, scales, zero points, x and y, each once."""
     extra = sum(t.numel() * t.element_size() for t in (p["scales"], p["zero_points"]) if t is not None)
-    return n * k // 2 + extra + 2 * m * k + 2 * m * n
+    return work("packed", "gemm", n, k, m, 2, n * k // 2 + extra)[0]
 
 
 def bench(fn, args):
-    from triton.testing import do_bench
-    return 1e3 * do_bench(fn, warmup=args.warmup_ms, rep=args.rep_ms, return_mode="median")  # us
+    """Median microseconds of `fn` by harness.bench.timing (CUDA events, the L2 flushed before every call)."""
+    rounds = rounds_for(one_call_seconds(fn, "cuda"), args.rep_ms / 1e3, 10, 1000)
+    return 1e6 * time_calls(fn, "cuda", rounds, cache_mode="cold").median_s
 
 
 def copy_bandwidth(args):
@@ -141,13 +137,13 @@ def table(args):
         for m in args.m:
             p = make_problem(n, k, m, args.group_size, args.rank, args.num_loras, args.zero_points)
             w16 = triton_int4.dequantize(p["packed_weights"], p["scales"], p["zero_points"], args.group_size)
-            dense = lambda: p["x"] @ w16.T + torch_lora(p)  # noqa: E731
-            materialize = lambda: p["x"] @ triton_int4.dequantize(  # noqa: E731
-                p["packed_weights"], p["scales"], p["zero_points"], args.group_size).T + torch_lora(p)
+            baseline = lambda: dense(p, w16)  # noqa: E731
+            materialize = lambda: dense(p, triton_int4.dequantize(  # noqa: E731
+                p["packed_weights"], p["scales"], p["zero_points"], args.group_size))
             base, with_lora = triton_fn(p, False, ptx_unpack=args.ptx), triton_fn(p, True, ptx_unpack=args.ptx)
-            expected = (p["x"].float() @ w16.float().T + torch_lora(p).float())
+            expected = baseline().float()
             err = ((with_lora().float() - expected).abs().max() / expected.abs().max()).item()
-            t_base, t_lora, t_a, t_b = (bench(f, args) for f in (base, with_lora, dense, materialize))
+            t_base, t_lora, t_a, t_b = (bench(f, args) for f in (base, with_lora, baseline, materialize))
             roofline = base_bytes(n, k, m, p) / (args.peak_tbps * 1e6)
             print(f"| {layer} ({n}x{k}) | {m} | {t_base:.1f} | {t_lora:.1f} | {t_a:.1f} | {t_b:.1f} | {roofline:.1f} "
                   f"| {t_a / t_lora:.2f}x | {100 * roofline / t_base:.0f}% | {100 * (t_lora / t_base - 1):.0f}% "
@@ -167,8 +163,7 @@ def main(argv=None):
                         help="none: symmetric weights; else grouped integer zero points of that dtype")
     parser.add_argument("--peak-tbps", type=float, default=None,
                         help="HBM peak for the roofline (default: the device's datasheet figure in int4_lora_harness.bench.devices)")
-    parser.add_argument("--warmup-ms", type=int, default=25, help="do_bench warm-up time per measurement")
-    parser.add_argument("--rep-ms", type=int, default=100, help="do_bench measuring time per measurement")
+    parser.add_argument("--rep-ms", type=int, default=100, help="measuring time per measurement (milliseconds)")
     parser.add_argument("--ptx", action="store_true", help="time the inline-PTX unpack (kernels/triton_ptx.py)")
     parser.add_argument("--sweep", action="store_true", help="time candidate launch configs instead of the table")
     args = parser.parse_args(argv)

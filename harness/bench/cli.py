@@ -1,0 +1,76 @@
+"""`bench`: time your kernel beside the baselines and the project's backends, on the same cases.
+
+    int4-harness bench --linear mine.py:linear --grid smoke          # one case per operation
+    int4-harness bench --dequantizer mypkg.ops:dequantize --grid cpu --bench-dir reports/bench
+
+Each benchmark first checks the candidate on its case (harness.verify.properties, in this process)
+and refuses to time it if it fails; then it is timed (harness.bench.timing) beside `dense`,
+`materialize` and the project's backends that run here, and one row per case is appended to
+<bench-dir>/<run-id>.parquet with backend = the TARGET. `int4-harness report` shows the run.
+Exit status: 0 every benchmark timed, 1 the candidate was refused on some case, 2 usage error.
+"""
+import sys
+
+from int4_lora_harness.progress import bar, say
+
+OPERATIONS = {"dequantizer": ("dequantize",), "linear": ("gemm", "gemm_lora")}
+
+
+def add_arguments(b):
+    """The `bench` subcommand's flags."""
+    target = b.add_mutually_exclusive_group(required=True)
+    target.add_argument("--linear", metavar="TARGET", help="a linear (docs/contract.md): pkg.module:function or file.py:function")
+    target.add_argument("--dequantizer", metavar="TARGET", help="a dequantizer: pkg.module:function or file.py:function")
+    b.add_argument("--grid", default="smoke", help="a grid of harness.bench.grids: smoke, cpu or gpu")
+    b.add_argument("--bench-dir", default="reports/bench", help="folder for <run-id>.parquet")
+    b.add_argument("--no-project-backends", action="store_true", help="time only the TARGET and the baselines")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    return b
+
+
+def benchmarks(grid, label, contract, project):
+    """(backend, operation, point) to run: the TARGET's cases, each also for the baselines and project backends."""
+    from int4_lora_harness.bench import grids
+    others = [b for b in grid["backends"] if b in ("dense", "materialize") or (project and b not in ("reference",))]
+    known = grids.benchmarks(dict(grid, backends=tuple(others) or ("dense",)))
+    points = {(op, tuple(p.items())): p for _, op, p in known if op in OPERATIONS[contract]}
+    mine = [(label, op, p) for (op, _), p in points.items()]
+    return mine + [(b, op, p) for b, op, p in known if op in OPERATIONS[contract] and b in others]
+
+
+def run(args):
+    from int4_lora_harness.bench import grids, runner
+    from int4_lora_harness.bench import store
+    from int4_lora_harness.verify.cases import CONTRACT_PARAMETERS
+    from int4_lora_harness.verify.record import new_run_id
+    from int4_lora_harness.verify.targets import UsageError, load_target
+    import torch
+    contract = "linear" if args.linear else "dequantizer"
+    label = args.linear or args.dequantizer
+    try:
+        grid = grids.select(args.grid)
+        device = grids.device_for(grid, args.grid, torch.cuda.is_available())
+        function = load_target(label, CONTRACT_PARAMETERS[contract], contract)
+    except (ValueError, UsageError) as error:
+        print(f"usage error: {error}", file=sys.stderr)
+        return 2
+    run_id = new_run_id()
+    fields = runner.run_fields(run_id, args.grid, device)
+    path, rows, verdicts, refused = f"{args.bench_dir}/{run_id}.parquet", [], {}, []
+    todo = benchmarks(grid, label, contract, not args.no_project_backends)
+    progress = bar(len(todo), f"bench {label}", not args.quiet)
+    for backend, operation, point in todo:
+        try:
+            row = runner.measure(backend, operation, point, device, grid, verdicts, targets={label: function})
+            store.append_row(rows, store.with_rates(dict(fields, test_id=f"bench {grids.case_id(backend, operation, point)}",
+                                                         **row)), path)
+            say(f"  {grids.case_id(backend, operation, point)}: {row['median_s'] * 1e3:.3f} ms (IQR {row['iqr_s'] * 1e3:.3f})")
+        except runner.Skipped as reason:
+            say(f"  skipped {grids.case_id(backend, operation, point)}: {reason}")
+        except runner.Refused as reason:
+            refused.append(str(reason))
+            say(f"  REFUSED {grids.case_id(backend, operation, point)}: {reason}")
+        progress.update(1)
+    progress.close()
+    say(f"{len(rows)} rows -> {path}" + (f"; {len(refused)} benchmark(s) refused" if refused else ""))
+    return 1 if any(label in r for r in refused) else 0

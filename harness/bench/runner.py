@@ -1,0 +1,169 @@
+"""One benchmark: check a backend once against the reference, time it on a grid point, make its parquet row.
+
+Used by the pytest-benchmark sweeps (benchmarks/test_bench_kernels.py) and by `int4-harness bench` alike.
+Backends: the NumPy `reference` (small layers), the registry's fast paths (`torch`, `triton`, ...), the
+baselines `dense` and `materialize` (harness.bench.baselines), and a user's TARGET (any other name, with
+its functions given in `targets`). What is timed: `dense` without checks (its weight dequantized
+beforehand), a backend module's `prepare_linear` where it has one (Triton: checks once, then launches),
+else the contract call by keyword (argument checks included).
+"""
+import datetime
+import importlib
+import math
+from functools import partial
+
+import torch
+
+from int4_lora_harness import reference
+from int4_lora_harness.bench import devices
+from int4_lora_harness.bench.baselines import BASELINES, dense_forward
+from int4_lora_harness.bench.timing import one_call_seconds, plain_driver, rounds_for, time_calls
+from int4_lora_harness.bench.work import case_work, weight_bytes
+from int4_lora_harness.kernels.registry import BACKENDS
+from int4_lora_harness.kernels.torch_path import dequantize as torch_dequantize
+from int4_lora_harness.shapes import LAYER_SHAPES
+from int4_lora_harness.verify.cases import DequantCase, make_linear_case
+from int4_lora_harness.verify.properties import dequantizer_properties, failures, linear_properties
+
+SEED = 0
+VERIFY_M_MAX = 64  # a case is checked at its own M up to this; larger M reuse the check at this M
+
+
+class Skipped(Exception):
+    """This benchmark cannot run here (the reason is the message)."""
+
+
+class Refused(Exception):
+    """The backend failed its check on this case: it is not timed (the outcomes are the message)."""
+
+
+def unavailable_reason(backend, device):
+    """None if `backend` can be timed on `device` here, else why not."""
+    if backend == "reference":
+        return None if device == "cpu" else "the NumPy reference runs on the CPU only"
+    if backend in BACKENDS:
+        return BACKENDS[backend].unavailable_reason(device)
+    return None
+
+
+def contract_fn(backend, operation, targets=None):
+    """The contract function (SPEC §3 dequantizer or §4 linear) `backend` runs for `operation`."""
+    if targets and backend in targets:
+        return targets[backend]
+    if backend in BASELINES:
+        return BASELINES[backend][operation]
+    return BACKENDS[backend].dequantize if operation == "dequantize" else BACKENDS[backend].linear
+
+
+def make_case(point, operation, m):
+    """The LinearCase of a grid point with M = m, seeded so every M shares the same weights: scales in the point's
+    dtype and integer zero points at the point's granularity; no bias; no adapters unless `gemm_lora`."""
+    granularity = "grouped" if point["group_size"] else "per-channel"
+    with_lora = operation == "gemm_lora"
+    return make_linear_case(SEED, *LAYER_SHAPES[point["layer"]], m, x_dtype=point["dtype"], rank=point["rank"] or 1,
+                            num_loras=point["num_loras"] if with_lora else 0,
+                            popularity=point["popularity"] if with_lora else "none", bias=False,
+                            group_size=point["group_size"], scale_granularity=granularity,
+                            zero_granularity=granularity, scales_dtype=point["dtype"])
+
+
+def check(backend, operation, point, device, verdicts, targets=None):
+    """(verified_m, summary) once `backend` passed every property on this case, else Refused.
+
+    Checked once per backend, operation and case (M capped at VERIFY_M_MAX); `verdicts` keeps the
+    outcomes, so a failing backend is refused on every case it would have been timed on."""
+    if backend == "reference":
+        return None, "is the reference"
+    m = 1 if operation == "dequantize" else min(point["m"], VERIFY_M_MAX)
+    key = (backend, operation, m, *((k, v) for k, v in point.items() if k not in ("m", "cache_mode")))
+    if key not in verdicts:
+        case = make_case(point, operation, m)
+        fn = contract_fn(backend, operation, targets)
+        verdicts[key] = (dequantizer_properties(fn, DequantCase(case.weights, point["dtype"]), device)
+                         if operation == "dequantize" else linear_properties(fn, case, device))
+    failed = failures(verdicts[key])
+    if failed:
+        raise Refused(f"refusing to time backend {backend!r} ({operation}): it fails the reference check at M={m}: "
+                      + "; ".join(f"{o.name}: {o.message}" for o in failed))
+    ratio = max((o.max_ratio for o in verdicts[key] if o.max_ratio is not None), default=math.nan)
+    return (None if operation == "dequantize" else m), f"passed {len(verdicts[key])} properties; " \
+                                                       f"max error/allowed {ratio:.3g}"
+
+
+def prepare(backend, operation, case, device, targets=None):
+    """A zero-argument callable running one call of `backend` on `case`, inputs already on `device`."""
+    if backend == "reference":
+        w = case.weights
+        if operation == "dequantize":
+            return partial(reference.dequantize, w.packed, w.scales, w.zero_points, w.group_size, case.x_dtype)
+        return partial(reference.linear, *case.reference_args(), x_dtype=case.x_dtype)
+    kwargs = case.torch_kwargs(device)
+    if operation == "dequantize":
+        names = ("packed_weights", "scales", "zero_points", "group_size")
+        return partial(contract_fn(backend, operation, targets), **{n: kwargs[n] for n in names},
+                       output_dtype=kwargs["x"].dtype)
+    if backend == "dense":
+        w = torch_dequantize(kwargs["packed_weights"], kwargs["scales"], kwargs["zero_points"], kwargs["group_size"],
+                             output_dtype=kwargs["x"].dtype)  # once, ahead of time
+        return partial(dense_forward, kwargs["x"], w, kwargs["lora_a"], kwargs["lora_b"], kwargs["lora_indices"],
+                       kwargs["scaling"], kwargs["bias"])  # holds no packed weights
+    module = importlib.import_module(BACKENDS[backend].module) if backend in BACKENDS else None
+    if hasattr(module, "prepare_linear"):  # a fast path: validated once, then timed at its launch, like `dense`
+        return module.prepare_linear(*kwargs.values())
+    return partial(contract_fn(backend, operation, targets), **kwargs)
+
+
+def weight_format(backend):
+    return {"dense": "dense", "materialize": "materialize"}.get(backend, "packed")
+
+
+def case_fields(point, case):
+    """The row's columns that name the case."""
+    out_features, in_features = case.weights.shape
+    granularity = "grouped" if point["group_size"] else "per-channel"
+    return dict(layer=point["layer"], m=point["m"], n=out_features, k=in_features, group_size=point["group_size"],
+                scale_granularity=granularity, zero_granularity=granularity, rank=point["rank"],
+                num_loras=point["num_loras"], popularity=point["popularity"], dtype=point["dtype"],
+                cache_mode=point["cache_mode"])
+
+
+def run_fields(run_id, grid_name, device, folder=None):
+    """The columns every row of a run shares: run id, commit, host, device, versions and peaks."""
+    commit, dirty = devices.git_state(folder) if folder else devices.git_state()
+    return dict(run_id=run_id, git_commit=commit, git_dirty=dirty, grid=grid_name, **devices.describe(device))
+
+
+def peak_memory(target, device, allocated_before):
+    """Bytes allocated at the peak of one call above `allocated_before` (taken before the inputs were); NaN on CPU."""
+    if device != "cuda":
+        return math.nan
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    target()
+    torch.cuda.synchronize()
+    return float(torch.cuda.max_memory_allocated() - allocated_before)
+
+
+def measure(backend, operation, point, device, grid, verdicts, targets=None, driver=plain_driver):
+    """The row fields of one benchmark (without the run's fields); Skipped or Refused when it is not timed."""
+    reason = unavailable_reason(backend, device)
+    if reason:
+        raise Skipped(f"backend {backend!r} cannot run on {device} here: {reason}")
+    if point["cache_mode"] == "cold" and device != "cuda":
+        raise Skipped("cold-cache mode flushes a GPU's L2 before each call; this run is on the CPU")
+    verified_m, verification = check(backend, operation, point, device, verdicts, targets)
+    case = make_case(point, operation, point["m"] or 1)
+    allocated_before = torch.cuda.memory_allocated() if device == "cuda" else 0
+    target = prepare(backend, operation, case, device, targets)
+    target()  # warm-up: compiles and autotunes Triton kernels, pages the weights in
+    memory = peak_memory(target, device, allocated_before)
+    rounds = rounds_for(one_call_seconds(target, device), grid["max_time_s"], grid["min_rounds"], grid["max_rounds"])
+    timing = time_calls(target, device, rounds, point["cache_mode"], driver=driver)
+    moved, flops = case_work(weight_format(backend), operation, case)
+    packed, fp16 = weight_bytes(case.weights)
+    return dict(backend=backend, operation=operation, **case_fields(point, case), verified_m=verified_m,
+                verification=verification, timer=timing.timer, median_s=timing.median_s, iqr_s=timing.iqr_s,
+                min_s=timing.min_s, rounds=timing.rounds, bytes_moved=moved, flops=flops, packed_weight_bytes=packed,
+                fp16_weight_bytes=fp16, peak_memory_bytes=memory,
+                timestamp=datetime.datetime.now(datetime.timezone.utc))
+
