@@ -1,6 +1,7 @@
 """int4-harness: verify, benchmark and report on INT4 + LoRA kernels.
 
     python -m int4_lora_harness verify [--linear|--dequantizer TARGET] ...   (also: int4-verify ...)
+    python -m int4_lora_harness bench --linear TARGET --grid smoke
     python -m int4_lora_harness report [--reports reports]
 
 Each subcommand's flags are defined next to its code (verify/cli.py, report/cli.py); this module
@@ -11,24 +12,43 @@ import argparse
 import sys
 
 from int4_lora_harness import __version__
+from int4_lora_harness.bench import cli as bench_cli
+from int4_lora_harness.checkpoints import cli as real_weights_cli
 from int4_lora_harness.report import cli as report_cli
 from int4_lora_harness.verify import cli as verify_cli
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (and exit status 2), not the whole usage text."""
+
+    def error(self, message):
+        self.exit(2, f"usage error: {self.prog}: {message}\n")
+
+
 def parser():
-    p = argparse.ArgumentParser(prog="int4-harness", description=__doc__.split("\n")[0])
+    p = Parser(prog="int4-harness", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version=f"int4-lora-harness {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     verify_cli.add_arguments(sub.add_parser("verify", help="judge the project's backends or a TARGET against the contract",
                                             description=verify_cli.DESCRIPTION,
                                             formatter_class=argparse.RawDescriptionHelpFormatter))
     report_cli.add_arguments(sub.add_parser("report", help="write reports/index.html from the verify and benchmark runs"))
+    real_weights_cli.add_arguments(sub.add_parser("real-weights", help="RTN SQNR on MiniLM-L6 -> reports/real_weights.json"))
+    bench_cli.add_arguments(sub.add_parser("bench", help="time a TARGET beside the baselines and the project's backends",
+                                           description=bench_cli.__doc__,
+                                           formatter_class=argparse.RawDescriptionHelpFormatter))
     return p
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # piped output arrives as it is printed
     args = parser().parse_args(argv)
-    return {"verify": verify_cli.run, "report": report_cli.run}[args.command](args)
+    if args.command == "verify":
+        from int4_lora_harness.verify.main import run  # torch, hypothesis: after the flags are parsed
+        return run(args, argv[1:])
+    commands = {"real-weights": real_weights_cli.run, "bench": bench_cli.run, "report": report_cli.run}
+    return commands[args.command](args)
 
 
 def verify_main(argv=None):

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from int4_lora_harness.bench import store as perf_store
 from int4_lora_harness.report.page import build_report
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -141,13 +140,12 @@ def browser(tmp_path):
 
 
 def write_inputs(folder):
-    """A verify.json with one failure and its repro, and two small benchmark runs on one device."""
-    from test_report import synthetic_rows, synthetic_verify  # tests/ is on sys.path under pytest's rootdir
+    """Two verify runs (one failure with its repro, recorded samples) and two small benchmark runs on one device."""
+    from test_report import write_bench, write_verdicts  # tests/ is on sys.path under pytest's rootdir
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "repro_bug.py").write_text("print('repro')\n")
-    (folder / "verify.json").write_text(json.dumps(synthetic_verify(repro=str(folder / "repro_bug.py"))))
-    for run_id, slower in (("20250101T000000Z-aaaaaa", 1.0), ("20250102T000000Z-bbbbbb", 1.3)):
-        perf_store.write_rows(synthetic_rows(run_id, slower), folder / "bench" / f"{run_id}.parquet")
+    write_verdicts(folder, repro=str(folder / "repro_bug.py"))
+    write_bench(folder)
 
 
 def test_the_report_opens_offline_with_no_console_error_or_failed_load(tmp_path, browser):
@@ -157,8 +155,8 @@ def test_the_report_opens_offline_with_no_console_error_or_failed_load(tmp_path,
     assert problems == []
     sections = browser.send("Runtime.evaluate", session, returnByValue=True, expression=(
         "[...document.querySelectorAll('section')].map(s => [s.id, s.querySelectorAll('svg').length])"))
-    assert dict(sections["result"]["value"]) == dict(summary=0, verification=0, error=2, performance=4, memory=1,
-                                                     comparison=0)
+    assert dict(sections["result"]["value"]) == dict(summary=0, verification=0, error=1, performance=4, memory=1,
+                                                     comparison=0, realweights=0)
     ARTIFACTS.mkdir(exist_ok=True)
     shot = browser.send("Page.captureScreenshot", session, format="png")
     (ARTIFACTS / "report_screenshot.png").write_bytes(base64.b64decode(shot["data"]))
@@ -168,7 +166,7 @@ def test_the_report_opens_offline_with_no_console_error_or_failed_load(tmp_path,
 
 
 def test_the_report_with_no_inputs_also_opens_cleanly(tmp_path, browser):
-    page = build_report(tmp_path / "empty", errors=False)
+    page = build_report(tmp_path / "empty")
     _, problems = open_page(browser, page)
     assert problems == []
 

@@ -14,10 +14,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from int4_lora_harness import __version__
+
 SCHEMA = pa.schema([
     # the run
-    ("run_id", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")), ("git_commit", pa.string()),
-    ("git_dirty", pa.bool_()), ("host", pa.string()), ("device_name", pa.string()), ("torch_version", pa.string()),
+    ("run_id", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")), ("harness_version", pa.string()),
+    ("git_commit", pa.string()), ("git_dirty", pa.bool_()), ("host", pa.string()), ("device_name", pa.string()), ("torch_version", pa.string()),
     ("triton_version", pa.string()), ("grid", pa.string()), ("test_id", pa.string()),
     # the case
     ("backend", pa.string()), ("operation", pa.string()), ("layer", pa.string()), ("m", pa.int64()),
@@ -41,6 +43,7 @@ SCHEMA = pa.schema([
 CASE_COLUMNS = ["backend", "operation", "layer", "m", "n", "k", "group_size", "scale_granularity",
                 "zero_granularity", "rank", "num_loras", "popularity", "dtype", "cache_mode"]
 
+TIMING_COLUMNS = ["median_s", "iqr_s", "min_s", "rounds"]  # what compare takes from each run
 RATE_COLUMNS = ("achieved_gbps", "achieved_tflops", "frac_peak_bandwidth", "frac_peak_compute")
 
 
@@ -57,8 +60,13 @@ def with_rates(row):
 
 
 def to_table(rows):
-    """list of dicts with exactly SCHEMA's columns -> pyarrow.Table; ValueError names a row's wrong columns."""
+    """list of dicts with exactly SCHEMA's columns -> pyarrow.Table; ValueError names a row's wrong columns.
+
+    A row without `harness_version` gets this harness's (int4_lora_harness.__version__): the store that writes
+    the row is part of the harness whose version it is, so a caller need not pass it.
+    """
     expected = set(SCHEMA.names)
+    rows = [row if "harness_version" in row else {**row, "harness_version": __version__} for row in rows]
     for i, row in enumerate(rows):
         missing, extra = sorted(expected - row.keys()), sorted(row.keys() - expected)
         if missing or extra:
@@ -85,39 +93,53 @@ def append_row(rows, row, path):
     rows.append(row)
 
 
-def load_runs(folder="reports/bench"):
-    """Every `*.parquet` run in `folder` as one DataFrame with SCHEMA's columns (and any extra ones).
+def with_schema_columns(table, path):
+    """(`table` with every SCHEMA column it lacks added as nulls of the column's type, note | None naming them).
 
-    A file that cannot be read, or lacks some of SCHEMA's columns, is skipped and never
-    silently: each is named with its reason in a warning and in df.attrs["skipped_files"].
+    Files written before a column was added (e.g. harness_version) are read, not skipped.
     """
-    frames, skipped = [], []
+    missing = [field for field in SCHEMA if field.name not in table.column_names]
+    for field in missing:
+        table = table.append_column(field, pa.nulls(len(table), field.type))
+    if not missing:
+        return table, None
+    return table, f"{path}: lacks columns {[f.name for f in missing]} (an older schema): read with nulls there"
+
+
+def load_runs(folder="reports/bench"):
+    """Every `*.parquet` run in `folder` as one DataFrame with SCHEMA's columns (and any extra ones), plus `file`:
+    the name of the parquet file each row came from.
+
+    A file that cannot be read is skipped; one that lacks some of SCHEMA's columns (an older schema) is read
+    with nulls in them. Neither is silent: each file is named with its reason in one warning and in
+    df.attrs["skipped_files"] or df.attrs["filled"].
+    """
+    frames, skipped, filled = [], [], []
     for path in sorted(Path(folder).glob("*.parquet")):
         try:
-            frame = pq.read_table(path).to_pandas()
+            table, note = with_schema_columns(pq.read_table(path), path)
+            frame = table.to_pandas()
         except (OSError, ValueError, pa.ArrowException) as error:
             skipped.append(f"{path}: unreadable ({type(error).__name__}: {error})")
             continue
-        missing = [c for c in SCHEMA.names if c not in frame.columns]
-        if missing:
-            skipped.append(f"{path}: missing columns {missing}")
-            continue
-        frames.append(frame)
-    df = pd.concat(frames, ignore_index=True) if frames else SCHEMA.empty_table().to_pandas()
-    if skipped:
-        warnings.warn(f"load_runs skipped {len(skipped)} file(s) in {folder}: " + "; ".join(skipped), stacklevel=2)
-    df.attrs["skipped_files"] = skipped
+        filled += [note] if note else []
+        frames.append(frame.assign(file=path.name))
+    empty = SCHEMA.empty_table().to_pandas().assign(file=pd.Series(dtype=str))
+    df = pd.concat(frames, ignore_index=True) if frames else empty
+    if skipped or filled:
+        warnings.warn(f"load_runs in {folder}: " + "; ".join(skipped + filled), stacklevel=2)
+    df.attrs["skipped_files"], df.attrs["filled"] = skipped, filled
     return df
 
 
 def compare(df, run_a, run_b):
-    """Per case present in both runs: median_s_a, median_s_b, iqr_s_a, iqr_s_b and speedup = median_s_a / median_s_b
-    (> 1: b is faster)."""
+    """Per case present in both runs: median_s, iqr_s, min_s and rounds of each (suffixes _a, _b) and
+    speedup = median_s_a / median_s_b (> 1: b is faster)."""
     runs = sorted(df["run_id"].unique())
     for run in (run_a, run_b):
         if run not in runs:
             raise ValueError(f"run {run!r} is not in the data; runs: {runs}")
-    a, b = (df.loc[df["run_id"] == run, [*CASE_COLUMNS, "median_s", "iqr_s"]] for run in (run_a, run_b))
+    a, b = (df.loc[df["run_id"] == run, [*CASE_COLUMNS, *TIMING_COLUMNS]] for run in (run_a, run_b))
     for run, frame in ((run_a, a), (run_b, b)):
         if frame.duplicated(CASE_COLUMNS).any():
             raise ValueError(f"run {run!r} holds the same case more than once; compare needs one row per case")

@@ -7,6 +7,7 @@ same data gives the same bytes.
 import io
 import math
 import re
+import zlib
 
 import matplotlib
 import numpy as np
@@ -39,20 +40,49 @@ def _figure(panels, ncols=3, width=3.6, height=2.7):
 
 
 OPERATION_STYLE = {"gemm_lora": "-", "gemm": "--", "dequantize": ":"}
+OPERATION_MARKER = {"gemm_lora": "o", "gemm": "s", "dequantize": "^"}
+
+# One colour per backend on every chart of the page (and the swatches of its tables). Others get a
+# colour of PALETTE chosen by a hash of the name: the same name, the same colour, on every page.
+BACKEND_COLOURS = {"reference": "#7f7f7f", "torch": "#1f77b4", "triton": "#d62728", "triton-ptx": "#ff7f0e",
+                   "dense": "#2ca02c", "materialize": "#9467bd"}
+PALETTE = ["#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39"]
+GRANULARITY_COLOURS = {"grouped": "#1f77b4", "per-channel": "#ff7f0e", "per-tensor": "#2ca02c"}
 
 
-def small_multiples(rows, y, ylabel, name, log_y=True, reference=None):
-    """One panel per layer, `y` against M, one line per backend (gemm_lora solid, gemm dashed)."""
-    rows = rows[rows["m"].notna()]
+def backend_colour(name):
+    """The colour of backend `name` on every chart: BACKEND_COLOURS, else a PALETTE entry fixed by the name."""
+    return BACKEND_COLOURS.get(name) or PALETTE[zlib.crc32(str(name).encode()) % len(PALETTE)]
+
+
+def granularity_colour(name):
+    return GRANULARITY_COLOURS.get(name) or PALETTE[zlib.crc32(str(name).encode()) % len(PALETTE)]
+
+
+def drawable(rows, y, log_y):
+    """The rows a chart can draw: finite y (and positive on a log axis), positive M."""
+    keep = np.isfinite(rows[y].astype(float)) & (rows["m"].astype(float) > 0)
+    return rows[keep & (rows[y] > 0)] if log_y else rows[keep]
+
+
+def small_multiples(rows, y, ylabel, name, log_y=True, reference=None, noise=None):
+    """One panel per layer, `y` against M, one colour per backend (gemm_lora solid, gemm dashed); None when
+    no row can be drawn. noise: a boolean column; its points are drawn hollow (timing noise, not a result)."""
+    rows = drawable(rows[rows["m"].notna()], y, log_y)
+    if rows.empty:
+        return None
     layers = sorted(rows["layer"].unique())
-    backends = sorted(rows["backend"].unique())
-    colors = {b: f"C{i}" for i, b in enumerate(backends)}
     fig, axes = _figure(len(layers))
     for ax, layer in zip(axes, layers):
         for (backend, operation), line in rows[rows["layer"] == layer].groupby(["backend", "operation"]):
             line = line.sort_values("m")
+            colour = backend_colour(backend)
             ax.plot(line["m"], line[y], OPERATION_STYLE.get(operation, "-."), marker="o", markersize=3,
-                    color=colors[backend], label=f"{backend} {operation}")
+                    color=colour, label=f"{backend} {operation}")
+            if noise is not None and line[noise].any():
+                flagged = line[line[noise]]
+                ax.scatter(flagged["m"], flagged[y], s=40, facecolors="white", edgecolors=colour, zorder=3,
+                           label="noise (hollow)")
         if reference is not None:
             ax.axhline(reference, color="0.4", linewidth=0.8)
         ax.set_xscale("log", base=2)
@@ -72,19 +102,21 @@ def small_multiples(rows, y, ylabel, name, log_y=True, reference=None):
 
 
 def roofline_chart(rows):
-    """Achieved TFLOP/s against FLOP per byte moved, under the device's bandwidth and compute ceilings."""
-    rows = rows[(rows["bytes_moved"] > 0) & (rows["flops"] > 0) & np.isfinite(rows["achieved_tflops"])]
+    """Achieved TFLOP/s against FLOP per byte moved, under the device's bandwidth and compute ceilings; None when
+    no row has positive bytes, FLOPs and rate."""
+    rate = rows["achieved_tflops"].astype(float)
+    rows = rows[(rows["bytes_moved"] > 0) & (rows["flops"] > 0) & np.isfinite(rate) & (rate > 0)]
+    if rows.empty:
+        return None
     intensity = rows["flops"] / rows["bytes_moved"]
     fig = Figure(figsize=(9.5, 4.5), layout="constrained")
     ax = fig.subplots()
-    markers = {"gemm_lora": "o", "gemm": "s", "dequantize": "^"}
-    for i, (backend, group) in enumerate(rows.groupby("backend")):
-        for operation, points in group.groupby("operation"):
-            ax.scatter(intensity[points.index], points["achieved_tflops"], s=18, color=f"C{i}",
-                       marker=markers.get(operation, "x"), label=f"{backend} {operation}", alpha=0.8)
+    for (backend, operation), points in rows.groupby(["backend", "operation"]):
+        ax.scatter(intensity[points.index], points["achieved_tflops"], s=18, color=backend_colour(backend),
+                   marker=OPERATION_MARKER.get(operation, "x"), label=f"{backend} {operation}", alpha=0.8)
     peak_gbps, peak_tflops = rows["peak_gbps"].max(), rows["peak_tflops"].max()
     x = np.logspace(np.log10(intensity.min() / 2), np.log10(intensity.max() * 2), 200)
-    if np.isfinite(peak_gbps):
+    if np.isfinite(peak_gbps) and peak_gbps > 0:
         roof = peak_gbps * x / 1e3  # GB/s * FLOP/B = GFLOP/s
         if np.isfinite(peak_tflops):
             roof = np.minimum(roof, peak_tflops)
@@ -102,63 +134,68 @@ def roofline_chart(rows):
 ULP_BINS = ["0", "1", "2", "3+", "NaN"]
 
 
-def ulps_chart(samples):
-    """Dequantizer: share of elements 0, 1, 2, 3+ ulps from the correctly rounded value, per dtype and granularity."""
-    panels = samples[["backend", "dtype"]].drop_duplicates().values.tolist()
-    fig, axes = _figure(len(panels), width=3.4, height=2.6)
-    granularities = list(samples["granularity"].cat.categories)
+def ulp_shares(ulps):
+    """Share of elements 0, 1, 2, 3+ ulps away, and NaN, of one sample (float array)."""
+    finite = np.isfinite(ulps)
+    counts = [np.sum(ulps == 0), np.sum(ulps == 1), np.sum(ulps == 2), np.sum(finite & (ulps >= 3)), np.sum(~finite)]
+    return np.array(counts) / max(1, ulps.size)
+
+
+def ulps_chart(samples, title, name):
+    """Dequantizer: share of sampled elements 0, 1, 2, 3+ ulps from the correctly rounded value, one panel per
+    dtype, one bar per granularity. samples: rows of dtype, granularity, ulps (one per element)."""
+    dtypes, granularities = list(dict.fromkeys(samples["dtype"])), list(dict.fromkeys(samples["granularity"]))
+    fig, axes = _figure(len(dtypes), width=3.4, height=2.6)
     width = 0.8 / max(1, len(granularities))
-    for ax, (backend, dtype) in zip(axes, panels):
+    for ax, dtype in zip(axes, dtypes):
         for j, granularity in enumerate(granularities):
-            ulps = samples.loc[(samples["backend"] == backend) & (samples["dtype"] == dtype)
-                               & (samples["granularity"] == granularity), "ulps"].to_numpy()
+            ulps = samples.loc[(samples["dtype"] == dtype) & (samples["granularity"] == granularity), "ulps"]
             if ulps.size == 0:
                 continue
-            counts = [np.sum(ulps == 0), np.sum(ulps == 1), np.sum(ulps == 2),
-                      np.sum(np.isfinite(ulps) & (ulps >= 3)), np.sum(~np.isfinite(ulps))]
             ax.bar(np.arange(len(ULP_BINS)) + (j - (len(granularities) - 1) / 2) * width,
-                   np.array(counts) / ulps.size, width, color=f"C{j}", label=granularity)
+                   ulp_shares(ulps.to_numpy(dtype=float)), width, color=granularity_colour(granularity),
+                   label=granularity)
         ax.axvline(1.5, color="C3", linewidth=1, linestyle="--")
         ax.text(1.55, 0.5, "allowed: 1 ulp", color="C3", fontsize=7, transform=ax.get_xaxis_transform())
         ax.set_xticks(range(len(ULP_BINS)), ULP_BINS)
         ax.set_yscale("log")
-        ax.set_ylim(1e-6, 2)
-        ax.set_title(f"{backend} dequantizer, {dtype}", fontsize=9)
+        ax.set_ylim(1e-4, 2)
+        ax.set_title(f"{title}, {dtype}", fontsize=9)
         ax.set_xlabel("ulps from RN(exact)")
-        ax.set_ylabel("share of elements")
-    axes[0].legend(fontsize=7, frameon=False)
-    return svg(fig, "ulps")
+        ax.set_ylabel("share of sampled elements")
+        ax.legend(fontsize=7, frameon=False)
+    return svg(fig, name)
 
 
 RATIO_EDGES = np.arange(-8.0, 1.01, 0.25)  # log10(error / allowed); 0 is the bound
 
 
-def ratio_chart(samples):
-    """Linear: histogram of error / allowed (log scale), per dtype, one step line per granularity; bound at 1."""
-    panels = samples[["backend", "dtype"]].drop_duplicates().values.tolist()
-    fig, axes = _figure(len(panels), width=3.4, height=2.6)
-    for ax, (backend, dtype) in zip(axes, panels):
+def ratio_chart(samples, title, name):
+    """Linear (and layer): histogram of error / allowed on a log axis, one panel per dtype, one step line per
+    granularity; the bound at 1. samples: rows of dtype, granularity, ratio (one per element)."""
+    dtypes, granularities = list(dict.fromkeys(samples["dtype"])), list(dict.fromkeys(samples["granularity"]))
+    fig, axes = _figure(len(dtypes), width=3.4, height=2.6)
+    for ax, dtype in zip(axes, dtypes):
         notes = []
-        for j, granularity in enumerate(samples["granularity"].cat.categories):
-            ratio = samples.loc[(samples["backend"] == backend) & (samples["dtype"] == dtype)
-                                & (samples["granularity"] == granularity), "ratio"].to_numpy()
+        for granularity in granularities:
+            ratio = samples.loc[(samples["dtype"] == dtype) & (samples["granularity"] == granularity),
+                                "ratio"].to_numpy(dtype=float)
             if ratio.size == 0:
                 continue
-            nonzero = ratio[ratio > 0]
-            logs = np.clip(np.log10(nonzero), RATIO_EDGES[0], RATIO_EDGES[-1])
-            counts, _ = np.histogram(logs, RATIO_EDGES)
-            ax.stairs(counts / ratio.size, 10 ** RATIO_EDGES, color=f"C{j}", label=granularity)
+            positive = ratio[np.isfinite(ratio) & (ratio > 0)]
+            counts, _ = np.histogram(np.clip(np.log10(positive), RATIO_EDGES[0], RATIO_EDGES[-1]), RATIO_EDGES)
+            ax.stairs(counts / ratio.size, 10 ** RATIO_EDGES, color=granularity_colour(granularity), label=granularity)
             notes.append(f"{granularity}: {100 * (ratio == 0).mean():.1f}% exact*")
         ax.axvline(1.0, color="C3", linewidth=1, linestyle="--")
         ax.text(0.97, 0.97, "\n".join(notes), fontsize=6, ha="right", va="top", transform=ax.transAxes)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_ylim(1e-5, 2)
-        ax.set_title(f"{backend} linear, {dtype}", fontsize=9)
+        ax.set_ylim(1e-4, 2)
+        ax.set_title(f"{title}, {dtype}", fontsize=9)
         ax.set_xlabel("error / allowed (bound at 1)")
-        ax.set_ylabel("share of elements")
-    axes[0].legend(fontsize=7, frameon=False, loc="upper left")
-    return svg(fig, "ratio")
+        ax.set_ylabel("share of sampled elements")
+        ax.legend(fontsize=7, frameon=False, loc="upper left")
+    return svg(fig, name)
 
 
 def memory_chart(per_layer):

@@ -1,0 +1,128 @@
+"""The files the page is made from, read and checked; nothing here runs a kernel or raises on a bad file.
+
+    REPORTS/verify/<run-id>.json   one per verify run (docs/verify_schema.md); REPORTS/verify.json, the
+                                   latest run's copy, is read only when it is not one of them (older layout)
+    REPORTS/bench/*.parquet        benchmark rows (int4_lora_harness.bench.store, docs/bench_schema.md)
+    REPORTS/real_weights.json      `python -m int4_lora_harness real-weights` (docs/real_weights.md)
+
+Each loader returns (what it read, notes): one line per file that could not be read, or read only in part,
+naming the file and what was wrong with it.
+"""
+import datetime
+import json
+import math
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from int4_lora_harness.bench import store as perf_store
+from int4_lora_harness.report import verdicts
+from int4_lora_harness.report.fields import Notes, dicts, read
+
+RUN_ID = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]+$")  # verify's and the benchmarks' run ids start with the UTC time
+
+
+def read_json(path):
+    """(the parsed JSON | None, note | None) of one file: unreadable files and invalid JSON are a note."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8")), None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        return None, f"{path}: not readable JSON ({type(error).__name__}: {str(error)[:200]}): left out"
+
+
+def verify_files(reports_dir):
+    """Every REPORTS/verify/*.json, and REPORTS/verify.json (checked against them by run id in load_verify_runs)."""
+    folder = Path(reports_dir)
+    files = sorted((folder / "verify").glob("*.json")) if (folder / "verify").is_dir() else []
+    latest = folder / "verify.json"
+    return files + ([latest] if latest.is_file() else [])
+
+
+def started(run, path):
+    """When a run started, for ordering newest first: its run id's UTC time, else the file's modification time."""
+    match = RUN_ID.match(run.get("run_id") or "")
+    if match:
+        return datetime.datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+    try:
+        return datetime.datetime.fromtimestamp(Path(path).stat().st_mtime, datetime.timezone.utc)
+    except OSError:
+        return datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+
+
+def load_verify_runs(reports_dir):
+    """(runs newest first, as report.verdicts.run makes them; notes). REPORTS/verify.json is left out when a
+    file of the verify/ folder holds the same run id (it is that run's copy)."""
+    runs, notes = [], []
+    for path in verify_files(reports_dir):
+        obj, note = read_json(path)
+        if note:
+            notes.append(note)
+            continue
+        if not isinstance(obj, dict):
+            notes.append(f"{path}: a JSON {type(obj).__name__}, not a verdict object: left out")
+            continue
+        file_notes = Notes(path)
+        run = verdicts.run(obj, file_notes, path)
+        if path.name == "verify.json" and run["run_id"] and any(r["run_id"] == run["run_id"] for r in runs):
+            continue  # the copy of a run already read from verify/
+        run["started"] = started(run, path)
+        runs.append(run)
+        notes += file_notes.lines()
+    runs.sort(key=lambda r: r["started"], reverse=True)
+    if not runs and not notes:
+        notes.append(f"no verification results in {reports_dir}: no verify/*.json or verify.json")
+    return runs, notes
+
+
+def load_bench(folder):
+    """(every benchmark row in `folder` as one DataFrame of perf_store.SCHEMA, notes).
+
+    Rows that cannot be drawn are kept and named: a null backend or operation reads as '?'; median_s that
+    is not a positive number is NaN (left out of the charts and comparisons, counted in a note).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return perf_store.SCHEMA.empty_table().to_pandas().assign(file=pd.Series(dtype=str)), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # load_runs warns about what it skipped or filled; the page names them
+        df = perf_store.load_runs(folder)
+    notes = [f"benchmark file {line}" for line in df.attrs.get("skipped_files", []) + df.attrs.get("filled", [])]
+    if "file" not in df.columns:
+        df["file"] = "?"
+    for column in ("run_id", "backend", "operation", "layer", "device_name", "dtype", "cache_mode", "popularity"):
+        missing = df[column].isna()
+        for file, count in df.loc[missing, "file"].value_counts().items():
+            notes.append(f"{file}: {count} row(s) with no {column} (shown as '?')")
+        df[column] = df[column].where(~missing, "?").astype(str)
+    seconds = pd.to_numeric(df["median_s"], errors="coerce")
+    bad = ~(seconds > 0) | ~np.isfinite(seconds)
+    for file, count in df.loc[bad, "file"].value_counts().items():
+        notes.append(f"{file}: {count} row(s) whose median_s is 0, negative or NaN: left out of charts and comparisons")
+    df["median_s"] = seconds.where(~bad, math.nan)
+    return df, notes
+
+
+REAL_WEIGHTS_ROW = [("group_size", "int", None), ("symmetric", "bool", None), ("layers", "int", None),
+                    ("sqnr_db_min", "float", None), ("sqnr_db_median", "float", None)]
+
+
+def load_real_weights(path):
+    """({generated, package, blocks, rows}, notes) of the file `real-weights` wrote; (None, []) when absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None, []
+    obj, note = read_json(path)
+    if note or not isinstance(obj, dict):
+        return None, [note or f"{path}: not a JSON object: left out"]
+    notes = Notes(path)
+    rows = [{name: read(r, name, kind, notes, f"summary[{i}].", default) for name, kind, default in REAL_WEIGHTS_ROW}
+            for i, r in enumerate(dicts(obj, "summary", notes, required=True))]
+    table = dict(generated=read(obj, "generated", "str", notes, default="?"),
+                 harness_version=read(obj, "harness_version", "str", notes, default="?"),
+                 package=read(obj, "package", "str", notes, default="?"),
+                 package_version=read(obj, "package_version", "str", notes, default="?"),
+                 blocks=read(obj, "blocks", "list", notes, default=[]), rows=rows)
+    return table, notes.lines()

@@ -1,0 +1,90 @@
+"""The verdict sections: the overall verdict per candidate, and per verify run what it judged and how.
+
+Input: the runs of report.inputs.load_verify_runs (newest first). Every figure is one the verdict
+file recorded; the words of a design are the ones verify wrote next to it.
+"""
+import os
+import shlex
+from collections import Counter
+from pathlib import Path
+
+from int4_lora_harness.report import verdicts
+from int4_lora_harness.report.accuracy import latest_results
+
+INCOMPLETE_WORDS = {"running": "the run had not finished when this file was written (still running, or killed)",
+                    "interrupted": "the run was interrupted (Ctrl-C) before it judged every candidate"}
+
+
+def run_state(run):
+    """(badge, words) of a run's status: COMPLETE, INCOMPLETE (running, interrupted, unknown) or USAGE ERROR."""
+    status = run["status"]
+    if verdicts.complete(run):
+        return "COMPLETE", "complete" if status else "no status recorded (schema 1 file): read as complete"
+    if status == "usage error":
+        return "USAGE ERROR", f"usage error: {run['error'] or 'no reason recorded'}"
+    return "INCOMPLETE", INCOMPLETE_WORDS.get(status, f"status {status!r}: not a finished run")
+
+
+def overall(runs, limit):
+    """(one row per candidate: candidate, kind, source, verdict, contracts [(contract, verdict, run id)], notes;
+    how many candidates were left out over `limit`). Each contract's verdict is from the newest run that judged it."""
+    rows = {}
+    for run, result in latest_results(runs):
+        row = rows.setdefault(result["candidate"], dict(candidate=result["candidate"], kind=result["kind"] or "?",
+                                                        source=result["source"], contracts=[], notes=[]))
+        verdict = verdicts.verdict(result, run)
+        row["contracts"].append((result["contract"], verdict, run["run_id"] or run["path"]))
+        if result["large_tier_skipped"] and verdict == "PASS":
+            row["notes"].append(f"{result['contract']}: large tier skipped ({result['large_tier_skipped']}); "
+                                "not a full verdict")
+    for row in rows.values():
+        found = {v for _, v, _ in row["contracts"]}
+        row["verdict"] = "FAIL" if "FAIL" in found else "INCOMPLETE" if "INCOMPLETE" in found else "PASS"
+    ordered = list(rows.values())
+    return ordered[:limit], max(0, len(ordered) - limit)
+
+
+def repro_link(repro, reports_dir, page_dir):
+    """(href relative to the page | None, text) for a result's `repro` path (as verify wrote it)."""
+    if not repro:
+        return None, None
+    path = Path(repro)
+    for candidate in (path, Path(reports_dir) / path.name):
+        try:
+            if candidate.is_file():
+                return Path(os.path.relpath(candidate.resolve(), Path(page_dir).resolve())).as_posix(), str(repro)
+        except (OSError, ValueError):  # a path this system cannot resolve: shown as text
+            break
+    return None, f"{repro} (file not found)"
+
+
+def failure_view(failure):
+    """The failure as the page shows it: kind, message, failed properties, the minimal case and its values in
+    words (each array on one line), the worst element and its inputs, the design's words."""
+    if failure is None:
+        return None
+    values = failure["values"]
+    value_lines = ([(str(k), v) for k, v in values.items() if v is not None] if isinstance(values, dict)
+                   else [("note", values)] if values is not None else [])
+    return dict(failure, value_lines=value_lines)
+
+
+def result_block(result, run, reports_dir, page_dir):
+    """One result, ready for the template: its verdict and every recorded table."""
+    href, text = repro_link(result["repro"], reports_dir, page_dir)
+    return dict(result, verdict=verdicts.verdict(result, run), repro_href=href, repro_text=text,
+                failure=failure_view(result["failure"]),
+                worst_case=result["worst"]["case"] if result["worst"] else None)
+
+
+def run_sections(runs, reports_dir, page_dir, max_runs, max_results):
+    """(per run, newest first, at most `max_runs`: its header, skipped backends and at most `max_results`
+    result blocks, with how many were left out; how many runs were left out)."""
+    sections = []
+    for run in runs[:max_runs]:
+        badge, words = run_state(run)
+        blocks = [result_block(r, run, reports_dir, page_dir) for r in run["results"][:max_results]]
+        sections.append(dict(run, badge=badge, state=words, command_line=shlex.join(run["command"]),
+                             blocks=blocks, results_left_out=max(0, len(run["results"]) - max_results),
+                             counts=Counter(verdicts.verdict(r, run) for r in run["results"])))
+    return sections, max(0, len(runs) - max_runs)
