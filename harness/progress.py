@@ -12,7 +12,7 @@ class _Quiet:
         pass
 
     def write(self, text):
-        pass
+        print(text, flush=True)  # lines still reach a log when the bar is off
 
     def close(self):
         pass

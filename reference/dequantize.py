@@ -23,12 +23,11 @@ def dequantize_exact(packed_weights, scales, zero_points=None, group_size=None):
     if zero_points is not None:
         kinds.append(granularity(zero_points, out_features, in_features, group_size, "zero_points"))
     width = group_width(kinds, in_features, group_size)
-    v = in_groups(values.astype(np.float64), width)  # [out, groups, width]
-    s = per_group(scales, out_features, in_features, group_size, "scales", width)  # [out | 1, groups | 1, 1]
-    if zero_points is None:
-        return from_groups(v * s, in_features)
-    z = per_group(zero_points, out_features, in_features, group_size, "zero_points", width)
-    return from_groups((v - z) * s, in_features)
+    w = in_groups(values.astype(np.float64), width)  # v: [out, groups, width], a new array: changed in place
+    if zero_points is not None:
+        w -= per_group(zero_points, out_features, in_features, group_size, "zero_points", width)  # v - z
+    w *= per_group(scales, out_features, in_features, group_size, "scales", width)  # (v - z) * s
+    return from_groups(w, in_features)
 
 
 def dequantize(packed_weights, scales, zero_points=None, group_size=None, output_dtype="fp16"):

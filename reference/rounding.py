@@ -1,9 +1,18 @@
 """Round float64 values once, to nearest even, into fp16, bf16 or fp32.
 
-NumPy has no bfloat16, so every format is described by three numbers and rounded
-by one rule: scale the value so that its last kept bit is the unit, `np.rint`
-(which rounds half to even), scale back. Values past the largest finite number
-become +-inf, as IEEE 754 round-to-nearest says.
+Every format is described by three numbers (precision, smallest normal exponent, largest
+finite value) and rounded by one rule, written down twice:
+
+- `round_by_scaling`, the definition: scale the value so that its last kept bit is the
+  unit, `np.rint` (which rounds half to even), scale back; values past the largest finite
+  number become +-inf, as IEEE 754 round-to-nearest says. Readable, and slow (frexp, ldexp
+  and rint over float64 arrays).
+- `round_to`, what the harness calls: the same function at memory speed. fp16 and fp32 are
+  NumPy's float64 casts (which round to nearest even, subnormals and overflow included);
+  bf16, which NumPy lacks, rounds to nearest even on the float64 bits (BF16_DROPPED low
+  fraction bits go) where the result is normal, and adds and subtracts a constant whose
+  float64 ulp is the bf16 subnormal spacing where it is not. tests/test_rounding.py checks
+  the two agree bit for bit on every binade, tie and edge of each format.
 
 bf16 values are returned as float32 arrays (every bf16 value is a float32 value);
 `bf16_bits` gives their 16-bit patterns.
@@ -39,6 +48,17 @@ FORMATS = {
     "fp32": FloatFormat("fp32", 24, -126, float(np.finfo(np.float32).max), np.float32),
 }
 
+BLOCK = 1 << 16  # elements per block of the bit-level paths: their temporaries stay in the L2 cache
+F64_FRACTION_BITS, F64_BIAS, F64_EXPONENT_MASK = 52, 1023, 0x7FF
+BF16_DROPPED = F64_FRACTION_BITS - (FORMATS["bf16"].precision - 1)  # 45 low float64 fraction bits
+BF16_HALF_BELOW = np.uint64((1 << (BF16_DROPPED - 1)) - 1)  # one less than half the last kept bit
+BF16_KEPT = ~np.uint64((1 << BF16_DROPPED) - 1)  # sign, exponent and the 7 kept fraction bits
+BF16_SMALLEST_NORMAL = 2.0 ** FORMATS["bf16"].min_exponent
+# x + SHIFTER - SHIFTER rounds x (|x| < 2**-126) to the bf16 subnormal grid: SHIFTER's float64 ulp is
+# 2**-133 and the sum stays in SHIFTER's binade [2**-81, 2**-80).
+BF16_SUBNORMAL_SHIFTER = 1.5 * 2.0 ** (FORMATS["bf16"].min_exponent - FORMATS["bf16"].precision + 1
+                                        + F64_FRACTION_BITS)
+
 
 def float_format(dtype):
     """'fp16' | 'bf16' | 'fp32' -> FloatFormat."""
@@ -47,11 +67,13 @@ def float_format(dtype):
     return FORMATS[dtype]
 
 
-def spacing(values, dtype):
-    """Distance from |value| to the next larger number of `dtype` (1 ulp), float64.
+# --- the definition ------------------------------------------------------------------------
 
-    For values in [2**e, 2**(e+1)) that is 2**(e - precision + 1); below the
-    smallest normal number the spacing of the subnormals applies.
+def spacing_by_frexp(values, dtype):
+    """The definition of `spacing` on finite values: float64 array -> 1 ulp of |value| in `dtype`, float64.
+
+    For values in [2**e, 2**(e+1)) that is 2**(e - precision + 1); below the smallest normal
+    number the spacing of the subnormals applies.
     """
     fmt = float_format(dtype)
     magnitude = np.abs(np.asarray(values, dtype=np.float64))
@@ -60,14 +82,15 @@ def spacing(values, dtype):
     return np.ldexp(1.0, exponent - fmt.precision + 1)
 
 
-def round_to(values, dtype):
-    """float64 array -> values of `dtype`, rounded once to nearest even.
+def round_by_scaling(values, dtype):
+    """The definition of `round_to`: float64 array -> values of `dtype`, rounded once to nearest even.
 
-    Returns np.float16 for fp16 and np.float32 for bf16 and fp32.
+    Scales each value by its quantum (a power of two, so exactly), rounds half to even with
+    np.rint, scales back. Returns np.float16 for fp16 and np.float32 for bf16 and fp32.
     """
     fmt = float_format(dtype)
     values = np.asarray(values, dtype=np.float64)
-    quantum = spacing(values, dtype)
+    quantum = spacing_by_frexp(values, dtype)
     with np.errstate(invalid="ignore"):
         rounded = np.rint(values / quantum) * quantum  # exact: quantum is a power of two
     rounded = np.where(np.isfinite(values), rounded, values)
@@ -75,11 +98,90 @@ def round_to(values, dtype):
     return rounded.astype(fmt.storage)
 
 
+# --- the same functions at memory speed ----------------------------------------------------
+
+def _blockwise(block_fn, values, out_dtype, scratch_dtypes=()):
+    """Run block_fn(block, out_block, *scratch) over flat blocks of BLOCK elements of `values`.
+
+    Returns an `out_dtype` array of values' shape. The scratch arrays (one per dtype, BLOCK
+    long, reused by every block) spare each NumPy step an allocation of its own.
+    """
+    flat = np.ascontiguousarray(values).reshape(-1)
+    out = np.empty(flat.shape, dtype=out_dtype)
+    scratch = [np.empty(min(BLOCK, flat.size), dtype=d) for d in scratch_dtypes]
+    for start in range(0, flat.size, BLOCK):
+        block = flat[start:start + BLOCK]
+        block_fn(block, out[start:start + BLOCK], *(t[:block.size] for t in scratch))
+    return out.reshape(np.shape(values))
+
+
+def _round_bf16_block(block, out, kept, magnitude, normal):
+    """float64 [n] -> float32 out [n] holding RN_bf16(block); scratch kept: uint64, magnitude: float64, normal: bool.
+
+    Where |value| >= 2**-126: add just under half an ulp of bf16 to the float64 bits (exactly
+    half when the last kept bit is 1, so a tie goes to even), clear the BF16_DROPPED low bits;
+    a carry out of the fraction moves to the next binade, and from 2**128 on the float32 cast
+    gives inf, the first value past bf16's range. Zero, bf16 subnormals and NaN take the shifter.
+    """
+    bits = block.view(np.uint64)
+    np.right_shift(bits, BF16_DROPPED, out=kept)
+    np.bitwise_and(kept, 1, out=kept)  # the last kept bit
+    kept += BF16_HALF_BELOW
+    kept += bits
+    kept &= BF16_KEPT
+    out[...] = kept.view(np.float64)  # exact: 8 significant bits in fp32's exponent range, or inf
+    np.abs(block, out=magnitude)
+    np.greater_equal(magnitude, BF16_SMALLEST_NORMAL, out=normal)  # False for NaN
+    if not normal.all():
+        special = ~normal
+        small = block[special]
+        out[special] = np.copysign((small + BF16_SUBNORMAL_SHIFTER) - BF16_SUBNORMAL_SHIFTER, small)  # keeps -0
+
+
+def round_to(values, dtype):
+    """float64 array -> values of `dtype`, rounded once to nearest even; bit for bit `round_by_scaling`.
+
+    Returns np.float16 for fp16 and np.float32 for bf16 and fp32 (shape of `values`).
+    Overflow gives +-inf, NaN stays NaN, -0 stays -0.
+    """
+    fmt = float_format(dtype)
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if dtype == "bf16":
+            return _blockwise(_round_bf16_block, values, np.float32, (np.uint64, np.float64, bool))
+        return values.astype(fmt.storage)  # NumPy's cast rounds once, to nearest even
+
+
+def _spacing_block(block, out, biased, fmt):
+    """float64 [n] -> float64 out [n]: 2**(max(e, min_exponent) - precision + 1), e the exponent of |value|.
+
+    biased: int64 [n] scratch, the float64 biased exponent field (0 for zero and float64 subnormals).
+    """
+    np.right_shift(block.view(np.uint64), F64_FRACTION_BITS, out=biased.view(np.uint64))
+    biased &= F64_EXPONENT_MASK  # drops the sign
+    non_finite = biased.max() == F64_EXPONENT_MASK
+    np.maximum(biased, F64_BIAS + fmt.min_exponent, out=biased)
+    biased += 1 - fmt.precision
+    np.left_shift(biased, F64_FRACTION_BITS, out=out.view(np.int64))
+    if non_finite:
+        out[~np.isfinite(block)] = np.nan  # inf and NaN have no ulp
+
+
+def spacing(values, dtype):
+    """Distance from |value| to the next larger number of `dtype` (1 ulp), float64 of values' shape.
+
+    For values in [2**e, 2**(e+1)) that is 2**(e - precision + 1); below the smallest normal
+    number the spacing of the subnormals applies (as `spacing_by_frexp`); NaN for +-inf and NaN.
+    """
+    fmt = float_format(dtype)
+    return _blockwise(lambda block, out, biased: _spacing_block(block, out, biased, fmt),
+                      np.asarray(values, np.float64), np.float64, (np.int64,))
+
+
 def is_representable(values, dtype):
     """True where a float64 value is exactly a number of `dtype` (infinities included)."""
     values = np.asarray(values, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        return round_to(values, dtype).astype(np.float64) == values
+    return round_to(values, dtype) == values  # compared in float64, exactly; NaN is never equal
 
 
 def bf16_bits(values):
@@ -90,20 +192,37 @@ def bf16_bits(values):
     return (values.view(np.uint32) >> 16).astype(np.uint16)
 
 
+# dtype -> (storage whose bits are read, signed view of them, +inf's bits there, low bits below the format)
+ORDINAL_LAYOUT = {"fp16": (np.float16, np.int16, 0x7C00, 0), "bf16": (np.float32, np.int32, 0x7F800000, 16),
+                  "fp32": (np.float32, np.int32, 0x7F800000, 0)}
+
+
+def _ordinal_block(block, out, narrow, sign, layout):
+    """float64 [n] -> int64 out [n]: sign-magnitude bits of the value in `storage`, as a two's complement.
+
+    narrow: storage [n] scratch; sign: int64 [n] scratch (0 or -1 per element).
+    """
+    storage, signed, inf_bits, dropped = layout
+    narrow[...] = block  # exact for values of the format
+    out[...] = narrow.view(signed)  # sign-extended
+    np.right_shift(out, 63, out=sign)
+    out &= np.iinfo(signed).max  # the magnitude bits
+    if out.max() > inf_bits:  # NaN is the only pattern above +inf
+        raise ValueError("ordinal of NaN is undefined")
+    out >>= dropped  # bf16 is the top half of float32
+    out ^= sign
+    out -= sign  # -magnitude where negative
+
+
 def ordinal(values, dtype):
-    """Position of each `dtype` value on the number line, as int64.
+    """Position of each `dtype` value on the number line, as int64 of values' shape.
 
     Consecutive numbers of the format have consecutive ordinals (+0 and -0 share
     0, inf is one past the largest finite number), so `|ordinal(a) - ordinal(b)|`
     is the distance in ulps. Values must be numbers of `dtype`; NaN is refused.
     """
-    values = np.asarray(values, dtype=np.float64)
-    if np.isnan(values).any():
-        raise ValueError("ordinal of NaN is undefined")
-    if dtype == "fp16":
-        magnitude = values.astype(np.float16).view(np.uint16).astype(np.int64) & 0x7FFF
-    else:
-        magnitude = values.astype(np.float32).view(np.uint32).astype(np.int64) & 0x7FFFFFFF
-        if dtype == "bf16":
-            magnitude >>= 16  # bf16 is the top half of float32
-    return np.where(np.signbit(values), -magnitude, magnitude)
+    float_format(dtype)
+    layout = ORDINAL_LAYOUT[dtype]
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _blockwise(lambda block, out, narrow, sign: _ordinal_block(block, out, narrow, sign, layout),
+                          np.asarray(values, np.float64), np.int64, (layout[0], np.int64))

@@ -10,6 +10,8 @@ from planted.bugs import (accumulates_in_half, correct_linear_gathered, correct_
                              lora_intermediate_in_half, two_roundings_in_output_dtype)
 from int4_lora_harness.verify.tolerance import dequant_error, linear_error
 from int4_lora_harness.kernels import torch_path
+from int4_lora_harness.reference.granularity import expand
+from int4_lora_harness.reference.packing import unpack
 from int4_lora_harness.reference.rounding import spacing
 
 
@@ -87,31 +89,33 @@ def test_the_seeds_arithmetic_in_the_output_dtype_is_rejected():
     assert not report.passed and report.ulps.max() > 2
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
-def test_weight_flips_finds_every_weight_whose_rounding_the_window_can_flip(dtype):
-    # Weights drawn near midpoints of the dtype's grid (and at powers of two, where the gap below is half),
-    # compared with rounding both ends of the window for every weight.
-    from int4_lora_harness.reference.rounding import FORMATS, round_to
-    from int4_lora_harness.verify.tolerance import weight_flips
-    rng = np.random.default_rng(0)
-    grid = round_to(np.exp2(rng.uniform(-20, 10, size=20000)), dtype).astype(np.float64)
-    gap = spacing(grid, dtype)
-    exact = np.concatenate([grid + gap / 2 * (1 + rng.uniform(-1e-6, 1e-6, grid.size)),  # at a midpoint
-                            np.exp2(rng.integers(-20, 10, 2000).astype(np.float64)) * (1 - rng.uniform(0, 2e-7, 2000)),
-                            grid * (1 + rng.uniform(-0.3, 0.3, grid.size))]) * rng.choice([-1, 1], 42000)
-    window = np.abs(exact) * FORMATS[dtype].unit_roundoff * 2.0 ** -8  # a few u32 for fp16, far less than a gap
-    w_x = round_to(exact, dtype).astype(np.float64)
-    direct = np.abs(round_to(exact + window, dtype).astype(np.float64) - round_to(exact - window, dtype))
-    assert np.array_equal(weight_flips(exact, window, w_x, dtype), direct)
-    assert (direct > 0).any() and (direct == 0).any()
+def test_term_3_vanishes_exactly_where_fp32_computes_every_weight_exactly():
+    from int4_lora_harness.verify.tolerance import fp32_exact
+    rng = np.random.default_rng(4)
+    exact_cases = [make_weights(rng, 4, 64, 16, "grouped", "grouped", "int8", "fp16"),
+                   make_weights(rng, 4, 64, 16, "grouped", None, "int8", "bf16")]
+    assert all(fp32_exact(w) for w in exact_cases)
+    inexact = [make_weights(rng, 4, 64, 16, "grouped", "grouped", "float", "fp16"),
+               make_weights(rng, 4, 64, 16, "grouped", None, "int8", "fp32")]
+    assert not any(fp32_exact(w) for w in inexact)
+    big = make_weights(rng, 4, 64, 16, "grouped", "grouped", "int32", "fp16")
+    assert not fp32_exact(replace(big, zero_points=big.zero_points + 8190))  # |z| + 8 >= 2**13: v * s - z * s rounds
+    for w in exact_cases:  # every product and difference exact in fp32, whichever order a kernel takes
+        v = unpack(w.packed).astype(np.float32)
+        s = expand(w.scales, 4, 64, 16, "s").astype(np.float32)
+        z = 0.0 if w.zero_points is None else expand(w.zero_points, 4, 64, 16, "z").astype(np.float32)
+        exact = (unpack(w.packed).astype(np.float64) - np.asarray(z, np.float64)) * expand(w.scales, 4, 64, 16, "s")
+        assert np.array_equal((v - z) * s, exact) and np.array_equal(v * s - z * s, exact)
 
 
-def test_sparse_abs_products_equal_the_dense_product():
-    from int4_lora_harness.verify.tolerance import sparse_abs_products
+def test_abs_products_bound_the_exact_float64_product():
+    from int4_lora_harness.verify.tolerance import abs_products
     rng = np.random.default_rng(1)
-    weights = np.where(rng.random((50, 300)) < 0.01, rng.random((50, 300)), 0.0)
-    x_abs = np.abs(rng.standard_normal((7, 300)))
-    assert np.allclose(sparse_abs_products(x_abs, weights), x_abs @ weights.T, rtol=1e-14, atol=0)
+    x_abs = np.abs(rng.standard_normal((7, 4096))).astype(np.float16).astype(np.float32)
+    w_abs = np.abs(rng.standard_normal((50, 4096)))
+    exact = x_abs.astype(np.float64) @ w_abs.astype(np.float32).astype(np.float64).T
+    bound = abs_products(x_abs, w_abs)
+    assert np.all(bound >= exact) and np.all(bound <= exact * (1 + 4096 * 2.0 ** -22))
 
 
 def test_the_grouped_dequantization_equals_the_per_element_definition():

@@ -6,16 +6,8 @@ int4_lora_harness.shapes.
 """
 import pandas as pd
 
+from int4_lora_harness.bench.work import MEMORY_GROUP_SIZE, layer_bytes  # the one byte model
 from int4_lora_harness.shapes import LAYER_SHAPES, MODELS
-
-MEMORY_GROUP_SIZE = 128
-SCALE_BYTES = 2  # fp16 scales
-
-
-def layer_bytes(out_features, in_features, group_size=MEMORY_GROUP_SIZE):
-    """(packed, fp16) bytes of one layer: nibbles + one fp16 scale per group; the dense fp16 weight."""
-    groups = -(-in_features // group_size)  # the last group may be ragged
-    return out_features * in_features // 2 + out_features * groups * SCALE_BYTES, out_features * in_features * 2
 
 
 def memory_per_layer(shapes=LAYER_SHAPES):

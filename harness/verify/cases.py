@@ -93,6 +93,8 @@ class LinearCase:
         lora = None if self.lora_a is None else dict(num_loras=self.lora_a.shape[0], rank=self.lora_a.shape[1])
         words = dict(self.weights.describe(), x_dtype=self.x_dtype, M=self.x.shape[0], lora=lora,
                      scaling=self.scaling, lora_indices=self.lora_indices.tolist()[:64], bias=self.bias is not None)
+        if self.notes.get("poison"):
+            words["poison"] = self.notes["poison"]
         return words if self.expect == "tolerance" else dict(words, probe=self.notes.get("probe", self.expect))
 
     def __repr__(self):  # what Hypothesis prints for a falsifying example: the case in words, not its data

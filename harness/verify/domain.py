@@ -61,6 +61,11 @@ class Domain:
     def narrow(self, **limits):
         """This domain with `limits` applied on top (a layout's own limits; tuples intersect, flags AND)."""
         merged = {}
+        if OUTPUT in self.scale_dtypes and "scale_dtypes" in limits and OUTPUT not in limits["scale_dtypes"]:
+            # scales in the output dtype, which the layout's scale dtypes must then hold
+            limits = dict(limits, dtypes=tuple(limits.get("dtypes", DTYPES)) and tuple(
+                d for d in limits.get("dtypes", DTYPES) if d in limits["scale_dtypes"]))
+            limits.pop("scale_dtypes")
         for name, value in limits.items():
             mine = getattr(self, name)
             if isinstance(mine, tuple) and isinstance(value, tuple):

@@ -18,7 +18,7 @@ from int4_lora_harness.verify.cases import DequantCase
 from int4_lora_harness.verify.designs import words
 from int4_lora_harness.verify.domain import FULL
 from int4_lora_harness.verify.executor import CandidateFailure
-from int4_lora_harness.verify.properties import EACH, PROPERTIES, QUICK, run_properties
+from int4_lora_harness.verify.properties import EACH, PROPERTIES, QUICK, fitted, run_properties
 from int4_lora_harness.verify.strategies import dequant_cases, linear_cases
 
 STRATEGIES = {"dequantizer": dequant_cases, "linear": linear_cases}
@@ -102,7 +102,7 @@ def search(executor, contract, record, options, progress):
     @seed(options["seed"])  # same seed, same cases, same verdict
     @settings(max_examples=options["examples"], database=None, deadline=None, print_blob=False,
               phases=[Phase.explicit, Phase.generate, Phase.shrink])
-    @given(case=STRATEGIES[contract](options["domain"]))
+    @given(case=STRATEGIES[contract](options["domain"]).map(lambda c: fitted(c, options["layout"])))
     def fuzz(case):
         failure = attempt(executor, case, record, dict(options, updates=EACH))
         progress.update(1)
@@ -127,6 +127,10 @@ def verify_candidate(contract, executor, explicit, options, progress):
     record = Record()
     search(executor, contract, record, options, progress)
     fuzzed = record.counts[PROPERTIES[0]]["passed"] + record.counts[PROPERTIES[0]]["failed"]
+    if record.failure is None and explicit:
+        progress.write(plan_line(explicit, options.get("label", contract)))
+    import resource
+    rss_before, estimated = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, False
     for group, name, case in explicit if record.failure is None else []:
         record.last_run, begun = None, time.perf_counter()
         failure = attempt(executor, case, record, dict(options, updates=QUICK))  # each input in turn: the fuzz
@@ -141,16 +145,49 @@ def verify_candidate(contract, executor, explicit, options, progress):
             if failure.get("run"):
                 record.add(failure["run"], case)
             break
+        if group == "large tier" and not estimated:
+            estimated = True
+            progress.write(estimate_line(explicit, len(record.explicit) - 1, record.explicit[-1]["seconds"], rss_before,
+                                         options.get("label", contract)))
     return dict(contract=contract, passed=record.failure is None, fuzzed_cases=fuzzed,
                 properties=record.property_lines(), explicit=record.explicit,
                 designs={d: dict(cases=n, words=words(d)) for d, n in record.designs.most_common()},
                 max_ratio=record.max_ratio, worst=record.worst, samples=_samples(record),
                 failure=_failure(record.failure), seconds=round(time.perf_counter() - start, 2),
                 timing=dict(candidate_s=round(record.candidate_s, 3), judge_s=round(record.judge_s, 3),
+                            cases_s=round(options.get("cases_s", 0.0), 3),
                             child_start_s=round(getattr(executor, "start_s", 0.0), 3),
                             transfer_s=round(getattr(executor, "transfer_s", 0.0), 3),
                             transfer_mb=round(getattr(executor, "transfer_bytes", 0) / 1e6, 1),
                             calls=getattr(executor, "calls", 0))), record.failure
+
+
+def weights_of(case):
+    return case.weights.shape[0] * case.weights.shape[1]
+
+
+def plan_line(explicit, label):
+    """What the explicit examples hold, before they run."""
+    groups = {}
+    for group, _, case in explicit:
+        count, weights = groups.get(group, (0, 0))
+        groups[group] = (count + 1, weights + weights_of(case))
+    return f"{label}: next " + ", ".join(f"{n} {g} ({w / 1e6:.0f} M weights)" for g, (n, w) in groups.items())
+
+
+PROBE_COST = {"probes": 0.35}  # a probe costs about a third of a large-tier case of the same size (one call)
+
+
+def estimate_line(explicit, done, seconds_first, rss_before, label):
+    """After the first large-tier case: the time left and the memory peak, extrapolated by weights from it."""
+    import resource
+    first = weights_of(explicit[done][2])
+    rest = sum(weights_of(c) * PROBE_COST.get(g, 1.0) for g, _, c in explicit[done + 1:])
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (Linux reports KiB)
+    biggest = max(weights_of(c) for _, _, c in explicit)
+    peak = rss_before + max(rss - rss_before, 0.0) * biggest / max(first, 1)
+    return (f"{label}: the first large-tier case ({first / 1e6:.0f} M weights) took {seconds_first:.1f} s: "
+            f"about {seconds_first * rest / max(first, 1):.0f} s to go, this process at about {peak:.1f} GiB at the peak")
 
 
 def _judgement(run):

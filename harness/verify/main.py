@@ -5,7 +5,7 @@ from int4_lora_harness.progress import say
 from int4_lora_harness.verify import record
 from int4_lora_harness.verify.cli import PROFILES, parse_domain
 from int4_lora_harness.verify.executor import TargetRefused
-from int4_lora_harness.verify.run import Candidate, run, run_layer, usage_error_verdict
+from int4_lora_harness.verify.run import Candidate, judge_run, run_layer, usage_error_verdict
 from int4_lora_harness.verify.targets import UsageError, split_target
 
 INTERPRETED = "Triton's CPU interpreter would take hours on layer shapes; verify on CUDA for them"
@@ -47,7 +47,7 @@ def layout_domain(layout, domain):
         narrowed = domain.narrow(**chosen.limits)
     except ValueError as error:
         raise UsageError(f"--layout {layout}: {error}") from None
-    say(f"layout {layout}: {chosen.describe_limits()}")
+    say(f"layout {layout}: " + "; ".join(chosen.describe_limits()))
     return narrowed
 
 
@@ -111,7 +111,7 @@ def main(args, argv):
     try:
         options["checkpoint"] = checkpoint_examples(args, options["domain"], args.seed)
         found, skipped = candidates(args, options)
-        return run(found, skipped, options, argv)
+        return judge_run(found, skipped, options, argv)
     except (UsageError, TargetRefused) as error:
         usage_error_verdict(options, argv, str(error))
         raise UsageError(str(error)) from None

@@ -66,7 +66,8 @@ def coverage_cases(contract, domain=FULL, seed=0):
             weights = make_weights(np.random.default_rng(seed + i), out_features, in_features, **params)
             cases.append(("coverage", name, DequantCase(weights, dtype)))
         else:
-            case = make_linear_case(seed + i, out_features, in_features, 17, dtype, rank=min(4, domain.max_rank),
+            m = 17 if shape is COVERAGE_SHAPE else 70  # one 16-row tile and a bit; past a 64-row tile
+            case = make_linear_case(seed + i, out_features, in_features, m, dtype, rank=min(4, domain.max_rank),
                                     num_loras=min(3, domain.max_loras), popularity=domain.popularities[
                                         i % len(domain.popularities)], scaling=0.5, bias=domain.bias, **params)
             cases.append(("coverage", name, case))

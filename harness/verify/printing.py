@@ -18,8 +18,9 @@ def time_split(result):
     t = result.get("timing") or {}
     if not t:
         return f"{result.get('seconds', '?')} s"
-    return (f"{result['seconds']} s: candidate {t['candidate_s']:.1f} s, judge {t['judge_s']:.1f} s, child start "
-            f"{t['child_start_s']:.1f} s, transfer {t['transfer_s']:.1f} s ({t['transfer_mb']:.0f} MB)")
+    return (f"{result['seconds']} s: candidate {t['candidate_s']:.1f} s, judge {t['judge_s']:.1f} s, building cases "
+            f"{t.get('cases_s', 0):.1f} s, child start {t['child_start_s']:.1f} s, transfer {t['transfer_s']:.1f} s "
+            f"({t['transfer_mb']:.0f} MB)")
 
 
 def print_verdict(result):

@@ -7,9 +7,10 @@ make every correct design give one known answer, whatever its accumulation order
 exact    small-integer activations (7..15) and weights with power-of-two scales: every product is
          an integer (|.| <= 210) and every partial sum of any subset of products is an integer below
          2**24, so any fp32 accumulation, in any order or split, is exact and every correct design
-         returns RN_x(y). The weights' sign alternates every 128 columns, so each 64- or 128-column
-         partial sum is a same-sign run of a few thousand (odd integers above 2048 are not fp16
-         numbers; bf16 keeps 8 bits) while y, a sum of alternating runs, stays within a few
+         returns RN_x(y). The weights' sign alternates every 256 columns (a negative run's groups
+         share the scales of the positive run before it), so each aligned 32..256-column partial
+         sum is a same-sign run of a few thousand (odd integers above 2048 are not fp16 numbers;
+         bf16 keeps 8 bits) while y, a sum of runs that nearly cancel in pairs, stays within a few
          thousand, where x's dtype still resolves the error a half-precision partial sum, a
          skipped tile or a wrong tile offset leaves: judged bit for bit.
 columns  one-hot activation rows at tile and group boundaries (first and last column, multiples
@@ -20,11 +21,11 @@ columns  one-hot activation rows at tile and group boundaries (first and last co
 lora     a zero base, one-hot activations and one-hot ranks in B: y[m, o] = scaling * A[i_m][o %
          rank, c_m], with A's values exact in x's dtype but not in a narrower one (fp16: 11-bit
          significands bf16 cannot hold; bf16: magnitudes fp16 cannot hold; fp32: 24 bits);
-         tokens alternate adapters across the 16-row tile boundary. Judged bit for bit.
+         tokens alternate adapters across every 16-row tile boundary, past a 64-row one (M = 80).
+         Judged bit for bit.
 """
 import numpy as np
 
-from int4_lora_harness.reference.granularity import expand
 from int4_lora_harness.reference.packing import pack
 from int4_lora_harness.reference.rounding import round_to
 from int4_lora_harness.verify.cases import LinearCase, Weights
@@ -33,14 +34,14 @@ from int4_lora_harness.verify.judgement import Tally, row_blocks, weight_rows
 from int4_lora_harness.verify.tolerance import ratio_of, ulp_distance, weight_window
 
 PROBES = ("exact", "columns", "lora")
-RUN = 128  # columns of same-sign products: any 64- or 128-column partial sum is coherent (> 2048)
+RUN = 256  # columns of same-sign products: any aligned 32..256-column partial sum is coherent (> 2048)
 EXACT_M = 20  # tokens: more than one 16-row tile
 TILES = (16, 32, 64, 128, 256)
 
 
 def _zero_points(rng, kind, shape, fractional):
-    """Integer zero points in [-3, 3], or half-integers k + 0.5 in [-3.5, 3.5], of `shape` [rows, groups]."""
-    return rng.integers(-4, 4, size=shape) + 0.5 if fractional else rng.integers(-3, 4, size=shape).astype(np.float64)
+    """Integer zero points in [-3, 2], or half-integers k + 0.5 in [-3.5, 2.5], of `shape` [rows, groups]."""
+    return rng.integers(-4, 3, size=shape) + 0.5 if fractional else rng.integers(-3, 3, size=shape).astype(np.float64)
 
 
 def _granular(t, granularity, out_features, groups):
@@ -54,25 +55,45 @@ def _granular(t, granularity, out_features, groups):
 
 def exact_weights(rng, out_features, in_features, group_size, scale_granularity, zero_granularity, zero_kind,
                   scales_dtype):
-    """Weights W = u * s, the sign of u alternating every RUN columns: |u| in {2, 3, 4} and s in {1, 2}, or with
-    half-integer zero points |u| in {1.5, 2.5, 3.5} and s in {2, 4} (W an integer either way, odd or even)."""
+    """Weights W = u * s, the sign of u alternating every RUN columns: |u| in {3, 4, 5} and s in {1, 2}, or with
+    half-integer zero points |u| in {1.5, 2.5, 3.5} and s in {2, 4} (W an integer either way, odd or even; the
+    nibble v = u + z stays in [-8, 7]). Integer arithmetic on 2u and 2z throughout: exact, and cheap."""
     groups = -(-in_features // group_size) if "grouped" in (scale_granularity, zero_granularity) else 1
     fractional = zero_granularity is not None and zero_kind in ("float", "fp32")
-    half = 0.5 if fractional else 0.0  # z = k + 0.5 needs half-integer u for integer nibbles v = u + z
-    sign = np.where((np.arange(in_features) // RUN) % 2 == 0, 1.0, -1.0)  # [in]: runs of same-sign products
-    u = sign * (rng.integers(2 - int(half > 0), 5 - int(half > 0), size=(out_features, in_features)) + half)
-    exponents = rng.integers(0, 2, size=(out_features, groups)) + (1 if half else 0)
+    sign = np.where((np.arange(in_features) // RUN) % 2 == 0, 1, -1).astype(np.int8)  # [in]: same-sign runs
+    magnitude = 2 * rng.integers(1, 4, size=(out_features, in_features), dtype=np.int8) + 1 if fractional else \
+        2 * rng.integers(3, 6, size=(out_features, in_features), dtype=np.int8)
+    twice_u = sign * magnitude  # 2u: odd (half-integer u) or even
+    exponents = rng.integers(0, 2, size=(out_features, groups)) + (1 if fractional else 0)
+    width = group_size if groups > 1 else in_features
+    if groups > 1 and RUN % width == 0:  # a negative run's groups take the scales of the positive run before it
+        per_run = RUN // width
+        for g in range(groups):
+            if (g // per_run) % 2:
+                exponents[:, g] = exponents[:, g - per_run]
     scales = _granular(np.exp2(exponents.astype(np.float64)), scale_granularity, out_features, groups)
-    zeros, zero_dtype, v = None, None, u
+    zeros, zero_dtype, twice_v = None, None, twice_u
     if zero_granularity is not None:
         zeros = _granular(_zero_points(rng, zero_kind, (out_features, groups), fractional), zero_granularity,
                           out_features, groups)
         zero_dtype = (scales_dtype if zero_kind == "float" else zero_kind) if fractional else zero_kind
         zeros = zeros.astype(zero_dtype) if zero_dtype.startswith("int") else zeros
-        v = u + expand(zeros, out_features, in_features, group_size, "zero_points")
-    assert np.array_equal(np.clip(v, -8, 7), v) and np.array_equal(np.rint(v), v), "probe nibbles must be exact"
+        twice_z = np.rint(2 * _per_column(zeros, out_features, in_features, width)).astype(np.int8)
+        twice_v = twice_u + twice_z
+    v = twice_v // 2
+    assert not np.any(twice_v % 2) and -8 <= v.min() and v.max() <= 7, "probe nibbles must be exact"
     uses_groups = "grouped" in (scale_granularity, zero_granularity)
-    return Weights(pack(v.astype(np.int8)), scales, scales_dtype, zeros, zero_dtype, group_size if uses_groups else None)
+    return Weights(pack(v), scales, scales_dtype, zeros, zero_dtype, group_size if uses_groups else None)
+
+
+def _per_column(t, out_features, in_features, width):
+    """Zero points of any granularity, one per weight [out, in] (int8-sized values: cheap to expand)."""
+    t = np.asarray(t)
+    if t.size == 1:
+        return np.broadcast_to(t.reshape(1, 1), (out_features, in_features))
+    if t.ndim == 1:
+        return np.broadcast_to(t[:, None], (out_features, in_features))
+    return t[:, np.arange(in_features) // width]
 
 
 def exact_probe(seed, out_features, in_features, x_dtype, group_size=128, scale_granularity="grouped",
@@ -117,7 +138,7 @@ def lora_values(rng, shape, x_dtype):
     return (1.0 + (2 * rng.integers(0, 2 ** 22, size=shape) + 1) * 2.0 ** -23) * rng.choice([-1.0, 1.0], size=shape)
 
 
-def lora_probe(seed, out_features, in_features, x_dtype, num_loras=4, rank=16, m=33, scaling=0.5):
+def lora_probe(seed, out_features, in_features, x_dtype, num_loras=4, rank=16, m=80, scaling=0.5):
     """A LinearCase with a zero base whose output is the shrink intermediate itself (module docstring)."""
     rng = np.random.default_rng(seed)
     weights = Weights(np.full((out_features, in_features // 2), 0x88, np.uint8), np.ones(1), "fp16", None, None, None)
@@ -142,11 +163,14 @@ def exact_expected(case):
     from int4_lora_harness.reference.linear import base_exact, lora_exact
     w = case.weights
     x = case.x.astype(np.float64)
-    y = np.empty((x.shape[0], w.shape[0]))
-    for rows in row_blocks(*w.shape):
+    y = np.zeros((x.shape[0], w.shape[0]))
+    zero_base = w.zero_points is None and not np.any(w.packed != 0x88)  # every v = 0: W = 0 (the lora probe)
+    for rows in [] if zero_base else row_blocks(*w.shape):
         packed, scales, zeros = weight_rows(w, rows)
         bias = None if case.bias is None else case.bias[rows]
         y[:, rows] = base_exact(x, dequantize_exact(packed, scales, zeros, w.group_size), bias)
+    if zero_base and case.bias is not None:
+        y += case.bias
     if case.lora_a is not None:
         y += lora_exact(x, case.lora_a, case.lora_b, case.lora_indices, case.scaling)
     return round_to(y, case.x_dtype).astype(np.float64)
@@ -166,35 +190,57 @@ def exact_judgement(got, case):
     return tally.judgement()
 
 
+def at_columns(weights, cols):
+    """The weights of columns `cols` only, as Weights of their own (each column its own group of one), so that
+    reference.dequantize_exact computes W[:, cols] without the rest of the layer."""
+    from dataclasses import replace
+
+    from int4_lora_harness.reference.packing import unpack
+    out_features, in_features = weights.shape
+    cols = np.asarray(cols)
+    pairs = np.r_[cols, cols[-1:]] if cols.size % 2 else cols  # pack needs an even number of columns
+
+    def pick(t):
+        if t is None:
+            return None
+        t = np.asarray(t)
+        if t.size == 1:
+            return np.broadcast_to(t.reshape(1, 1), (out_features, pairs.size)).copy()
+        if t.ndim == 1:
+            return np.repeat(t[:, None], pairs.size, axis=1)
+        return t[:, np.minimum(pairs // min(weights.group_size, in_features), t.shape[1] - 1)]
+    packed = pack(unpack(weights.packed)[:, pairs])
+    return replace(weights, packed=packed, scales=pick(weights.scales), zero_points=pick(weights.zero_points),
+                   group_size=1), cols.size
+
+
 def columns_judgement(got, case):
-    """Each y[m, o] = W[o, c_m] held to the dequantizer's standard (module docstring), block by block."""
+    """Each y[m, o] = W[o, c_m] held to the dequantizer's standard (module docstring), from the probed columns."""
     from int4_lora_harness.reference.dequantize import dequantize_exact
+    from int4_lora_harness.verify.tolerance import fp32_exact
     cols = case.notes["columns"]
     got = np.asarray(got, np.float64)
-    w = case.weights
-    tally = Tally(PROBE_DESIGN, got.size)
-    for rows in row_blocks(*w.shape):
-        packed, scales, zeros = weight_rows(w, rows)
-        exact = dequantize_exact(packed, scales, zeros, w.group_size)[:, cols].T  # [M, rows]
-        window = weight_window(packed, scales, zeros, w.group_size)[:, cols].T
-        with np.errstate(over="ignore", invalid="ignore"):
-            expected = round_to(exact, case.x_dtype).astype(np.float64)
+    w, n = at_columns(case.weights, cols)
+    exact = dequantize_exact(w.packed, w.scales, w.zero_points, 1)[:, :n].T  # [M, out]
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = round_to(exact, case.x_dtype).astype(np.float64)
+        spread = 0.0
+        if not fp32_exact(case.weights):  # a weight computed in fp32 may round either way near a tie
+            window = weight_window(w.packed, w.scales, w.zero_points, 1)[:, :n].T
             low, high = (round_to(exact + sign * window, case.x_dtype).astype(np.float64) for sign in (-1, 1))
-        g = got[:, rows]
-        ulps = ulp_distance(g, expected, case.x_dtype)
-        spread = np.maximum(ulp_distance(low, expected, case.x_dtype), ulp_distance(high, expected, case.x_dtype))
-        allowed = np.maximum(np.where(expected == exact, 0.0, 1.0), spread)
-        ratio = ratio_of(ulps, allowed)
-        tally.add(ratio, ulps, lambda i, j, rows=rows, expected=expected, g=g, ulps=ulps, allowed=allowed,
-                  ratio=ratio, exact=exact: dict(index=(int(i), rows.start + int(j)), expected=float(expected[i, j]),
-                                                 got=float(g[i, j]), ulps=float(ulps[i, j]),
-                                                 allowed=float(allowed[i, j]), ratio=float(ratio[i, j]),
-                                                 inputs=dict(probe="columns", column=int(cols[i]),
-                                                             exact_weight=float(exact[i, j]))))
+            spread = np.maximum(ulp_distance(low, expected, case.x_dtype), ulp_distance(high, expected, case.x_dtype))
+    ulps = ulp_distance(got, expected, case.x_dtype)
+    allowed = np.maximum(np.where(expected == exact, 0.0, 1.0), spread)
+    ratio = ratio_of(ulps, allowed)
+    tally = Tally(PROBE_DESIGN, got.size)
+    tally.add(ratio, ulps, lambda i, j: dict(index=(int(i), int(j)), expected=float(expected[i, j]),
+                                             got=float(got[i, j]), ulps=float(ulps[i, j]),
+                                             allowed=float(allowed[i, j]), ratio=float(ratio[i, j]),
+                                             inputs=dict(probe="columns", column=int(cols[i]),
+                                                         exact_weight=float(exact[i, j]))))
     return tally.judgement()
 
 
 def probe_judgement(got, case):
     """The judgement of a probe case (case.expect 'exact' or 'columns')."""
     return columns_judgement(got, case) if case.expect == "columns" else exact_judgement(got, case)
-

@@ -7,12 +7,14 @@ a thread running), the run ends with a verdict file and exit status 1, never wit
 import concurrent.futures
 import multiprocessing
 import os
+import time
 from dataclasses import dataclass
 
 from int4_lora_harness.progress import bar, say
 from int4_lora_harness.verify import plan, record
 from int4_lora_harness.verify.executor import CandidateFailure, ChildExecutor, InProcessExecutor, TargetRefused
 from int4_lora_harness.verify.printing import print_summary, print_verdict
+from int4_lora_harness.verify.properties import fitted
 from int4_lora_harness.verify.targets import parameters, repro_target
 
 
@@ -37,13 +39,17 @@ def open_executor(candidate, options):
 
 
 def explicit_cases(candidate, options):
-    """The explicit examples of harness.verify.plan for this candidate (large tier and probes unless skipped)."""
-    domain, seed, contract = options["domain"], candidate.seed, candidate.contract
+    """The explicit examples of harness.verify.plan for this candidate (large tier and probes unless skipped),
+    fitted to a native layout; a probe whose values the layout would change is left out (its exactness is
+    built from those values: harness.verify.properties.fitted)."""
+    domain, seed, contract, layout = options["domain"], candidate.seed, candidate.contract, options["layout"]
     cases = plan.coverage_cases(contract, domain, seed)
     if candidate.large_tier_skipped is None:
         cases += plan.large_tier_cases(contract, domain, seed)
         cases += plan.probe_cases(domain, seed) if contract == "linear" else []
-    return cases + options["checkpoint"].get(contract, [])
+    cases += options["checkpoint"].get(contract, [])
+    fitted_cases = [(group, name, fitted(case, layout)) for group, name, case in cases]
+    return [(g, n, c) for g, n, c in fitted_cases if g != "probes" or c.expect != "tolerance"]
 
 
 def verify_one(candidate, options, progress_enabled=True):
@@ -57,11 +63,14 @@ def verify_one(candidate, options, progress_enabled=True):
         executor = open_executor(candidate, options)
     except CandidateFailure as failure:  # it ended the process while being imported
         return dict(base, **ended_at_import(failure))
+    begun = time.perf_counter()
     explicit = explicit_cases(candidate, options)
+    cases_s = time.perf_counter() - begun
     progress = bar(options["examples"] + len(explicit), f"{candidate.label} [{candidate.contract}]",
                    progress_enabled and options["progress"])
     run_options = dict(seed=candidate.seed, examples=options["examples"], domain=options["domain"],
-                       designs=options["designs"], layout=options["layout"])
+                       designs=options["designs"], layout=options["layout"], cases_s=cases_s,
+                       label=f"{candidate.label} [{candidate.contract}]")
     result, failure = verify_candidate(candidate.contract, executor, explicit, run_options, progress)
     progress.close()
     result = dict(base, source=executor.source, **result)
@@ -122,7 +131,7 @@ def judge_all(candidates, options):
             yield result
 
 
-def run(candidates, skipped, options, argv):
+def judge_run(candidates, skipped, options, argv):
     """Judge every candidate, writing the verdict before, during and after; the exit status (0 or 1)."""
     verdict = record.header(options["run_id"], argv, device=options["device"], profile=options["profile"],
                             examples=options["examples"], seed=options["seed"], designs=list(options["designs"]),

@@ -9,6 +9,7 @@ A `Domain` narrows the space for kernels that support only part of it; the defau
 is the whole of SPEC §1-4.
 """
 import math
+from dataclasses import replace
 
 import numpy as np
 from hypothesis import HealthCheck, settings
@@ -83,13 +84,59 @@ def dequant_cases(draw, domain=FULL):
     return DequantCase(make_weights(rng, out_features, in_features, group_size=group_size, **params), output_dtype)
 
 
+POISONS = (None, "nan in lora_a", "inf in lora_b", "inf scaling", "nan scaling")
+
+
 @st.composite
 def linear_cases(draw, domain=FULL):
-    """A LinearCase covering SPEC §4: M = 1, multiples of 16 and not; ranks 1..max_rank; 0..max_loras adapters."""
+    """A LinearCase covering SPEC §4: M = 1, multiples of 16 and not; ranks 1..max_rank; 0..max_loras adapters;
+    sometimes an adapter holding NaN or inf, or a non-finite scaling (tokens without that adapter must not see
+    it), and sometimes one of the probes of harness.verify.probes at the drawn shape."""
     out_features, in_features, group_size = draw(shapes(domain))
     x_dtype = draw(st.sampled_from(domain.dtypes))
+    if draw(st.integers(0, 9)) == 9:  # shrinks towards the random case
+        return draw(probe_cases(domain, out_features, in_features, group_size, x_dtype))
     m = draw(st.one_of(st.just(1), st.sampled_from([16, 32, 48]), st.integers(2, 70)))
     num_loras = draw(st.integers(0, domain.max_loras))
+    case = _linear_case(draw, domain, out_features, in_features, group_size, x_dtype, m, num_loras)
+    poison = draw(st.sampled_from(POISONS)) if num_loras and draw(st.integers(0, 7)) == 7 else None
+    return poisoned(case, poison, draw(st.integers(0, num_loras - 1)) if poison else 0)
+
+
+def poisoned(case, poison, adapter):
+    """`case` with one adapter (or the scaling) non-finite, as drawn by linear_cases; None: as is."""
+    if poison is None:
+        return case
+    notes = dict(case.notes, poison=f"{poison} (adapter {adapter})")
+    if poison.endswith("scaling"):
+        return replace(case, scaling=float("inf" if poison.startswith("inf") else "nan"), notes=notes)
+    name = "lora_a" if poison.endswith("lora_a") else "lora_b"
+    values = getattr(case, name).copy()
+    values[adapter].flat[0] = np.nan if poison.startswith("nan") else np.inf
+    return replace(case, **{name: values}, notes=notes)
+
+
+@st.composite
+def probe_cases(draw, domain, out_features, in_features, group_size, x_dtype):
+    """One of the exact, columns and lora probes at a drawn shape (the large tier has them at real ones)."""
+    from int4_lora_harness.verify.probes import columns_probe, exact_probe, lora_probe
+    kind = draw(st.sampled_from(("exact", "columns", "lora") if domain.max_loras else ("exact", "columns")))
+    seed = draw(st.integers(0, 2**32 - 1))
+    granularity = draw(st.sampled_from(domain.granularities))
+    zero = draw(st.sampled_from(domain.zero_kinds() or ("int8",)))
+    scales_dtype = draw(st.sampled_from(domain.scale_dtype_choices(x_dtype)))
+    if kind == "exact":
+        return exact_probe(seed, out_features, in_features, x_dtype, group_size, granularity,
+                           granularity if domain.zero_kinds() else None, zero, scales_dtype)
+    if kind == "lora":
+        return lora_probe(seed, out_features, in_features, x_dtype, num_loras=min(4, domain.max_loras),
+                          rank=min(8, domain.max_rank), m=min(80, 2 * out_features + 17))
+    weights = make_weights(np.random.default_rng(seed), out_features, in_features, group_size, granularity,
+                           granularity if domain.zero_kinds() else None, zero, scales_dtype, scale_exponent=-3.0)
+    return columns_probe(weights, x_dtype, seed)
+
+
+def _linear_case(draw, domain, out_features, in_features, group_size, x_dtype, m, num_loras):
     return make_linear_case(
         seed=draw(st.integers(0, 2**32 - 1)), out_features=out_features, in_features=in_features, m=m,
         x_dtype=x_dtype, rank=draw(st.integers(1, domain.max_rank)), num_loras=num_loras,

@@ -26,8 +26,8 @@ Linear: one design reference per correct design (harness.verify.designs), one re
         3xTF32 dot (error <= EXPAND_PRODUCT u32).
     5   `fp32_sum`: the fp32 sum of base and LoRA: u32 (|y_base| + |y_lora|).
     +   `unfused_roundings` (unfused designs only, tokens that have an adapter): the base rounded to
-        x.dtype, u_x (|y_base| + terms 1-3) + eta_x, and the delta rounded to x.dtype, u_x (|y_lora|
-        + term 4) + eta_x.
+        x.dtype, u_x (|y_base| + terms 1-3) + eta_x, and the delta rounded to x.dtype up to twice
+        (written by the expand, then scaled), 2 u_x (|y_lora| + term 4) + 2 eta_x.
     6   `final_excess`: got = RN_x(y') for some |y' - y_d| <= (1..5), so |got - y_d| <= (1..5) +
         spacing_x(got) / 2. The ratio is the error beyond that half spacing over (1..5).
     Overflow: got may be +-inf only where |y_d| + bound reaches x.dtype's overflow threshold, and must
@@ -43,7 +43,7 @@ import numpy as np
 
 from int4_lora_harness.reference.dequantize import dequantize_exact
 from int4_lora_harness.reference.granularity import expand, from_groups, granularity, group_width, in_groups, per_group
-from int4_lora_harness.reference.linear import base_exact
+from int4_lora_harness.reference.linear import base_exact, lora_exact
 from int4_lora_harness.reference.packing import unpack
 from int4_lora_harness.reference.rounding import FORMATS, float_format, ordinal, round_to, spacing
 from int4_lora_harness.verify.designs import DEQUANTIZER_DESIGN, DESIGNS
@@ -78,51 +78,47 @@ def weight_window(packed_weights, scales, zero_points, group_size):
     return from_groups(WINDOW * (U32 * v * s + ETA32), in_features)
 
 
-def weight_flips(exact, window, w_x, dtype):
-    """Term 3 for "w in x.dtype": |RN_x(W + window) - RN_x(W - window)|, nonzero only where W lies within the window
-    of a midpoint of x.dtype's grid: those few weights are found from the gap on W's side of RN_x(W) (half the gap
-    above when RN_x(W) is a power of two and W lies below it), then rounded both ways."""
+def weight_flips(exact, window, dtype):
+    """Term 3 for "w in x.dtype": |RN_x(W + window) - RN_x(W - window)|, nonzero only where W lies within the
+    window of a midpoint of x.dtype's grid (then a weight computed in fp32 may round either way)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        magnitude = np.abs(w_x)
-        above = np.abs(exact) >= magnitude
-        gap = np.where(above, spacing(magnitude, dtype), spacing(magnitude * (1 - 2.0 ** -20), dtype))
-        near = np.nonzero((np.abs(exact - w_x) + window >= 0.5 * gap) | ~np.isfinite(w_x))
-        flips = np.zeros_like(exact)
-        e, win = exact[near], window[near]
-        flips[near] = np.abs(round_to(e + win, dtype).astype(np.float64) - round_to(e - win, dtype))
-    return flips
+        return np.abs(round_to(exact + window, dtype).astype(np.float64) - round_to(exact - window, dtype))
 
 
-def sparse_abs_products(x_abs, weights):
-    """|x| @ weights^T for a mostly-zero weights [rows, in] (the flips): [M, rows], summing only the nonzeros
-    (a dense product where more than 1 % are nonzero: fp16 scales put many weights exactly on a tie)."""
-    rows, cols = np.nonzero(weights)
-    if rows.size > weights.size // 100:
-        return x_abs @ weights.T
-    out = np.zeros((x_abs.shape[0], weights.shape[0]))
-    if rows.size:
-        terms = x_abs[:, cols] * weights[rows, cols]  # [M, nnz], rows sorted
-        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-        out[:, rows[starts]] = np.add.reduceat(terms, starts, axis=1)
-    return out
+def fp32_exact(weights):
+    """True when fp32 computes every weight exactly, by (v - z) * s or v * s - z * s alike: fp16 (11-bit) or bf16
+    (8-bit) scales and no zero points or integer ones with |z| + 8 < 2**(24 - bits). Then term 3 is zero."""
+    bits = {"fp16": 11, "bf16": 8}.get(weights.scales_dtype)
+    if bits is None:
+        return False
+    z = weights.zero_points
+    if z is None:
+        return True
+    if not weights.zero_points_dtype.startswith(("int", "uint")):
+        return False
+    return float(np.max(np.abs(z), initial=0)) + 8 < 2.0 ** (24 - bits)
 
 
 def lora(x, lora_a, lora_b, lora_indices, scaling, dtype):
-    """Term 4, once per case: (y_lora [M, out], bound [M, out], |y_lora| magnitude [M, out]) in float64."""
+    """Term 4, once per case: (y_lora [M, out] from reference.lora_exact, bound [M, out], |y_lora| magnitude
+    [M, out]) in float64, each token's from its own adapter only (another adapter's NaN or inf never reaches it)."""
     fmt = float_format(dtype)
     m, k = x.shape
-    num_loras, rank, _ = lora_a.shape
-    a = lora_a.astype(np.float64).reshape(num_loras * rank, k)
-    mine = (lora_indices[:, None] == np.arange(num_loras)[None, :])[:, :, None]  # [M, L, 1]
-    masked = lambda t: np.where(mine, t.reshape(m, num_loras, rank), 0.0).reshape(m, -1)  # noqa: E731
-    t = masked(x @ a.T)  # [M, L * rank]: the shrink result of each token's own adapter
-    t_abs_sum = masked(np.abs(x) @ np.abs(a).T)
-    b = lora_b.astype(np.float64).transpose(0, 2, 1).reshape(num_loras * rank, -1)  # [L * rank, out]
-    t_error = masked(LAMBDA * np.sqrt(k) * U32 * t_abs_sum + k * ETA32 + fmt.unit_roundoff * np.abs(t)
-                     + fmt.underflow_error)
-    magnitude = abs(scaling) * (np.abs(t) @ np.abs(b))
-    bound = abs(scaling) * (t_error @ np.abs(b)) + (rank + 2 + EXPAND_PRODUCT) * U32 * magnitude + (rank + 2) * ETA32
-    return scaling * (t @ b), bound, magnitude
+    rank = lora_a.shape[1]
+    bound, magnitude = np.zeros((m, lora_b.shape[1])), np.zeros((m, lora_b.shape[1]))
+    with np.errstate(invalid="ignore", over="ignore"):
+        for i in range(lora_a.shape[0]):
+            rows = np.asarray(lora_indices) == i
+            if not rows.any():
+                continue
+            a, b = lora_a[i].astype(np.float64), np.abs(lora_b[i].astype(np.float64))  # [rank, in], [out, rank]
+            t = x[rows] @ a.T  # [tokens, rank]: the shrink result
+            t_error = LAMBDA * np.sqrt(k) * U32 * (np.abs(x[rows]) @ np.abs(a).T) + k * ETA32 \
+                + fmt.unit_roundoff * np.abs(t) + fmt.underflow_error
+            magnitude[rows] = abs(scaling) * (np.abs(t) @ b.T)
+            bound[rows] = abs(scaling) * (t_error @ b.T) + (rank + 2 + EXPAND_PRODUCT) * U32 * magnitude[rows] \
+                + (rank + 2) * ETA32
+    return lora_exact(x, lora_a, lora_b, lora_indices, scaling), bound, magnitude
 
 
 def fp32_sum(y_base, lora_magnitude):
@@ -131,10 +127,12 @@ def fp32_sum(y_base, lora_magnitude):
 
 
 def unfused_roundings(y_base, base_bound, lora_magnitude, lora_bound, has_lora, dtype):
-    """The unfused design's two extra roundings, for tokens with an adapter (elsewhere the base rounding is the
-    final one): the base output rounded to x.dtype, and the delta rounded to x.dtype (if the kernel does)."""
+    """The unfused design's extra roundings, for tokens with an adapter (elsewhere the base rounding is the final
+    one): the base output rounded to x.dtype, and the delta rounded to x.dtype up to twice (the expand writes it,
+    then `* scaling` does again: peft's lora_B(lora_A(x)) * scaling)."""
     fmt = float_format(dtype)
-    extra = fmt.unit_roundoff * (np.abs(y_base) + base_bound + lora_magnitude + lora_bound) + 2 * fmt.underflow_error
+    extra = fmt.unit_roundoff * (np.abs(y_base) + base_bound + 2 * (lora_magnitude + lora_bound)) \
+        + 3 * fmt.underflow_error
     return np.where(has_lora[:, None], extra, 0.0)
 
 
@@ -146,8 +144,17 @@ def final_excess(got, expected, dtype):
 
 def ratio_with_overflow(got, expected, bound, dtype):
     """error / allowed per element after term 6, with SPEC §3's overflow rule: inf allowed (same sign) only
-    where |expected| + bound reaches the overflow threshold, required where |expected| - bound does."""
+    where |expected| + bound reaches the overflow threshold, required where |expected| - bound does. Where the
+    exact result itself is not finite (a token whose adapter holds NaN or inf, a non-finite scaling), got must
+    not be finite either, and may be NaN or inf as the kernel's order of operations makes it."""
     fmt = float_format(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ratio = _finite_ratio(got, expected, bound, dtype, fmt)
+        return np.where(np.isfinite(expected), ratio, np.where(np.isfinite(got), np.inf, 0.0))
+
+
+def _finite_ratio(got, expected, bound, dtype, fmt):
+    """ratio_with_overflow's rule for finite exact results."""
     with np.errstate(over="ignore", invalid="ignore"):
         threshold = fmt.max_finite + 0.5 * float(spacing(fmt.max_finite, dtype))  # RN overflows from here on
         ratio = ratio_of(final_excess(got, expected, dtype), bound)
@@ -222,21 +229,28 @@ def _base_block(case, rows, weights_kind):
     """For weight rows `rows`: (y_base [M, rows], bound of terms 1-3 [M, rows], s_abs) for "x" or "fp32" weights."""
     w = case.weights
     x = case.x.astype(np.float64)
-    x_abs = np.abs(x)
+    x_abs = np.abs(case.x).astype(np.float32)  # exact: x holds values of fp16, bf16 or fp32
     packed, scales, zeros = weight_rows(w, rows)
     exact = dequantize_exact(packed, scales, zeros, w.group_size)  # [rows, in]
-    window = weight_window(packed, scales, zeros, w.group_size)
+    window = None if fp32_exact(w) else weight_window(packed, scales, zeros, w.group_size)
     bias = None if case.bias is None else case.bias.astype(np.float64)[rows]
     with np.errstate(over="ignore", invalid="ignore"):
-        if weights_kind == "x":
-            w_d = round_to(exact, case.x_dtype).astype(np.float64)
-            slack = sparse_abs_products(x_abs, weight_flips(exact, window, w_d, case.x_dtype))
-        else:
-            w_d, slack = exact, x_abs @ window.T
+        w_d = round_to(exact, case.x_dtype) if weights_kind == "x" else exact
+        slack = 0.0
+        if window is not None:
+            slack = abs_products(x_abs, weight_flips(exact, window, case.x_dtype) if weights_kind == "x" else window)
         y_base = base_exact(x, w_d, bias)
-        s_abs = x_abs @ np.abs(w_d).T + (0.0 if bias is None else np.abs(bias))
+        s_abs = abs_products(x_abs, np.abs(w_d)) + (0.0 if bias is None else np.abs(bias))
         bound = accumulation(s_abs, x.shape[1]) + slack
     return y_base, bound, s_abs
+
+
+def abs_products(x_abs, weights_abs):
+    """An upper bound of |x| @ |W|^T [M, rows] (both non-negative) by an fp32 GEMM: its relative error is below
+    K u32 (K additions of non-negative terms, each product exact or rounded once), so it is scaled up by that."""
+    k = x_abs.shape[1]
+    product = x_abs @ weights_abs.astype(np.float32).T
+    return product.astype(np.float64) * (1 + (k + 2) * U32) + (k + 1) * ETA32
 
 
 def _design_tallies(got, case, weights_kind, designs, lora_parts):

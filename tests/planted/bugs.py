@@ -188,7 +188,7 @@ def correct_linear_gathered(x, packed_weights, scales, zero_points, group_size, 
         a = lora_a[lora_indices.clamp(min=0)].float()  # [M, rank, in]: a per-token copy, fine for tests
         b = lora_b[lora_indices.clamp(min=0)].float()  # [M, out, rank]
         shrunk = torch.bmm(a, x.float()[:, :, None])  # [M, rank, 1]
-        y = y + scaling * used * torch.bmm(b, shrunk)[:, :, 0]
+        y = torch.where(used > 0, y + scaling * torch.bmm(b, shrunk)[:, :, 0], y)  # index -1: the base, whatever A, B hold
     return y.to(x.dtype)
 
 
@@ -299,3 +299,19 @@ LINEAR_BUGS = {f.__name__: f for f in (
 CAUGHT_BY = {"rounds_scales_in_place": "inputs unchanged", "cached_by_id": "tracks input updates",
              "split_k_in_arrival_order": "deterministic"}
 CORRECT_LINEARS = {f.__name__: f for f in (correct_linear_per_adapter, correct_linear_gathered)}
+
+
+def lora_one_hot_mask_spreads_nan(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices,
+                                  scaling, bias):
+    """Every adapter's shrink computed for every token, then masked by multiplying with a one-hot matrix: one
+    adapter's NaN or inf reaches every token (0 * inf = NaN), those with index -1 too."""
+    y = _base(x, packed_weights, scales, zero_points, group_size, bias)
+    if lora_a is not None:
+        num_loras, rank = lora_a.shape[:2]
+        t = x.float() @ lora_a.float().reshape(num_loras * rank, -1).T  # [M, L * rank]
+        mask = (lora_indices[:, None] == torch.arange(num_loras)[None, :]).float().repeat_interleave(rank, dim=1)
+        y = y + scaling * ((t * mask) @ lora_b.float().permute(0, 2, 1).reshape(num_loras * rank, -1))
+    return y.to(x.dtype)
+
+
+LINEAR_BUGS[lora_one_hot_mask_spreads_nan.__name__] = lora_one_hot_mask_spreads_nan
