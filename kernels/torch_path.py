@@ -30,7 +30,8 @@ from typing import NamedTuple
 
 import torch
 
-from int4_lora_harness.kernels.checks import validate_linear, validate_output_dtype, validate_weights, integer_zeros_within
+from int4_lora_harness.kernels.checks import (integer_zeros_within, validate_linear, validate_output_dtype,
+                                              validate_scaling, validate_weights)
 
 PAIR_MIN_WIDTH = 256  # columns per group from which a byte-pair table beats two nibble gathers (2-core CPU: g128 ties)
 CPU_BLOCK_ENTRIES = 1 << 19  # per row block on the CPU: output elements, and table entries, at most this many
@@ -266,6 +267,7 @@ def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, l
     """
     out_features, in_features, _, _ = validate_linear(x, packed_weights, scales, zero_points, group_size, lora_a,
                                                       lora_b, lora_indices, bias)
+    validate_scaling(scaling)
     m = x.shape[0]
     if m == 0 or out_features == 0:
         return torch.zeros(m, out_features, dtype=x.dtype, device=x.device)

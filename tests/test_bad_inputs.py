@@ -14,6 +14,7 @@ import torch
 
 from int4_lora_harness import reference as R
 from int4_lora_harness.kernels import checks, torch_path, triton_int4
+from int4_lora_harness.verify.cases import make_linear_case
 
 # ---------------------------------------------------------------- the reference (NumPy)
 
@@ -458,3 +459,9 @@ def test_triton_non_finite_scaling_leaves_tokens_without_an_adapter_alone(scalin
                                                            lora_indices=torch.tensor([-1, -1]))).values())
     y = triton_int4.linear(*on_device(torch_linear_args(scaling=scaling)).values())
     assert torch.equal(y[1], base[1]) and not torch.isfinite(y[0]).any()
+
+
+@pytest.mark.parametrize("scaling", ["0.5", None, True, torch.tensor(0.5)])
+def test_the_torch_linear_refuses_a_scaling_that_is_not_a_real_number(scaling):
+    kwargs = make_linear_case(0, 6, 16, 3, "fp16", rank=2, num_loras=2, group_size=8).torch_kwargs("cpu")
+    assert_refused(lambda: torch_path.linear(**dict(kwargs, scaling=scaling)), TypeError, "scaling must be a real number")
