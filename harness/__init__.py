@@ -14,3 +14,4 @@ Installed as one namespace, `int4_lora_harness` (this folder, harness/ in the re
 The judge (verify/) never imports kernels/: what it judges comes in as a TARGET.
 """
 __version__ = "0.2.0"
+__all__ = ["__version__"]  # the subpackages are the surface: verify, bench, report, checkpoints, serving, testing

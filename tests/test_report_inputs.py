@@ -152,3 +152,17 @@ def test_long_tables_are_cut_and_say_so(tmp_path):
     html = build_report(tmp_path, caps=Caps(rows=5)).read_text()
     comparison = section(html, "comparison")
     assert comparison.count("<tr class=") == 5 and "13 more rows not shown" in comparison  # 18 cases in both
+
+
+def test_the_power_table_is_read_from_its_file_and_a_broken_row_is_a_note(tmp_path):
+    from int4_lora_harness.report import inputs
+    (tmp_path / "power.json").write_text(json.dumps(dict(profile="ci", rows=[
+        dict(name="swapped_nibbles", contract="dequantizer", expected="fail", passed=False, killed_by="fuzz",
+             shape="out 1 x in 2", failed=["within tolerance"], seconds=3.1),
+        dict(name="torch_path", contract="linear", expected="pass", passed=True, bound_used={"all": 7e-4},
+             designs=["w in x.dtype"], seconds=20.0), "not a row"])))
+    power, notes = inputs.load_power(tmp_path / "power.json")
+    assert [r["name"] for r in power["killed"]] == ["swapped_nibbles"] and not power["killed"][0]["passed"]
+    assert power["correct"][0]["bound_used"]["all"] == 7e-4
+    assert notes and "not objects" in notes[0]
+    assert inputs.load_power(tmp_path / "absent.json") == (None, [])

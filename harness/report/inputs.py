@@ -126,3 +126,27 @@ def load_real_weights(path):
                  package_version=read(obj, "package_version", "str", notes, default="?"),
                  blocks=read(obj, "blocks", "list", notes, default=[]), rows=rows)
     return table, notes.lines()
+
+
+def load_power(path):
+    """({profile, killed, correct}, notes) of the power table benchmarks/power.py wrote; (None, []) when absent.
+
+    killed: rows of planted defects (name, contract, passed, killed_by, shape, failed, seconds); correct: rows
+    of correct candidates (name, contract, passed, bound_used, designs, seconds)."""
+    path = Path(path)
+    if not path.is_file():
+        return None, []
+    obj, note = read_json(path)
+    if note or not isinstance(obj, dict) or not isinstance(obj.get("rows"), list):
+        return None, [note or f"{path}: no 'rows' list: the power table is left out"]
+    rows = [r for r in obj["rows"] if isinstance(r, dict) and isinstance(r.get("name"), str)]
+    notes = [f"{path}: {len(obj['rows']) - len(rows)} row(s) that are not objects left out"] if len(rows) < len(
+        obj["rows"]) else []
+    text = lambda v: v if isinstance(v, str) else ", ".join(map(str, v)) if isinstance(v, list) else ""  # noqa: E731
+    killed = [dict(name=r["name"], contract=text(r.get("contract")), passed=r.get("passed") is True,
+                   killed_by=text(r.get("killed_by")), shape=text(r.get("shape")), failed=text(r.get("failed")),
+                   seconds=r.get("seconds")) for r in rows if r.get("expected") == "fail"]
+    correct = [dict(name=r["name"], contract=text(r.get("contract")), passed=r.get("passed") is True,
+                    bound_used=r.get("bound_used") if isinstance(r.get("bound_used"), dict) else {},
+                    designs=text(r.get("designs")), seconds=r.get("seconds")) for r in rows if r.get("expected") == "pass"]
+    return dict(profile=text(obj.get("profile")), killed=killed, correct=correct), notes

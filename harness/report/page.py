@@ -72,7 +72,7 @@ def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=No
                  want_performance=None, real_weights=None, caps=Caps()):
     """Write the page and return its path (default reports_dir/index.html).
 
-    reports_dir: holds verify/*.json (or verify.json), bench/*.parquet and real_weights.json; run: the
+    reports_dir: holds verify/*.json (or verify.json), bench/*.parquet, real_weights.json and power.json; run: the
     benchmark run the performance section shows (default the latest); run_a, run_b: the runs the comparison
     shows (default the newest two on one device); threshold: the fraction slower worth a flag;
     want_performance: show the performance, memory and comparison sections (default: when there are
@@ -85,6 +85,7 @@ def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=No
     bench, bench_notes = inputs.load_bench(reports_dir / "bench")
     real_path = Path(real_weights) if real_weights else reports_dir / "real_weights.json"
     real, real_notes = inputs.load_real_weights(real_path)
+    power, power_notes = inputs.load_power(reports_dir / "power.json")
     show_performance = (not bench.empty) if want_performance is None else want_performance
     perf = performance.performance(bench, run, caps.rows) if show_performance else None
     compared, compare_notes = (comparison.compare_section(bench, run_a, run_b, threshold, caps.rows)
@@ -95,7 +96,7 @@ def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=No
     per_layer = memory.memory_per_layer()
     html = render(dict(
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), harness=harness_line(), reports_dir=str(reports_dir),
-        problems=notes + bench_notes + real_notes + compare_notes,
+        problems=notes + bench_notes + real_notes + power_notes + compare_notes, power=power,
         todos=todos(runs, bench, show_performance), runs=sections, runs_left_out=runs_left_out,
         overall=overall, overall_left_out=overall_left_out, panels=panels, panels_left_out=panels_left_out,
         real=real, real_path=str(real_path), show_performance=show_performance, perf=perf,

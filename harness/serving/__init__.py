@@ -6,3 +6,4 @@ Read in this order: cases (LayerCase, the contract's parameters), strategies (wh
 (the entry point of `verify --layer`). The ground truth is int4_lora_harness.reference.layer; a torch
 implementation is int4_lora_harness.kernels.torch_layer (the judge never imports it: it is a TARGET).
 """
+__all__ = ["cases", "properties", "ranks", "strategies", "tolerance", "verify_layer"]

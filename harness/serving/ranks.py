@@ -19,7 +19,6 @@ Each rank replies with its own results (rank 0 also with the combined ones). The
 and a fresh group starts with the next case. Tensors travel as pickled bytes over pipes (no shared memory).
 """
 import pickle
-import signal
 import socket
 import time
 from datetime import timedelta
@@ -28,6 +27,7 @@ from multiprocessing.connection import wait
 import torch
 import torch.multiprocessing
 
+from int4_lora_harness.verify.executor import exit_words
 from int4_lora_harness.verify.targets import UsageError
 
 START_TIMEOUT_S = 300.0  # importing torch and the TARGET in tp processes on a busy machine
@@ -315,22 +315,12 @@ class RankPool:
         self.processes, self.conns = [], []
 
 
-def _exit_words(exitcode):
-    """'killed by SIGSEGV' or 'exited with status 3'."""
-    if exitcode is not None and exitcode < 0:
-        try:
-            return f"killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"killed by signal {-exitcode}"
-    return f"exited with status {exitcode}"
-
-
 def _rank_lines(replies, missing, dead, progress, timeout):
     """dict(rank, passed, message) for every rank of a case that did not complete."""
     lines = []
     for rank in sorted([*replies, *missing, *dead]):
         if rank in dead:
-            message = f"the rank's process {_exit_words(dead[rank])}"
+            message = f"the rank's process {exit_words(dead[rank])}"
         elif rank in missing and rank in progress:
             message = f"returned from its {progress[rank]} call, then waited for the other ranks (killed)"
         elif rank in missing:

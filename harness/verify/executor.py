@@ -192,7 +192,8 @@ def _child(target, parameters, contract, device, conn):
 
 # --- the judge's side ----------------------------------------------------------------------------
 
-def _signal_name(exitcode):
+def exit_words(exitcode):
+    """'killed by SIGSEGV' or 'exited with status 3': how a process ended."""
     if exitcode is not None and exitcode < 0:
         try:
             return f"killed by {signal.Signals(-exitcode).name}"
@@ -235,7 +236,7 @@ class ChildExecutor:
             self.process.join(EXIT_GRACE_S)
             code = self.process.exitcode
             self._kill()
-            raise CandidateFailure("crashed", f"the candidate's process {_signal_name(code)} while {doing}") from None
+            raise CandidateFailure("crashed", f"the candidate's process {exit_words(code)} while {doing}") from None
         return loads(data)
 
     def _ask(self, verb, payload=None, doing="calling the candidate"):
