@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Candidates that cheat the properties (tests/planted/hostile.py): each must be caught by the property named.
+HOSTILE = [("caches_by_scales_id", "dequantizer"), ("returns_one_buffer", "dequantizer"),
+           ("subclass_shows_other_data", "dequantizer"), ("nondeterministic", "dequantizer"),
+           ("caches_linear_by_lora_b_id", "linear")]
 
 
 def candidates():
@@ -29,6 +33,7 @@ def candidates():
     rows = [(n, "dequantizer", f"planted.bugs:{n}", "fail") for n in DEQUANTIZER_BUGS]
     rows += [(n, "linear", f"planted.bugs:{n}", "fail") for n in LINEAR_BUGS]
     rows += [(n, "linear", f"planted.large:{n}", "fail") for n in LARGE_SHAPE_BUGS]
+    rows += [(n, c, f"planted.hostile:{n}", "fail") for n, c in HOSTILE]
     rows += [(n, "dequantizer", f"planted.bugs:{n}", "pass") for n in CORRECT_DEQUANTIZERS]
     rows += [(n, "linear", f"planted.bugs:{n}", "pass") for n in CORRECT_LINEARS]
     rows += [(n, "linear", f"planted.unfused:{n}", "pass") for n in UNFUSED_LINEARS]

@@ -202,3 +202,10 @@ def test_the_console_script_and_help_name_both_signatures():
     assert "linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias)" \
         in run.stdout
     assert "docs/contract.md" in run.stdout
+
+
+def test_a_linear_that_caches_by_the_identity_of_lora_b_is_caught_by_update_tracking(tmp_path, capsys):
+    code, out, err = verify(tmp_path, capsys, "--linear", "planted.hostile:caches_linear_by_lora_b_id",
+                            "--no-large-tier", "--quiet")
+    assert code == 1, out + err
+    assert "FAIL  tracks input updates" in out and "stale cache" in out

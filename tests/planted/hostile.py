@@ -147,3 +147,17 @@ def nondeterministic(packed_weights, scales, zero_points=None, group_size=None, 
 def renamed_arguments(weights, s, z=None, g=None, dtype=torch.float16):
     """The right arity, other names: the contract calls by keyword, so this is a usage error, not failing cases."""
     return correct_dequantize_fp32_math(weights, s, z, g, dtype)
+
+
+_LINEAR_BY_ID = {}
+
+
+def caches_linear_by_lora_b_id(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices,
+                               scaling, bias):
+    """Caches the dequantized weight and the adapters' expand by id(lora_b): stale once lora_b is updated in place."""
+    from planted.bugs import correct_linear_gathered
+    key = (id(lora_b), id(packed_weights), x.shape[0])
+    if key not in _LINEAR_BY_ID:
+        _LINEAR_BY_ID[key] = (lora_b, packed_weights, correct_linear_gathered(
+            x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias))
+    return _LINEAR_BY_ID[key][2].clone()
