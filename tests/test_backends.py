@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 
 from int4_lora_harness.verify.cases import make_linear_case
-from int4_lora_harness.verify.tolerance import dequant_error
+from int4_lora_harness.verify.dequantizer import dequant_error
 from int4_lora_harness.verify.properties import assert_holds, dequantizer_properties, linear_properties
 from int4_lora_harness.verify.strategies import dequant_cases, linear_cases
 from int4_lora_harness.kernels.registry import BACKENDS

@@ -17,7 +17,7 @@ from int4_lora_harness.checkpoints import real_weights
 from int4_lora_harness.checkpoints.real_weights import BLOCK_LAYERS, HIDDEN, INTERMEDIATE, NUM_BLOCKS, PACKAGE
 from int4_lora_harness.reference.quantize import quantize
 from int4_lora_harness.verify.cases import TORCH_DTYPES, tensor
-from int4_lora_harness.verify.tolerance import dequant_error
+from int4_lora_harness.verify.dequantizer import dequant_error
 
 try:
     MODEL_FILE, MISSING = real_weights.find_model_file(), None

@@ -8,7 +8,8 @@ import torch
 from int4_lora_harness.verify.cases import TORCH_DTYPES, make_linear_case, make_weights
 from planted.bugs import (accumulates_in_half, correct_linear_gathered, correct_linear_per_adapter,
                              lora_intermediate_in_half, two_roundings_in_output_dtype)
-from int4_lora_harness.verify.tolerance import dequant_error, linear_error
+from int4_lora_harness.verify.dequantizer import dequant_error
+from int4_lora_harness.verify.tolerance import linear_error
 from int4_lora_harness.kernels import torch_path
 from int4_lora_harness.reference.granularity import expand
 from int4_lora_harness.reference.packing import unpack

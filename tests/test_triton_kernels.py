@@ -19,7 +19,8 @@ import torch
 
 from int4_lora_harness import reference
 from int4_lora_harness.verify.cases import make_linear_case, make_weights, tensor
-from int4_lora_harness.verify.tolerance import dequant_error, linear_error
+from int4_lora_harness.verify.dequantizer import dequant_error
+from int4_lora_harness.verify.tolerance import linear_error
 from int4_lora_harness.kernels import triton_int4
 
 if triton_int4.unavailable_reason() is not None:

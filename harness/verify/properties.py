@@ -26,7 +26,8 @@ import torch
 from int4_lora_harness.verify.cases import TORCH_DTYPES, DequantCase
 from int4_lora_harness.verify.designs import DESIGNS
 from int4_lora_harness.verify.probes import probe_judgement
-from int4_lora_harness.verify.tolerance import dequant_judgement, linear_judgement
+from int4_lora_harness.verify.dequantizer import dequant_judgement
+from int4_lora_harness.verify.tolerance import linear_judgement
 
 PROPERTIES = ("shape, dtype and device", "within tolerance", "inputs unchanged", "deterministic",
               "earlier results intact", "tracks input updates")

@@ -1,11 +1,6 @@
 """The error model of SPEC §5: what a correct fast path may differ from the exact result by.
 
-Dequantizer
-    The exact value W = (v - z) * s is rounded once (RN) to the output dtype. A candidate may be at
-    most 1 ulp from RN(W), and must equal it where W is itself a number of the output dtype. ULPs
-    are counted on the number line of the format (reference.rounding.ordinal), so a binade edge is
-    exact. Two roundings in fp16 ((v - z) in fp16, then * s) reach 2 ulps; fp16 intermediates
-    overflow to inf: both fail.
+Dequantizer: harness.verify.dequantizer (at most 1 ulp from the exact value rounded once, equal where exact).
 
 Linear: one design reference per correct design (harness.verify.designs), one residual bound each
     y_d = reference.linear_from_weights(x, W_d, ...) in float64, with W_d = RN_x(W) ("w in x.dtype")
@@ -42,11 +37,11 @@ so judging a 14336 x 4096 layer never holds a float64 copy of the whole weight.
 import numpy as np
 
 from int4_lora_harness.reference.dequantize import dequantize_exact
-from int4_lora_harness.reference.granularity import expand, from_groups, granularity, group_width, in_groups, per_group
+from int4_lora_harness.reference.granularity import from_groups, granularity, group_width, in_groups, per_group
 from int4_lora_harness.reference.linear import base_exact, lora_exact
 from int4_lora_harness.reference.packing import unpack
 from int4_lora_harness.reference.rounding import FORMATS, float_format, ordinal, round_to, spacing
-from int4_lora_harness.verify.designs import DEQUANTIZER_DESIGN, DESIGNS
+from int4_lora_harness.verify.designs import DESIGNS
 from int4_lora_harness.verify.judgement import ErrorReport, Judgement, Tally, row_blocks, weight_rows
 
 LAMBDA = 8.0  # probabilistic accumulation constant (term 1): a false alarm < 1e-9 per element at K = 14336
@@ -178,40 +173,6 @@ def ulp_distance(got, expected, dtype):
     return np.where(bad, np.inf, distance.astype(np.float64))
 
 
-# --- dequantizer ----------------------------------------------------------------------------------
-
-def dequant_judgement(got, weights, output_dtype):
-    """got: [out, in] values of `output_dtype` (any float array) -> Judgement, block by block."""
-    out_features, in_features = weights.shape
-    tally = Tally(DEQUANTIZER_DESIGN, out_features * in_features)
-    for rows in row_blocks(out_features, in_features):
-        packed, scales, zeros = weight_rows(weights, rows)
-        exact = dequantize_exact(packed, scales, zeros, weights.group_size)
-        with np.errstate(over="ignore"):
-            expected = round_to(exact, output_dtype).astype(np.float64)
-        got_block = np.asarray(got[rows], np.float64)
-        ulps = ulp_distance(got_block, expected, output_dtype)
-        allowed = np.where(expected == exact, 0.0, 1.0)  # exact where representable, else 1 ulp
-        ratio = ratio_of(ulps, allowed)
-
-        def describe(i, j, rows=rows, packed=packed, scales=scales, zeros=zeros, exact=exact, expected=expected,
-                     got_block=got_block, ulps=ulps, allowed=allowed, ratio=ratio):
-            return dict(index=(rows.start + int(i), int(j)), expected=float(expected[i, j]), got=float(got_block[i, j]),
-                        ulps=float(ulps[i, j]), allowed=float(allowed[i, j]), ratio=float(ratio[i, j]),
-                        inputs=element_inputs(packed, scales, zeros, weights.group_size, i, j, exact[i, j]))
-        tally.add(ratio, ulps, describe)
-    return tally.judgement()
-
-
-def element_inputs(packed, scales, zero_points, group_size, i, j, exact):
-    """The inputs behind weight (i, j) of a block: nibble value v, scale, zero point, group, exact W."""
-    rows, in_features = packed.shape[0], 2 * packed.shape[1]
-    value = lambda t, name: None if t is None else float(expand(t, rows, in_features, group_size, name)[i, j])  # noqa
-    v = int(unpack(packed[i:i + 1])[0, j])
-    return dict(v=v, scale=value(scales, "scales"), zero_point=value(zero_points, "zero_points"),
-                group=None if group_size is None else int(j) // group_size, exact=float(exact))
-
-
 # --- linear ---------------------------------------------------------------------------------------
 
 def _lora_parts(case):
@@ -308,17 +269,6 @@ def linear_judgement(got, case, designs=tuple(DESIGNS)):
 
 
 # --- per-element reports (tests, repro): the same numbers, every element kept ----------------------
-
-def dequant_error(got, packed_weights, scales, zero_points, group_size, output_dtype):
-    """got: float64 [out, in] values of `output_dtype` -> ErrorReport with every element (small cases)."""
-    exact = dequantize_exact(packed_weights, scales, zero_points, group_size)
-    with np.errstate(over="ignore"):
-        expected = round_to(exact, output_dtype).astype(np.float64)
-    ulps = ulp_distance(got, expected, output_dtype)
-    allowed = np.where(expected == exact, 0.0, 1.0)
-    return ErrorReport(DEQUANTIZER_DESIGN, np.asarray(got, np.float64), expected, allowed, ratio_of(ulps, allowed),
-                       ulps)
-
 
 def linear_error(got, case, designs=tuple(DESIGNS)):
     """got: float64 [M, out] -> ErrorReport with every element for the design linear_judgement reports."""

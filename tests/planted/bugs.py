@@ -199,8 +199,10 @@ def _base(x, packed_weights, scales, zero_points, group_size, bias):
     return y if bias is None else y + bias.float()
 
 
-def _lora(x, lora_a, lora_b, lora_indices):
-    return 0.0 if lora_a is None else lora_delta(x, lora_a, lora_b, lora_indices)
+def _lora(x, lora_a, lora_b, lora_indices, scaling=1.0):
+    """The correct fp32 LoRA delta, scaled, 0 for tokens with index -1 whatever the adapters or scaling hold
+    (so that a planted bug shows its own defect, not a NaN spread by the harness's non-finite cases)."""
+    return 0.0 if lora_a is None else lora_delta(x, lora_a, lora_b, lora_indices, scaling)
 
 
 # ---- linear bugs ----
@@ -213,7 +215,7 @@ def accumulates_in_half(x, packed_weights, scales, zero_points, group_size, lora
     for k in range(0, x.shape[1], 16):
         acc = (acc.float() + x[:, k:k + 16].float() @ w[:, k:k + 16].T).to(x.dtype)
     y = acc.float() + (0.0 if bias is None else bias.float())
-    return (y + scaling * _lora(x, lora_a, lora_b, lora_indices)).to(x.dtype)
+    return (y + _lora(x, lora_a, lora_b, lora_indices, scaling)).to(x.dtype)
 
 
 def lora_index_wraps(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias):
@@ -221,7 +223,7 @@ def lora_index_wraps(x, packed_weights, scales, zero_points, group_size, lora_a,
     y = _base(x, packed_weights, scales, zero_points, group_size, bias)
     if lora_a is not None:
         wrapped = torch.where(lora_indices < 0, lora_indices + lora_a.shape[0], lora_indices)
-        y = y + scaling * lora_delta(x, lora_a, lora_b, wrapped)
+        y = y + lora_delta(x, lora_a, lora_b, wrapped, scaling)
     return y.to(x.dtype)
 
 
@@ -235,14 +237,14 @@ def lora_first_token_adapter(x, packed_weights, scales, zero_points, group_size,
                              scaling, bias):
     """Every token uses the adapter of the first token (one adapter per batch)."""
     y = _base(x, packed_weights, scales, zero_points, group_size, bias)
-    return (y + scaling * _lora(x, lora_a, lora_b, lora_indices[:1].expand_as(lora_indices))).to(x.dtype)
+    return (y + _lora(x, lora_a, lora_b, lora_indices[:1].expand_as(lora_indices), scaling)).to(x.dtype)
 
 
 def tail_rows_not_written(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling,
                           bias):
     """Only whole tiles of 16 rows are written; the last partial tile stays zero."""
     y = (_base(x, packed_weights, scales, zero_points, group_size, bias)
-         + scaling * _lora(x, lora_a, lora_b, lora_indices)).to(x.dtype)
+         + _lora(x, lora_a, lora_b, lora_indices, scaling)).to(x.dtype)
     out = torch.zeros_like(y)
     full = (y.shape[0] // 16) * 16
     out[:full] = y[:full]
@@ -251,7 +253,7 @@ def tail_rows_not_written(x, packed_weights, scales, zero_points, group_size, lo
 
 def bias_ignored(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias):
     y = _base(x, packed_weights, scales, zero_points, group_size, None)
-    return (y + scaling * _lora(x, lora_a, lora_b, lora_indices)).to(x.dtype)
+    return (y + _lora(x, lora_a, lora_b, lora_indices, scaling)).to(x.dtype)
 
 
 def lora_intermediate_in_half(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices,
@@ -263,7 +265,8 @@ def lora_intermediate_in_half(x, packed_weights, scales, zero_points, group_size
         num_loras, rank = lora_a.shape[:2]
         mine = (lora_indices[:, None] == torch.arange(num_loras)[None, :])[:, :, None]
         t = torch.where(mine, t.float().view(-1, num_loras, rank), 0.0).reshape(x.shape[0], -1)
-        y = y + scaling * (t @ lora_b.float().permute(0, 2, 1).reshape(num_loras * rank, -1))
+        delta = scaling * (t @ lora_b.float().permute(0, 2, 1).reshape(num_loras * rank, -1))
+        y = torch.where((lora_indices >= 0)[:, None], y + delta, y)  # the defect is the fp16 intermediate only
     return y.to(x.dtype)
 
 
@@ -272,7 +275,7 @@ def linear_with_inferred_group_size(x, packed_weights, scales, zero_points, grou
     """A correct GEMM on weights from group_size_inferred."""
     w = group_size_inferred(packed_weights, scales, zero_points, group_size, x.dtype)
     y = x.float() @ w.float().T + (0.0 if bias is None else bias.float())
-    return (y + scaling * _lora(x, lora_a, lora_b, lora_indices)).to(x.dtype)
+    return (y + _lora(x, lora_a, lora_b, lora_indices, scaling)).to(x.dtype)
 
 
 _arrivals = itertools.count()
@@ -289,7 +292,7 @@ def split_k_in_arrival_order(x, packed_weights, scales, zero_points, group_size,
     first = next(_arrivals) % len(parts)
     y = sum(parts[first:] + parts[:first], torch.zeros(()))
     y = y + (0.0 if bias is None else bias.float())
-    return (y + scaling * _lora(x, lora_a, lora_b, lora_indices)).to(x.dtype)
+    return (y + _lora(x, lora_a, lora_b, lora_indices, scaling)).to(x.dtype)
 
 
 LINEAR_BUGS = {f.__name__: f for f in (

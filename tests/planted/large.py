@@ -11,7 +11,7 @@ LARGE_K, LARGE_M = 4096, 64
 
 
 def _finish(y, x, lora_a, lora_b, lora_indices, scaling):
-    return (y + scaling * _lora(x, lora_a, lora_b, lora_indices)).to(x.dtype)
+    return (y + _lora(x, lora_a, lora_b, lora_indices, scaling)).to(x.dtype)
 
 
 def fp16_partial_sums_past_4096(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices,

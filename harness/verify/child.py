@@ -1,0 +1,169 @@
+"""The candidate's side of harness.verify.executor: what runs in the child process (or in this one, --in-process).
+
+It holds one case's inputs on the device, calls the candidate by keyword, and answers with a plain CPU
+copy of each result (the data of its torch.Tensor base), the inputs the call modified, its seconds,
+or the exception it raised (any BaseException). Tensors cross the pipe as raw NumPy buffers.
+"""
+import pickle
+import threading
+import time
+import traceback
+
+HELD_RESULTS = 2  # results of a case kept to see whether later calls change them (two suffice; memory)
+
+
+# --- tensors over the pipe: raw NumPy buffers (pickling torch tensors one storage at a time is slow) ----
+
+def encode(value):
+    """Tensors (anywhere in dicts, tuples, lists) -> ('tensor', dtype name, NumPy array of their bytes)."""
+    import torch
+    if isinstance(value, torch.Tensor):
+        t = value.detach().to("cpu").contiguous()
+        ints = {torch.bfloat16: torch.int16, torch.bool: torch.uint8}.get(t.dtype)
+        return ("tensor", str(t.dtype).removeprefix("torch."), (t.view(ints) if ints else t).numpy())
+    if isinstance(value, dict):
+        return {k: encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(encode(v) for v in value)
+    return value
+
+
+def decode(value):
+    """The inverse of `encode`."""
+    import torch
+    if isinstance(value, tuple) and len(value) == 3 and value[0] == "tensor":
+        t = torch.from_numpy(value[2])
+        dtype = getattr(torch, value[1])
+        return t.view(dtype) if t.dtype != dtype else t
+    if isinstance(value, dict):
+        return {k: decode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(decode(v) for v in value)
+    return value
+
+
+def dumps(value):
+    return pickle.dumps(encode(value), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def loads(data):
+    return decode(pickle.loads(data))
+
+
+# --- the child's side ----------------------------------------------------------------------------
+
+def _to_device(value, device):
+    import torch
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+def _bits(t):
+    """A snapshot of a tensor's bits (NaN == NaN, -0 != +0), on the CPU."""
+    return t.detach().to("cpu", copy=True).contiguous().view(-1).view(__import__("torch").uint8) \
+        if t.numel() else t.detach().to("cpu", copy=True)
+
+
+def plain_copy(out):
+    """(plain CPU copy of the data of `out`'s torch.Tensor base, its subclass name | None) for a tensor result."""
+    import torch
+    subclass = None if type(out) in (torch.Tensor, torch.nn.Parameter) else type(out).__name__
+    with torch._C.DisableTorchFunctionSubclass():  # a subclass's __torch_function__ cannot show other values
+        plain = torch.Tensor.as_subclass(out, torch.Tensor)
+        return plain.detach().to("cpu", copy=True), subclass
+
+
+def describe_result(out, requested_device, modified, seconds):
+    """The reply for one returned call (see module docstring)."""
+    import torch
+    reply = dict(status="ok", type=type(out).__name__, modified=modified, seconds=seconds, out=None)
+    if isinstance(out, torch.Tensor):
+        copy, subclass = plain_copy(out)
+        reply.update(out=copy, shape=list(out.shape), dtype=str(copy.dtype), device=str(out.device),
+                     device_ok=out.device.type == torch.device(requested_device).type, subclass=subclass)
+    return reply
+
+
+def call_candidate(function, inputs, device):
+    """Call once on `inputs` (held tensors, by keyword); a reply dict either way, exceptions included."""
+    import torch
+    before = {k: _bits(v) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    start = time.perf_counter()
+    try:
+        out = function(**inputs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    except BaseException as error:  # SystemExit, KeyboardInterrupt and the rest: each is a verdict
+        return dict(status="raised", type=type(error).__name__, message=str(error)[:2000],
+                    traceback="".join(traceback.format_exception(error)[-6:])[-4000:],
+                    seconds=time.perf_counter() - start), None
+    seconds = time.perf_counter() - start
+    modified = [k for k, bits in before.items() if not _same(bits, _bits(inputs[k]))]
+    return describe_result(out, device, modified, seconds), out
+
+
+def _same(a, b):
+    import torch
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+
+
+class Holder:
+    """One case's inputs and the results returned on them, as the candidate saw them (both sides use this)."""
+
+    def __init__(self, function, device):
+        self.function, self.device = function, device
+        self.inputs, self.results = {}, []
+
+    def start_case(self, inputs):
+        self.inputs = {k: _to_device(v, self.device) for k, v in inputs.items()}
+        self.results = []
+
+    def call(self):
+        reply, out = call_candidate(self.function, self.inputs, self.device)
+        if reply["status"] == "ok" and reply["out"] is not None and len(self.results) < HELD_RESULTS:
+            self.results.append((out, reply["out"]))  # the object returned, and what it held then
+        return reply
+
+    def update(self, name, values):
+        self.inputs[name].copy_(values.to(self.inputs[name].device))  # same tensor object, new values
+        return dict(status="ok")
+
+    def call_fresh(self, inputs):
+        fresh = {k: _to_device(v, self.device) for k, v in inputs.items()}
+        return call_candidate(self.function, fresh, self.device)[0]
+
+    def results_changed(self):
+        """Indices of earlier results (of this case) whose data changed since they were returned."""
+        changed = []
+        for i, (out, then) in enumerate(self.results):
+            now, _ = plain_copy(out)
+            if not _same(_bits(now), _bits(then)):
+                changed.append(i)
+        return dict(status="ok", changed=changed)
+
+
+def lingering_threads():
+    """'name (xN)' for the threads other than this one that could keep the process alive."""
+    names = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
+             and t.is_alive()]
+    return [f"{n} (x{names.count(n)})" if names.count(n) > 1 else n for n in dict.fromkeys(names)]
+
+
+def serve(target, parameters, contract, device, conn):
+    from int4_lora_harness.verify.targets import UsageError, load_target, source_of
+    try:
+        function = load_target(target, parameters, contract)
+    except UsageError as error:
+        return conn.send_bytes(dumps(dict(status="usage", message=str(error))))
+    except BaseException as error:  # SystemExit or worse while importing: the candidate ended the run
+        return conn.send_bytes(dumps(dict(status="raised", type=type(error).__name__,
+                                          message=f"while importing {target}: {error}")))
+    conn.send_bytes(dumps(dict(status="ready", source=source_of(function))))
+    holder = Holder(function, device)
+    while True:
+        verb, payload = loads(conn.recv_bytes())
+        if verb == "stop":
+            return conn.send_bytes(dumps(dict(status="ok", lingering=lingering_threads())))
+        reply = {"start_case": lambda: holder.start_case(payload) or dict(status="ok"),
+                 "call": holder.call, "update": lambda: holder.update(*payload),
+                 "call_fresh": lambda: holder.call_fresh(payload), "results_changed": holder.results_changed}[verb]()
+        conn.send_bytes(dumps(reply))
