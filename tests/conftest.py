@@ -5,7 +5,8 @@ import pytest
 import torch
 from hypothesis import settings
 
-from int4_lora_harness.verify.strategies import PROFILE_EXAMPLES, harness_settings
+from int4_lora_harness.verify.domain import PROFILE_EXAMPLES
+from int4_lora_harness.verify.strategies import harness_settings
 
 for _name in PROFILE_EXAMPLES:  # registered here, for this suite only (users get harness_settings)
     settings.register_profile(_name, harness_settings(_name))

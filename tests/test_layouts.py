@@ -16,7 +16,7 @@ from hypothesis import given, strategies as st
 from int4_lora_harness.reference import dequantize, dequantize_exact, ordinal, round_to
 from int4_lora_harness.verify.cases import (CONTRACT_PARAMETERS, TORCH_DTYPES, DequantCase, make_linear_case,
                                             make_weights)
-from int4_lora_harness.verify.domain import FULL
+from int4_lora_harness.verify.domain import FULL, LAYOUT_NAMES
 from int4_lora_harness.verify.layouts import LAYOUTS, dequantizer_kwargs, get_layout, linear_kwargs, parameters
 from int4_lora_harness.verify.strategies import dequant_cases
 from int4_lora_harness.verify.targets import import_module
@@ -125,6 +125,10 @@ def fitted_case(name, case):
 
 
 # --- every layout decodes to the canonical weights ---------------------------------------------
+
+def test_the_cli_offers_exactly_the_layouts_there_are():
+    assert tuple(LAYOUTS) == LAYOUT_NAMES
+
 
 def test_every_layout_has_a_decoder_here_and_a_page():
     assert set(DECODERS) == set(LAYOUTS)

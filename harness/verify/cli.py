@@ -20,11 +20,10 @@ import math
 import os
 
 from int4_lora_harness.verify.designs import SETS, parse_designs
-from int4_lora_harness.verify.domain import DTYPES, FULL, GRANULARITIES, OUTPUT, POPULARITIES, ZERO_POINTS, Domain
+from int4_lora_harness.verify.domain import (DTYPES, FULL, GRANULARITIES, LAYOUT_NAMES, OUTPUT, POPULARITIES,
+                                             PROFILE_EXAMPLES, ZERO_POINTS, Domain)
 from int4_lora_harness.verify.targets import UsageError
 
-PROFILES = {"ci": 40, "thorough": 600}
-LAYOUT_NAMES = ("canonical", "gptq", "gptq_v2", "awq", "compressed-tensors", "gguf-q4_0", "gguf-q4_1", "hqq")
 DESCRIPTION = __doc__
 
 
@@ -102,7 +101,7 @@ def add_arguments(v):
                    help="--layer sharding styles (default all three)")
     v.add_argument("--layout", choices=LAYOUT_NAMES, default="canonical",
                    help="the weight layout the TARGET takes (docs/layouts/); its own domain limits apply")
-    v.add_argument("--profile", choices=sorted(PROFILES), default=os.environ.get("HYPOTHESIS_PROFILE", "ci"),
+    v.add_argument("--profile", choices=sorted(PROFILE_EXAMPLES), default=os.environ.get("HYPOTHESIS_PROFILE", "ci"),
                    help="how hard to search: ci (40 fuzzed cases) or thorough (600)")
     v.add_argument("--examples", type=positive_int, default=None, help="fuzzed cases per contract (overrides --profile)")
     v.add_argument("--seed", type=non_negative_int, default=0, help="same seed, same cases, same verdict")

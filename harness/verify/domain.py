@@ -13,6 +13,9 @@ POPULARITIES = ("uniform", "distinct", "zipf", "identical", "none")  # how token
 GROUP_SIZES = (2, 16, 24, 32, 64, 96, 128)
 SCALINGS = (1.0, 0.5, 2.0, 0.0, -1.0, 0.125, -3.5)
 OUTPUT = "output"  # in scale_dtypes: the scales come in the output (x) dtype
+PROFILE_EXAMPLES = {"ci": 40, "thorough": 600}  # fuzzed cases per search, by profile
+# the weight layouts a candidate may take (verify.layouts.LAYOUTS holds each; test_layouts checks the two agree)
+LAYOUT_NAMES = ("canonical", "gptq", "gptq_v2", "awq", "compressed-tensors", "gguf-q4_0", "gguf-q4_1", "hqq")
 # log2 of the scale magnitude: tiny (subnormal weights) to large enough that a half-precision
 # intermediate overflows while a bf16/fp32 result stays finite (|W| up to 16 * 2**17).
 SCALE_EXPONENTS = {"fp16": (-24, 13), "bf16": (-24, 16), "fp32": (-24, 16)}

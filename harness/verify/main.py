@@ -3,7 +3,8 @@ from pathlib import Path
 
 from int4_lora_harness.progress import say
 from int4_lora_harness.verify import record
-from int4_lora_harness.verify.cli import PROFILES, parse_domain
+from int4_lora_harness.verify.cli import parse_domain
+from int4_lora_harness.verify.domain import PROFILE_EXAMPLES
 from int4_lora_harness.verify.executor import TargetRefused
 from int4_lora_harness.verify.run import Candidate, judge_run, run_layer, usage_error_verdict
 from int4_lora_harness.verify.targets import UsageError, split_target
@@ -33,7 +34,7 @@ def options_from(args):
     if args.layout != "canonical":
         domain = layout_domain(args.layout, domain)
     return dict(run_id=record.new_run_id(), report=str(folder), device=args.device, profile=args.profile,
-                examples=args.examples or PROFILES[args.profile], seed=args.seed, domain=domain,
+                examples=args.examples or PROFILE_EXAMPLES[args.profile], seed=args.seed, domain=domain,
                 designs=args.designs, layout=args.layout, timeout=args.timeout, in_process=args.in_process,
                 jobs=args.jobs, progress=not args.quiet, checkpoint={},
                 gpus=list(range(torch.cuda.device_count())) if args.device == "cuda" else [])

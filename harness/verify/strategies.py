@@ -16,14 +16,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from int4_lora_harness.verify.domain import (DTYPES, FULL, GRANULARITIES, GROUP_SIZES, LINEAR_SCALE_EXPONENTS,
-                                           SCALE_EXPONENTS, SCALINGS, Domain)
+                                             PROFILE_EXAMPLES, SCALE_EXPONENTS, SCALINGS, Domain)
 from int4_lora_harness.verify.cases import DequantCase, make_linear_case, make_weights
 
 
 
-# The settings a harness search runs under, by profile. Nothing is registered on import: a user's own
+# The settings a harness search runs under, by profile (domain.PROFILE_EXAMPLES). Nothing is registered on import: a user's own
 # profiles stay theirs; `harness_settings` hands out a settings object to decorate a test with.
-PROFILE_EXAMPLES = {"ci": 40, "thorough": 600}
 # Cases are whole layers (slow to build and to judge), so no deadline and no too-slow health checks;
 # the fixtures our tests take (device, backend) are plain values, so function scope is harmless.
 QUIET = (HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture)
