@@ -99,7 +99,7 @@ def markdown(rows):
             fmt = lambda v: "–" if v is None else f"{v:.3g}"  # noqa: E731
             lines.append(f"| {r['name']} | {r['contract']} | {'PASS' if r['passed'] else '**FALSE ALARM**'} | "
                          f"{fmt(used.get('all'))}; {fmt(used.get('large tier'))}; {fmt(used.get('probes'))} | "
-                         f"{', '.join(r.get('designs') or [])} | {r['seconds']} |")
+                         f"{'; '.join(r.get('designs') or [])} | {r['seconds']} |")
     return "\n".join(lines)
 
 

@@ -142,7 +142,8 @@ def load_power(path):
     rows = [r for r in obj["rows"] if isinstance(r, dict) and isinstance(r.get("name"), str)]
     notes = [f"{path}: {len(obj['rows']) - len(rows)} row(s) that are not objects left out"] if len(rows) < len(
         obj["rows"]) else []
-    text = lambda v: v if isinstance(v, str) else ", ".join(map(str, v)) if isinstance(v, list) else ""  # noqa: E731
+    # "; " between items: a design's name may hold a comma ("unfused, w in x.dtype")
+    text = lambda v: v if isinstance(v, str) else "; ".join(map(str, v)) if isinstance(v, list) else ""  # noqa: E731
     killed = [dict(name=r["name"], contract=text(r.get("contract")), passed=r.get("passed") is True,
                    killed_by=text(r.get("killed_by")), shape=text(r.get("shape")), failed=text(r.get("failed")),
                    seconds=r.get("seconds")) for r in rows if r.get("expected") == "fail"]
