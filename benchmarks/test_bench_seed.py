@@ -5,7 +5,9 @@ Dequantize: `torch_path.dequantize` vs `int4_lora_harness.bench.seed.seed_dequan
 output, with fp16, int8 and no zero points. Linear:
 `torch_path.linear` vs `materialize` (harness.bench.baselines: dequantize to x.dtype on
 every call, then F.linear + the LoRA delta) at M = 1 and 16, 4096 x 4096 g128 fp16, 4 adapters of
-rank 16. pytest-benchmark groups each pair, so its table shows them next to each other.
+rank 16. pytest-benchmark groups each pair, so its table shows them next to each other. Beside each
+dequantize pair, `fresh_output_floor`: allocating the [out, in] fp16 result and writing it once, what any
+dequantizer that returns a new tensor pays at least (on a VM, mostly the first-touch page faults).
 
 Timed on one thread (torch.set_num_threads(1) for this module, restored after): on a shared 2-core
 host OpenMP's per-op barriers wait on descheduled threads, which then dominates every multi-op path.
@@ -51,6 +53,11 @@ def check_rows(got, packed, scales, zero_points):
     assert np.array_equal(got[rows].numpy().view(np.uint16), expected.view(np.uint16))
 
 
+def fresh_output(packed_weights, scales, zero_points, group_size, output_dtype):
+    """A new [out, in] tensor of output_dtype, written once: the least a dequantizer returning one costs."""
+    return torch.empty(packed_weights.shape[0], 2 * packed_weights.shape[1], dtype=output_dtype).fill_(1)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     threads = torch.get_num_threads()
@@ -61,10 +68,10 @@ def one_thread():
 
 @pytest.mark.parametrize("zero_kind", ZERO_POINTS)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("implementation", ["torch_path", "seed"])
+@pytest.mark.parametrize("implementation", ["torch_path", "seed", "fresh_output_floor"])
 def test_dequantize(benchmark, implementation, shape, zero_kind):
     packed, scales, zero_points = make_base(*SHAPES[shape], zero_kind)
-    fn = torch_path.dequantize if implementation == "torch_path" else seed_dequantize
+    fn = dict(torch_path=torch_path.dequantize, seed=seed_dequantize, fresh_output_floor=fresh_output)[implementation]
     benchmark.group = f"dequantize {shape} g{GROUP_SIZE} fp16 scales, zero points {zero_kind}, fp16 out"
     got = benchmark.pedantic(fn, args=(packed, scales, zero_points, GROUP_SIZE, torch.float16), rounds=ROUNDS,
                              warmup_rounds=1, iterations=1)

@@ -1,6 +1,9 @@
 """torchao's dequantize_affine (torchao.quantization.quant_primitives) as a dequantizer in the canonical layout.
 
-    int4-verify --dequantizer examples/adapters/torchao_affine.py:dequantize
+    int4-verify --dequantizer examples/adapters/torchao_affine.py:dequantize --no-ragged   # FAIL: 12 ulp
+    int4-verify --dequantizer examples/adapters/torchao_affine.py:dequantize --no-ragged --zero-points integer  # PASS
+
+(without --no-ragged the first ragged case is refused, a FAIL (raised): torchao cannot take it.)
 
 The canonical v = q - 8 in [-8, 7] is torchao's int4 (torch.int8 storage, quant_min -8, quant_max 7)
 with an integer-domain zero point: torchao computes ((v - zero.to(output_dtype)) * scale) in
