@@ -115,6 +115,9 @@ def test_usage_errors_exit_2_with_one_line_and_no_traceback(tmp_path, capsys, ta
     (["--timeout", "-1"], "--timeout: must be a finite number of seconds > 0"),
     (["--timeout", "nan"], "--timeout: must be a finite number of seconds > 0"),
     (["--seed", "x"], "--seed: must be an integer"),
+    (["--seeds", "0,-1"], "--seeds: takes comma-separated non-negative integers"),
+    (["--seeds", "0,1", "--seed", "2"], "--seed: not allowed with argument --seeds"),
+    (["--group-sizes", "0,32"], "--group-sizes: takes comma-separated positive integers"),
     (["--dtypes", "fp8"], "--dtypes: takes a comma-separated subset"),
     (["--designs", "fused"], "--designs: takes all, single-rounding, unfused"),
     (["--in-multiple-of", "3"], "in_multiple_of must be even"),
@@ -126,6 +129,14 @@ def test_every_bad_flag_is_a_one_line_usage_error(tmp_path, flags, message):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stdout + run.stderr
     assert message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_seeds_from_zero_each_give_their_own_judgement_named_by_seed(tmp_path, capsys):
+    code, out, err = verify(tmp_path, capsys, "--dequantizer", "planted.bugs:missing_offset", "--seeds", "0,3",
+                            "--no-large-tier", "--quiet", "--examples", "2")
+    assert code == 1, out + err
+    assert [r["seed"] for r in verdict(tmp_path)["results"]] == [0, 3]
+    assert "seed 0" in out and "seed 3" in out
 
 
 def test_a_report_path_that_is_a_file_is_a_usage_error(tmp_path, capsys):

@@ -72,14 +72,19 @@ def listed(allowed):
     return parse
 
 
-def int_list(text):
-    try:
-        values = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"takes comma-separated positive integers, got {text!r}") from None
-    if min(values) < 1:
-        raise argparse.ArgumentTypeError(f"takes comma-separated positive integers, got {text!r}")
-    return values
+def int_list(minimum):
+    """argparse type: comma-separated integers, each >= minimum (0 or 1)."""
+    rule = f"takes comma-separated {'positive' if minimum else 'non-negative'} integers"
+
+    def parse(text):
+        try:
+            values = tuple(int(t) for t in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{rule}, got {text!r}") from None
+        if min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"{rule}, got {text!r}")
+        return values
+    return parse
 
 
 def designs_type(text):
@@ -104,8 +109,9 @@ def add_arguments(v):
     v.add_argument("--profile", choices=sorted(PROFILE_EXAMPLES), default=os.environ.get("HYPOTHESIS_PROFILE", "ci"),
                    help="how hard to search: ci (40 fuzzed cases) or thorough (600)")
     v.add_argument("--examples", type=positive_int, default=None, help="fuzzed cases per contract (overrides --profile)")
-    v.add_argument("--seed", type=non_negative_int, default=0, help="same seed, same cases, same verdict")
-    v.add_argument("--seeds", type=int_list, default=None, help="several seeds, e.g. 0,1,2 (one judgement each)")
+    seeds = v.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=non_negative_int, default=0, help="same seed, same cases, same verdict")
+    seeds.add_argument("--seeds", type=int_list(0), default=None, help="several seeds, e.g. 0,1,2 (one judgement each)")
     v.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the inputs are created")
     v.add_argument("--designs", type=designs_type, default=tuple(SETS["all"]),
                    help=f"correct designs to accept: {', '.join(SETS)} or design names (default all)")
@@ -113,7 +119,7 @@ def add_arguments(v):
     domain.add_argument("--dtypes", type=listed(DTYPES), help="activation / output dtypes, e.g. fp16,bf16")
     domain.add_argument("--scale-dtypes", type=listed((*DTYPES, OUTPUT)),
                         help="the scales' dtypes, or 'output' for scales in the output dtype")
-    domain.add_argument("--group-sizes", type=int_list, help="group sizes to draw from, e.g. 32,64,128")
+    domain.add_argument("--group-sizes", type=int_list(1), help="group sizes to draw from, e.g. 32,64,128")
     domain.add_argument("--granularity", type=listed(GRANULARITIES), help="scale and zero-point granularities")
     domain.add_argument("--zero-points", choices=ZERO_POINTS, default=None, help="which zero points the kernel takes")
     domain.add_argument("--no-zero-points", action="store_true", help="the same as --zero-points none")

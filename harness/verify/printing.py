@@ -74,7 +74,8 @@ def batch_invariance_line(b):
 def summary_line(result):
     """One line per candidate and contract, for the end of the run."""
     what = "PASS" if result["passed"] else f"FAIL ({(result.get('failure') or {}).get('kind', '?')})"
-    return f"  {what:<14} {result['candidate']} [{result['contract']}] {counts(result)}, {result['seconds']} s"
+    seed = f", seed {result['seed']}" if result.get("seed") is not None else ""
+    return f"  {what:<14} {result['candidate']} [{result['contract']}] {counts(result)}, {result['seconds']} s{seed}"
 
 
 def print_summary(results, skipped, path):
