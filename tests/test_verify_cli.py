@@ -79,16 +79,16 @@ def test_the_large_tier_is_skipped_and_said_so_only_for_interpreted_triton_backe
 
     from int4_lora_harness.verify.main import INTERPRETED, candidates
     args = Namespace(linear=None, dequantizer=None, seeds=None, seed=0, no_large_tier=False, device="cpu")
-    found, skipped = candidates(args, {})
+    found, skipped = candidates(args, {"seeds": [0]})
     assert {c.label for c in found} == {"torch"} and all(c.large_tier_skipped is None for c in found)
     os.environ["TRITON_INTERPRET"] = "1"
     try:
-        found, _ = candidates(args, {})
+        found, _ = candidates(args, {"seeds": [0]})
     finally:
         del os.environ["TRITON_INTERPRET"]
     triton = [c for c in found if c.label == "triton"]
     assert triton and all(c.large_tier_skipped == INTERPRETED for c in triton)
-    mine = candidates(Namespace(**{**vars(args), "linear": "mine.py:linear"}), {})[0]
+    mine = candidates(Namespace(**{**vars(args), "linear": "mine.py:linear"}), {"seeds": [0]})[0]
     assert mine[0].large_tier_skipped is None
 
 
@@ -137,6 +137,14 @@ def test_seeds_from_zero_each_give_their_own_judgement_named_by_seed(tmp_path, c
     assert code == 1, out + err
     assert [r["seed"] for r in verdict(tmp_path)["results"]] == [0, 3]
     assert "seed 0" in out and "seed 3" in out
+
+
+def test_a_layer_is_judged_once_per_seed_and_the_run_records_every_seed(tmp_path, capsys):
+    code, out, err = verify(tmp_path, capsys, "--layer", "int4_lora_harness.kernels.torch_layer:layer", "--tp", "1",
+                            "--styles", "column", "--seeds", "0,2", "--examples", "2", "--quiet")
+    assert code == 0, out + err
+    run = verdict(tmp_path)
+    assert run["seeds"] == [0, 2] and [r["seed"] for r in run["results"]] == [0, 2]
 
 
 def test_a_report_path_that_is_a_file_is_a_usage_error(tmp_path, capsys):

@@ -34,7 +34,8 @@ def options_from(args):
     if args.layout != "canonical":
         domain = layout_domain(args.layout, domain)
     return dict(run_id=record.new_run_id(), report=str(folder), device=args.device, profile=args.profile,
-                examples=args.examples or PROFILE_EXAMPLES[args.profile], seed=args.seed, domain=domain,
+                examples=args.examples or PROFILE_EXAMPLES[args.profile], seed=(args.seeds or (args.seed,))[0],
+                seeds=list(args.seeds or (args.seed,)), domain=domain,
                 designs=args.designs, layout=args.layout, timeout=args.timeout, in_process=args.in_process,
                 jobs=args.jobs, progress=not args.quiet, checkpoint={},
                 gpus=list(range(torch.cuda.device_count())) if args.device == "cuda" else [])
@@ -54,7 +55,7 @@ def layout_domain(layout, domain):
 
 def candidates(args, options):
     """([Candidate], [(name, reason)] skipped): the TARGET, or every backend of kernels.registry available here."""
-    seeds = args.seeds or (args.seed,)
+    seeds = options["seeds"]
     if args.linear or args.dequantizer:
         target = args.linear or args.dequantizer
         split_target(target)
@@ -95,9 +96,10 @@ def layer_results(args, options):
     from int4_lora_harness.reference.layer import STYLES
     from int4_lora_harness.serving.verify_layer import verify_layer
     split_target(args.layer)
-    for result in verify_layer(args.layer, args.tp, args.styles or STYLES, options["device"], options["examples"],
-                               options["seed"], options["timeout"]):
-        yield dict(result, kind="third-party", layout="canonical", domain=["full"], explicit=[])
+    for seed in options["seeds"]:
+        for result in verify_layer(args.layer, args.tp, args.styles or STYLES, options["device"], options["examples"],
+                                   seed, options["timeout"]):
+            yield dict(result, kind="third-party", layout="canonical", domain=["full"], explicit=[], seed=seed)
 
 
 def main(args, argv):
@@ -110,7 +112,7 @@ def main(args, argv):
             usage_error_verdict(options, argv, str(error))
             raise UsageError(str(error)) from None
     try:
-        options["checkpoint"] = checkpoint_examples(args, options["domain"], args.seed)
+        options["checkpoint"] = checkpoint_examples(args, options["domain"], options["seed"])
         found, skipped = candidates(args, options)
         return judge_run(found, skipped, options, argv)
     except (UsageError, TargetRefused) as error:

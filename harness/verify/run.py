@@ -134,7 +134,8 @@ def judge_all(candidates, options):
 def judge_run(candidates, skipped, options, argv):
     """Judge every candidate, writing the verdict before, during and after; the exit status (0 or 1)."""
     verdict = record.header(options["run_id"], argv, device=options["device"], profile=options["profile"],
-                            examples=options["examples"], seed=options["seed"], designs=list(options["designs"]),
+                            examples=options["examples"], seed=options["seed"], seeds=options["seeds"],
+                            designs=list(options["designs"]),
                             layout=options["layout"], domain=options["domain"].describe() or ["full"],
                             skipped=[dict(candidate=n, reason=r) for n, r in skipped])
     path = record.write(options["report"], verdict)
@@ -155,7 +156,8 @@ def judge_run(candidates, skipped, options, argv):
 def run_layer(results, options, argv):
     """Like `run`, for the --layer results (one per style), which harness.serving computes itself."""
     verdict = record.header(options["run_id"], argv, device=options["device"], profile=options["profile"],
-                            examples=options["examples"], seed=options["seed"], designs=list(options["designs"]),
+                            examples=options["examples"], seed=options["seed"], seeds=options["seeds"],
+                            designs=list(options["designs"]),
                             layout="canonical", domain=["full"], skipped=[])
     path = record.write(options["report"], verdict)
     for result in results:
