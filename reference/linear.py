@@ -36,7 +36,7 @@ def check_lora(lora_a, lora_b, lora_indices, m, out_features, in_features):
 
 def base_exact(x, w, bias):
     """float64 [M, out]: x @ W^T + bias on already-dequantized weights. x: [M, in]; w: [out, in]; bias: [out] | None."""
-    x, w = real_array(x, "x").astype(np.float64), real_array(w, "w").astype(np.float64)
+    x, w = real_array(x, "x").astype(np.float64, copy=False), real_array(w, "w").astype(np.float64, copy=False)
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D [out, in], got shape {w.shape}")
     if x.ndim != 2 or x.shape[1] != w.shape[1]:

@@ -201,7 +201,7 @@ def _base_block(case, rows, weights_kind):
         if window is not None:
             slack = abs_products(x_abs, weight_flips(exact, window, case.x_dtype) if weights_kind == "x" else window)
         y_base = base_exact(x, w_d, bias)
-        s_abs = abs_products(x_abs, np.abs(w_d)) + (0.0 if bias is None else np.abs(bias))
+        s_abs = abs_products(x_abs, np.abs(w_d, dtype=np.float32)) + (0.0 if bias is None else np.abs(bias))
         bound = accumulation(s_abs, x.shape[1]) + slack
     return y_base, bound, s_abs
 
@@ -210,7 +210,7 @@ def abs_products(x_abs, weights_abs):
     """An upper bound of |x| @ |W|^T [M, rows] (both non-negative) by an fp32 GEMM: its relative error is below
     K u32 (K additions of non-negative terms, each product exact or rounded once), so it is scaled up by that."""
     k = x_abs.shape[1]
-    product = x_abs @ weights_abs.astype(np.float32).T
+    product = x_abs @ weights_abs.astype(np.float32, copy=False).T
     return product.astype(np.float64) * (1 + (k + 2) * U32) + (k + 1) * ETA32
 
 
