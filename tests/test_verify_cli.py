@@ -147,6 +147,16 @@ def test_a_layer_is_judged_once_per_seed_and_the_run_records_every_seed(tmp_path
     assert run["seeds"] == [0, 2] and [r["seed"] for r in run["results"]] == [0, 2]
 
 
+def test_a_failing_case_is_not_counted_as_explained_by_a_design(tmp_path, capsys):
+    code, out, err = verify(tmp_path, capsys, "--dequantizer", "planted.bugs:swapped_nibbles", "--no-large-tier",
+                            "--quiet", "--examples", "5")
+    assert code == 1
+    [result] = verdict(tmp_path)["results"]
+    judged = next(p["cases"] for p in result["properties"] if p["name"] == "within tolerance")
+    explained = sum(d["cases"] for d in result["designs"].values())
+    assert explained < judged, (explained, judged)
+
+
 def test_a_report_path_that_is_a_file_is_a_usage_error(tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
     code, out, err = verify(tmp_path / "a_file", capsys, "--dequantizer", "planted.bugs:missing_offset")

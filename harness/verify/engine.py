@@ -45,7 +45,8 @@ class Record:
         self.judge_s += run.judge_s
 
     def _judged(self, judgement, case):
-        self.designs[judgement.design] += 1
+        if judgement.passed:  # a design explained this case; a failing one is the failure's, not a design's
+            self.designs[judgement.design] += 1
         if judgement.max_ratio >= self.max_ratio and judgement.worst is not None:
             self.max_ratio, self.worst = judgement.max_ratio, dict(judgement.worst, case=case.describe())
         key = (case.output_dtype if isinstance(case, DequantCase) else case.x_dtype, _granularity(case))
