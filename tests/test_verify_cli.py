@@ -157,6 +157,19 @@ def test_a_failing_case_is_not_counted_as_explained_by_a_design(tmp_path, capsys
     assert explained < judged, (explained, judged)
 
 
+@pytest.mark.parametrize("name", ["peft_style", "punica_style"])
+def test_unfused_linears_pass_naming_the_design_and_fail_when_only_single_rounding_is_accepted(tmp_path, capsys,
+                                                                                                name):
+    code, out, err = verify(tmp_path / "all", capsys, "--linear", f"planted.unfused:{name}", *FAST)
+    assert code == 0, out + err
+    assert "unfused, w in x.dtype" in verdict(tmp_path / "all")["results"][0]["designs"]
+    code, out, err = verify(tmp_path / "single", capsys, "--linear", f"planted.unfused:{name}", *FAST,
+                            "--designs", "single-rounding")
+    assert code == 1, out + err
+    failure = verdict(tmp_path / "single")["results"][0]["failure"]
+    assert failure["kind"] == "wrong" and "explained by the design 'unfused, w in x.dtype'" in out
+
+
 def test_a_report_path_that_is_a_file_is_a_usage_error(tmp_path, capsys):
     (tmp_path / "a_file").write_text("")
     code, out, err = verify(tmp_path / "a_file", capsys, "--dequantizer", "planted.bugs:missing_offset")
