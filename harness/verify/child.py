@@ -14,32 +14,47 @@ HELD_RESULTS = 2  # results of a case kept to see whether later calls change the
 
 # --- tensors over the pipe: raw NumPy buffers (pickling torch tensors one storage at a time is slow) ----
 
-def encode(value):
-    """Tensors (anywhere in dicts, tuples, lists) -> ('tensor', dtype name, NumPy array of their bytes)."""
-    import torch
-    if isinstance(value, torch.Tensor):
-        t = value.detach().to("cpu").contiguous()
-        ints = {torch.bfloat16: torch.int16, torch.bool: torch.uint8}.get(t.dtype)
-        return ("tensor", str(t.dtype).removeprefix("torch."), (t.view(ints) if ints else t).numpy())
+class _Tensor:
+    """A tensor on the pipe: its dtype name and a NumPy array of its bytes (bf16 and bool as same-size integers)."""
+
+    def __init__(self, dtype, array):
+        self.dtype, self.array = dtype, array
+
+
+def _walk(value, leaf):
+    """`leaf` applied to every value inside dicts, lists and tuples, the containers rebuilt around them."""
     if isinstance(value, dict):
-        return {k: encode(v) for k, v in value.items()}
+        return {k: _walk(v, leaf) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(encode(v) for v in value)
-    return value
+        return type(value)(_walk(v, leaf) for v in value)
+    return leaf(value)
+
+
+def _encode_leaf(value):
+    import torch
+    if not isinstance(value, torch.Tensor):
+        return value
+    t = value.detach().to("cpu").contiguous()
+    ints = {torch.bfloat16: torch.int16, torch.bool: torch.uint8}.get(t.dtype)
+    return _Tensor(str(t.dtype).removeprefix("torch."), (t.view(ints) if ints else t).numpy())
+
+
+def _decode_leaf(value):
+    import torch
+    if not isinstance(value, _Tensor):
+        return value
+    t, dtype = torch.from_numpy(value.array), getattr(torch, value.dtype)
+    return t.view(dtype) if t.dtype != dtype else t
+
+
+def encode(value):
+    """Tensors (anywhere in dicts, tuples, lists) -> _Tensor (dtype name, NumPy array of their bytes)."""
+    return _walk(value, _encode_leaf)
 
 
 def decode(value):
     """The inverse of `encode`."""
-    import torch
-    if isinstance(value, tuple) and len(value) == 3 and value[0] == "tensor":
-        t = torch.from_numpy(value[2])
-        dtype = getattr(torch, value[1])
-        return t.view(dtype) if t.dtype != dtype else t
-    if isinstance(value, dict):
-        return {k: decode(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(decode(v) for v in value)
-    return value
+    return _walk(value, _decode_leaf)
 
 
 def dumps(value):
