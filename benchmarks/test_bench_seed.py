@@ -6,10 +6,12 @@ output, with fp16, int8 and no zero points. Linear:
 `torch_path.linear` vs `materialize` (harness.bench.baselines: dequantize to x.dtype on
 every call, then F.linear + the LoRA delta) at M = 1 and 16, 4096 x 4096 g128 fp16, 4 adapters of
 rank 16. pytest-benchmark groups each pair, so its table shows them next to each other. Beside each
-dequantize pair, `fresh_output_floor`: allocating the [out, in] fp16 result and writing it once, what any
-dequantizer that returns a new tensor pays at least: a fresh mapping's first-touch page faults where the allocator
-returns one (on this VM about 20 ms at 4096 x 4096 and 60-70 ms at 11008 x 4096), about 4 ms at 4096 x 4096 when
-it reuses the memory just freed.
+dequantize pair, two floors: `fresh_output_floor`, allocating the [out, in] fp16 result with torch.empty
+and writing it once, what any dequantizer that returns a new tensor pays at least (a fresh mapping's
+first-touch page faults where the allocator returns one: on this VM about 20 ms at 4096 x 4096 and 50-70 ms
+at 11008 x 4096; about 3 ms at 4096 x 4096 when it reuses memory just freed), and `huge_page_output_floor`,
+the same on transparent huge pages (kernels.native.empty_output, what torch_path's CPU output is: about 6 ms
+and 14 ms).
 
 Timed on one thread (torch.set_num_threads(1) for this module, restored after): on a shared 2-core
 host OpenMP's per-op barriers wait on descheduled threads, which then dominates every multi-op path.
@@ -25,8 +27,9 @@ import torch
 
 from int4_lora_harness import reference
 from int4_lora_harness.bench.baselines import materialize_linear
+from int4_lora_harness.bench.devices import cpu_dequantizer
 from int4_lora_harness.bench.seed import seed_dequantize
-from int4_lora_harness.kernels import torch_path
+from int4_lora_harness.kernels import native, torch_path
 
 GROUP_SIZE = 128
 SHAPES = {"4096x4096": (4096, 4096), "11008x4096": (11008, 4096)}  # [out, in]
@@ -60,6 +63,11 @@ def fresh_output(packed_weights, scales, zero_points, group_size, output_dtype):
     return torch.empty(packed_weights.shape[0], 2 * packed_weights.shape[1], dtype=output_dtype).fill_(1)
 
 
+def huge_page_output(packed_weights, scales, zero_points, group_size, output_dtype):
+    """fresh_output on transparent huge pages, as torch_path's CPU output is."""
+    return native.empty_output((packed_weights.shape[0], 2 * packed_weights.shape[1]), output_dtype).fill_(1)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     threads = torch.get_num_threads()
@@ -70,11 +78,13 @@ def one_thread():
 
 @pytest.mark.parametrize("zero_kind", ZERO_POINTS)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("implementation", ["torch_path", "seed", "fresh_output_floor"])
+@pytest.mark.parametrize("implementation", ["torch_path", "seed", "fresh_output_floor", "huge_page_output_floor"])
 def test_dequantize(benchmark, implementation, shape, zero_kind):
     packed, scales, zero_points = make_base(*SHAPES[shape], zero_kind)
-    fn = dict(torch_path=torch_path.dequantize, seed=seed_dequantize, fresh_output_floor=fresh_output)[implementation]
+    fn = dict(torch_path=torch_path.dequantize, seed=seed_dequantize, fresh_output_floor=fresh_output,
+              huge_page_output_floor=huge_page_output)[implementation]
     benchmark.group = f"dequantize {shape} g{GROUP_SIZE} fp16 scales, zero points {zero_kind}, fp16 out"
+    benchmark.extra_info["cpu_dequantizer"] = cpu_dequantizer()  # the C kernel, or the torch ops and why
     got = benchmark.pedantic(fn, args=(packed, scales, zero_points, GROUP_SIZE, torch.float16), rounds=ROUNDS,
                              warmup_rounds=1, iterations=1)
     if implementation == "torch_path":

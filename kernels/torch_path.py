@@ -1,7 +1,9 @@
 """The vectorized torch path: SPEC §3 and §4 with the same code on CPU and CUDA.
 
-Dequantizer: bit for bit the reference, RN_out(fl64(fl64(v - z) * s)), by one of two exact ways,
-chosen once per call (`plan_dequantize`):
+Dequantizer: bit for bit the reference, RN_out(fl64(fl64(v - z) * s)), by one of three exact ways,
+chosen once per call (`plan_dequantize`). On the CPU, where kernels.native could build it, the C
+kernel int4_cpu.c (per-group tables of the 16 values, gathered by PSHUFB: one pass, whatever the
+zero points), into an output on huge pages. Otherwise (CUDA, or no C compiler), torch ops:
 
 1. fp32 arithmetic, where it is exact (`exact_in_fp32`: fp16/bf16 scales and no or small integer
    zero points, what GPTQ, AWQ and compressed-tensors checkpoints hold): (q - (8 + z)) * s in fp32
@@ -30,6 +32,7 @@ from typing import NamedTuple
 
 import torch
 
+from int4_lora_harness.kernels import native
 from int4_lora_harness.kernels.checks import (integer_zeros_within, validate_linear, validate_output_dtype,
                                               validate_scaling, validate_weights)
 
@@ -97,6 +100,12 @@ class Plan(NamedTuple):
     pairs: bool  # tables of 256 byte values (two columns a gather) rather than 16 nibble values
     block_rows: int
     offsets: torch.Tensor | None  # tables: int32 [block_rows, units], where each unit's (row, group) table starts
+    native: tuple | None  # the C kernel's (scales, zero points | None) operands (native.group_operand), or None
+
+
+def native_ready(packed_weights):
+    """True where the C kernel dequantizes these weights: CPU tensors, and kernels.native could build it."""
+    return packed_weights.device.type == "cpu" and native.unavailable_reason() is None
 
 
 def plan_dequantize(packed_weights, scales, zero_points, group_size):
@@ -105,6 +114,12 @@ def plan_dequantize(packed_weights, scales, zero_points, group_size):
     grouped = "grouped" in (scale_kind, zero_kind)
     width = max(1, min(int(group_size), in_features) if grouped else in_features)  # in_features 0: one empty group
     num_groups = math.ceil(in_features / width)
+    if native_ready(packed_weights):
+        operands = (native.group_operand(scales, scale_kind, num_groups),
+                    None if zero_points is None else native.group_operand(zero_points, zero_kind, num_groups))
+        block_rows = max(1, min(out_features, CPU_BLOCK_ENTRIES // max(in_features, 1)))
+        return Plan(packed_weights.contiguous(), scales, zero_points, scale_kind, zero_kind, width, num_groups,
+                    False, False, block_rows, None, operands)
     arithmetic = exact_in_fp32(scales, zero_points)
     pairs = width % 2 == 0 and width >= PAIR_MIN_WIDTH
     entries = 0 if arithmetic else 256 if pairs else 16  # table entries per (row, group)
@@ -117,7 +132,7 @@ def plan_dequantize(packed_weights, scales, zero_points, group_size):
         first_group = torch.arange(block_rows, device=packed_weights.device)[:, None] * num_groups
         offsets = ((first_group + group_of_unit) * entries).to(torch.int32)  # [block_rows, units]
     return Plan(packed_weights, scales, zero_points, scale_kind, zero_kind, width, num_groups, arithmetic, pairs,
-                block_rows, offsets)
+                block_rows, offsets, None)
 
 
 def row_blocks(plan):
@@ -213,7 +228,9 @@ def dequantize_rows(plan, rows, out, scratch):
 
     scratch: fp32 [>= R, in] (fp32_scratch), for way 1 when out is not fp32.
     """
-    if plan.arithmetic:
+    if plan.native is not None:
+        native.dequantize_into(plan.packed, *plan.native, plan.width, rows, out)
+    elif plan.arithmetic:
         _rows_by_arithmetic(plan, rows, out, scratch)
     else:
         _rows_by_table(plan, rows, out)
@@ -221,7 +238,7 @@ def dequantize_rows(plan, rows, out, scratch):
 
 def fp32_scratch(plan, output_dtype):
     """The fp32 block that dequantize_rows needs for this plan and output dtype, or None."""
-    if not plan.arithmetic or output_dtype == torch.float32:
+    if plan.native is not None or not plan.arithmetic or output_dtype == torch.float32:
         return None
     return torch.empty(plan.block_rows, 2 * plan.packed.shape[1], dtype=torch.float32, device=plan.packed.device)
 
@@ -235,11 +252,15 @@ def dequantize(packed_weights, scales, zero_points=None, group_size=None, output
     """
     plan = plan_dequantize(packed_weights, scales, zero_points, group_size)
     validate_output_dtype(output_dtype)
-    out = torch.empty(packed_weights.shape[0], 2 * packed_weights.shape[1], dtype=output_dtype,
-                      device=packed_weights.device)
+    shape = (packed_weights.shape[0], 2 * packed_weights.shape[1])
+    if plan.native is not None:
+        out = native.empty_output(shape, output_dtype)
+    else:
+        out = torch.empty(shape, dtype=output_dtype, device=packed_weights.device)
     if out.numel():
         scratch = fp32_scratch(plan, output_dtype)
-        for rows in row_blocks(plan):
+        blocks = [slice(0, shape[0])] if plan.native is not None else row_blocks(plan)  # C: no temporaries
+        for rows in blocks:
             dequantize_rows(plan, rows, out[rows], scratch)
     return out
 

@@ -1,21 +1,42 @@
-"""kernels.torch_path: its dequantizer is bit for bit the reference by each of its ways (fp32 arithmetic,
-nibble tables, byte-pair tables), and its linear keeps adapters to their own tokens.
+"""kernels.torch_path: its dequantizer is bit for bit the reference by each of its ways (on the CPU the C
+kernel; the torch ops of CUDA: fp32 arithmetic, nibble tables, byte-pair tables), and its linear keeps
+adapters to their own tokens. Every test runs on the CPU twice, by the C kernel and by the torch ops.
 
 The fixed cases are the hard ones: huge integer zero points, fractional zero points whose fp32
 product lands on a midpoint of the output format, exact ties, ragged groups, many row blocks,
 empty shapes and a group larger than the layer.
 """
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
 
 from int4_lora_harness import reference
-from int4_lora_harness.kernels import torch_path
+from int4_lora_harness.kernels import native, torch_path
 from int4_lora_harness.verify.cases import DTYPE_NAMES, make_linear_case
 from int4_lora_harness.verify.properties import assert_holds, linear_properties
 
 OUTPUT_DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 UINTS = {torch.float16: np.uint16, torch.bfloat16: np.uint32, torch.float32: np.uint32}
+
+
+@pytest.fixture(autouse=True, params=["C kernel", "torch ops"])
+def cpu_way(request, monkeypatch):
+    """How CPU tensors are dequantized in this test: by kernels.native's C kernel, or by the torch ops."""
+    if request.param == "torch ops":
+        monkeypatch.setattr(torch_path, "native_ready", lambda packed_weights: False)
+    elif getattr(request.node, "callspec", None) and request.node.callspec.params.get("device") == "cuda":
+        pytest.skip("the C kernel runs CPU tensors only: CUDA runs the torch ops")
+    elif native.unavailable_reason() is not None:
+        pytest.skip(f"the C kernel is not available here: {native.unavailable_reason()}")
+    return request.param
+
+
+def torch_ops_plan(*args):
+    """torch_path.plan_dequantize(*args) as the torch ops would take it (on CUDA, or without the C kernel)."""
+    with mock.patch.object(torch_path, "native_ready", lambda packed_weights: False):
+        return torch_path.plan_dequantize(*args)
 
 
 def as_numpy(t):
@@ -70,7 +91,7 @@ def test_dequantize_equals_the_reference_for_every_scale_zero_and_output_dtype(d
                                                                                 output_dtype):
     for group_size, in_features, pairs in ((8, 44, False), (256, 600, True), (512, 1024, True)):  # 600: ragged
         base = random_base(1, 5, in_features, group_size, scales_dtype, zero_kind)
-        assert torch_path.plan_dequantize(*base, group_size).pairs == pairs
+        assert torch_ops_plan(*base, group_size).pairs == pairs
         assert_dequantizes_like_the_reference(*base, group_size, output_dtype, device)
 
 
@@ -91,7 +112,7 @@ def test_huge_integer_zero_points_take_the_table_way_and_match_the_reference(dev
     zero_points = torch.tensor([[2 ** 62, -(2 ** 62)], [2 ** 53 + 1, -(2 ** 53) - 1], [2 ** 24 - 15, 2 ** 24 - 16],
                                 [-(2 ** 31), 2 ** 31 - 1]], dtype=torch.int64)
     scales = torch.tensor([[2.0 ** -40, 2.0 ** -60], [1.0, -1.0], [2.0 ** -12, 3.0], [2.0 ** -20, 2.0 ** -30]])
-    assert not torch_path.plan_dequantize(packed, scales, zero_points, 64).arithmetic
+    assert not torch_ops_plan(packed, scales, zero_points, 64).arithmetic
     for scales_dtype in OUTPUT_DTYPES:
         for output_dtype in OUTPUT_DTYPES:
             assert_dequantizes_like_the_reference(packed, scales.to(scales_dtype), zero_points, 64, output_dtype,
@@ -125,7 +146,7 @@ def test_weights_whose_fp32_product_is_a_midpoint_round_the_exact_value(device, 
     rows = scales.shape[0]
     packed = torch.full((rows, 4), 0xBB, dtype=torch.uint8)  # v = 3 in every column
     zero_points = torch.zeros(rows, dtype=torch.float16)  # a float zero point (and fp32 scales): the table way
-    assert not torch_path.plan_dequantize(packed, scales, zero_points, None).arithmetic
+    assert not torch_ops_plan(packed, scales, zero_points, None).arithmetic
     double_rounded = (3 * scales.double()).float().to(output_dtype)  # via the fp32 product, a midpoint
     got = torch_path.dequantize(packed.to(device), scales.to(device), zero_points.to(device), None, output_dtype)
     assert (got.cpu()[:, 0] != double_rounded).any()
@@ -139,7 +160,7 @@ def test_fractional_fp32_zero_points_with_a_narrower_output_round_once(device, o
     packed = torch.tensor([[0x99] * 64], dtype=torch.uint8)  # v = 1
     scales = torch.tensor([1 + 2 ** -11], dtype=torch.float32)
     zero_points = torch.tensor([-(2 ** -30)], dtype=torch.float32)
-    assert not torch_path.plan_dequantize(packed, scales, zero_points, None).arithmetic
+    assert not torch_ops_plan(packed, scales, zero_points, None).arithmetic
     assert_dequantizes_like_the_reference(packed, scales, zero_points, None, output_dtype, device)
     if output_dtype == torch.float16:
         got = torch_path.dequantize(packed.to(device), scales.to(device), zero_points.to(device), None, output_dtype)
@@ -163,7 +184,7 @@ def test_many_row_blocks_and_a_short_last_block_dequantize_like_one(monkeypatch,
     monkeypatch.setattr(torch_path, "CPU_BLOCK_ENTRIES", 1000)  # 512 columns: one row per block
     for group_size in (128, 256):
         base = random_base(3, 7, 512, group_size, torch.bfloat16, zero_kind)
-        assert torch_path.plan_dequantize(*base, group_size).block_rows == 1
+        assert torch_ops_plan(*base, group_size).block_rows == 1
         for output_dtype in OUTPUT_DTYPES:
             assert_dequantizes_like_the_reference(*base, group_size, output_dtype)
 
@@ -183,7 +204,7 @@ def test_a_group_larger_than_the_layer_is_one_ragged_group_of_the_layer_width(de
     # 2**36 columns a group: any buffer of num_groups * group_size elements would be 2**36 long.
     base = random_base(4, 3, 64, None, torch.float16, "fp32", ("per-channel", "per-channel"))
     packed, scales, zero_points = base[0], base[1][:, None], base[2][:, None]  # [out, 1]: grouped, one group
-    plan = torch_path.plan_dequantize(packed, scales, zero_points, 2 ** 36)
+    plan = torch_ops_plan(packed, scales, zero_points, 2 ** 36)
     assert (plan.width, plan.num_groups) == (64, 1)
     assert_dequantizes_like_the_reference(packed, scales, zero_points, 2 ** 36, torch.float16, device)
 

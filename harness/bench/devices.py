@@ -62,6 +62,13 @@ def cpu_name():
     return names[0] if names else (platform.processor() or platform.machine())
 
 
+def cpu_dequantizer():
+    """How the torch backend dequantizes CPU tensors here: the C kernel, or the torch ops (and why)."""
+    from int4_lora_harness.kernels import native  # here: the report reads this module and runs no kernel
+    why = native.unavailable_reason()
+    return "C dequantizer" if why is None else f"torch-ops dequantizer: {why}"
+
+
 def package_version(name):
     try:
         return importlib.metadata.version(name)
@@ -75,7 +82,7 @@ def describe(device):
         device_name = torch.cuda.get_device_name()
         peak_gbps, peak_tflops, peak_source = gpu_peaks(device_name)
     else:
-        device_name = f"{cpu_name()} ({torch.get_num_threads()} threads)"
+        device_name = f"{cpu_name()} ({torch.get_num_threads()} threads, {cpu_dequantizer()})"
         peak_gbps, peak_tflops = measure_cpu_bandwidth(), math.nan
         peak_source = (f"measured: best of 5 torch copies of {CPU_COPY_BYTES >> 20} MiB (read + write); "
                        "compute peak not measured")
