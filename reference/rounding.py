@@ -9,10 +9,11 @@ finite value) and rounded by one rule, written down twice:
   and rint over float64 arrays).
 - `round_to`, what the harness calls: the same function at memory speed. fp16 and fp32 are
   NumPy's float64 casts (which round to nearest even, subnormals and overflow included);
-  bf16, which NumPy lacks, rounds to nearest even on the float64 bits (BF16_DROPPED low
-  fraction bits go) where the result is normal, and adds and subtracts a constant whose
-  float64 ulp is the bf16 subnormal spacing where it is not. tests/test_rounding.py checks
-  the two agree bit for bit on every binade, tie and edge of each format.
+  bf16, which NumPy lacks, rounds to nearest even on the float64 bits (the low fraction bits
+  bf16 lacks go) where the result is normal, and adds and subtracts a constant whose float64
+  ulp is the bf16 subnormal spacing where it is not. `rounded` is the same values as float64,
+  fp16 by the same bit rule (the judge's arrays never pass through float16). tests/test_rounding.py
+  checks all of them agree bit for bit on every binade, tie and edge of each format.
 
 bf16 values are returned as float32 arrays (every bf16 value is a float32 value);
 `bf16_bits` gives their 16-bit patterns.
@@ -50,14 +51,28 @@ FORMATS = {
 
 BLOCK = 1 << 16  # elements per block of the bit-level paths: their temporaries stay in the L2 cache
 F64_FRACTION_BITS, F64_BIAS, F64_EXPONENT_MASK = 52, 1023, 0x7FF
-BF16_DROPPED = F64_FRACTION_BITS - (FORMATS["bf16"].precision - 1)  # 45 low float64 fraction bits
-BF16_HALF_BELOW = np.uint64((1 << (BF16_DROPPED - 1)) - 1)  # one less than half the last kept bit
-BF16_KEPT = ~np.uint64((1 << BF16_DROPPED) - 1)  # sign, exponent and the 7 kept fraction bits
-BF16_SMALLEST_NORMAL = 2.0 ** FORMATS["bf16"].min_exponent
-# x + SHIFTER - SHIFTER rounds x (|x| < 2**-126) to the bf16 subnormal grid: SHIFTER's float64 ulp is
-# 2**-133 and the sum stays in SHIFTER's binade [2**-81, 2**-80).
-BF16_SUBNORMAL_SHIFTER = 1.5 * 2.0 ** (FORMATS["bf16"].min_exponent - FORMATS["bf16"].precision + 1
-                                        + F64_FRACTION_BITS)
+
+
+@dataclass(frozen=True)
+class BitRounding:
+    """The constants of rounding float64 bits to a narrower format (fp16, bf16): see `_round_bits_block`."""
+    dropped: int  # low float64 fraction bits that go (fp16 42, bf16 45)
+    half_below: np.uint64  # one less than half the last kept bit
+    kept: np.uint64  # sign, exponent and the kept fraction bits
+    smallest_normal: float
+    # x + shifter - shifter rounds x (below the smallest normal) to the format's subnormal grid: the shifter's
+    # float64 ulp is the subnormal spacing, and the sum stays in its binade (fp16 [2**28, 2**29), bf16
+    # [2**-81, 2**-80)).
+    shifter: float
+
+
+def _bit_rounding(fmt):
+    dropped = F64_FRACTION_BITS - (fmt.precision - 1)
+    return BitRounding(dropped, np.uint64((1 << (dropped - 1)) - 1), ~np.uint64((1 << dropped) - 1),
+                       2.0 ** fmt.min_exponent, 1.5 * 2.0 ** (fmt.min_exponent - fmt.precision + 1 + F64_FRACTION_BITS))
+
+
+BIT_ROUNDING = {name: _bit_rounding(FORMATS[name]) for name in ("fp16", "bf16")}
 
 
 def float_format(dtype):
@@ -115,27 +130,35 @@ def _blockwise(block_fn, values, out_dtype, scratch_dtypes=()):
     return out.reshape(np.shape(values))
 
 
-def _round_bf16_block(block, out, kept, magnitude, normal):
-    """float64 [n] -> float32 out [n] holding RN_bf16(block); scratch kept: uint64, magnitude: float64, normal: bool.
+def _round_bits_block(block, out, kept, magnitude, normal, fmt):
+    """float64 [n] -> out [n] (float64, or float32 for bf16) holding RN_fmt(block), fmt fp16 or bf16;
+    scratch kept: uint64, magnitude: float64, normal: bool.
 
-    Where |value| >= 2**-126: add just under half an ulp of bf16 to the float64 bits (exactly
-    half when the last kept bit is 1, so a tie goes to even), clear the BF16_DROPPED low bits;
-    a carry out of the fraction moves to the next binade, and from 2**128 on the float32 cast
-    gives inf, the first value past bf16's range. Zero, bf16 subnormals and NaN take the shifter.
+    Where |value| >= the smallest normal: add just under half an ulp of the format to the float64 bits
+    (exactly half when the last kept bit is 1, so a tie goes to even), clear the dropped low bits; a
+    carry out of the fraction moves to the next binade, and a result past the largest finite value is
+    inf (the float32 cast does it for bf16 in float32; a float64 `out` is set so). Zero, subnormals and
+    NaN take the shifter.
     """
+    c = BIT_ROUNDING[fmt.name]
     bits = block.view(np.uint64)
-    np.right_shift(bits, BF16_DROPPED, out=kept)
+    np.right_shift(bits, c.dropped, out=kept)
     np.bitwise_and(kept, 1, out=kept)  # the last kept bit
-    kept += BF16_HALF_BELOW
+    kept += c.half_below
     kept += bits
-    kept &= BF16_KEPT
-    out[...] = kept.view(np.float64)  # exact: 8 significant bits in fp32's exponent range, or inf
+    kept &= c.kept
+    out[...] = kept.view(np.float64)  # exact: the format's significant bits, within float32's exponent range or inf
     np.abs(block, out=magnitude)
-    np.greater_equal(magnitude, BF16_SMALLEST_NORMAL, out=normal)  # False for NaN
+    np.greater_equal(magnitude, c.smallest_normal, out=normal)  # False for NaN
     if not normal.all():
         special = ~normal
         small = block[special]
-        out[special] = np.copysign((small + BF16_SUBNORMAL_SHIFTER) - BF16_SUBNORMAL_SHIFTER, small)  # keeps -0
+        out[special] = np.copysign((small + c.shifter) - c.shifter, small)  # keeps -0
+    if out.dtype == np.float64:
+        np.abs(out, out=magnitude)
+        past = magnitude > fmt.max_finite  # False for NaN; inf stays inf
+        if past.any():
+            out[past] = np.copysign(np.inf, block[past])
 
 
 def round_to(values, dtype):
@@ -148,8 +171,23 @@ def round_to(values, dtype):
     values = np.asarray(values, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         if dtype == "bf16":
-            return _blockwise(_round_bf16_block, values, np.float32, (np.uint64, np.float64, bool))
+            return _blockwise(lambda *a: _round_bits_block(*a, fmt), values, np.float32, (np.uint64, np.float64, bool))
         return values.astype(fmt.storage)  # NumPy's cast rounds once, to nearest even
+
+
+def rounded(values, dtype):
+    """`round_to(values, dtype)` as float64 (shape of `values`): what the judge computes with.
+
+    fp16 and bf16 round on the float64 bits, never leaving float64 (NumPy's float16 casts are
+    per element in software: float64 -> float16 -> float64 costs about 16 ns a value, this about 3);
+    fp32 by NumPy's casts.
+    """
+    fmt = float_format(dtype)
+    values = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if dtype == "fp32":
+            return values.astype(np.float32).astype(np.float64)
+        return _blockwise(lambda *a: _round_bits_block(*a, fmt), values, np.float64, (np.uint64, np.float64, bool))
 
 
 def _spacing_block(block, out, biased, fmt):

@@ -1,4 +1,4 @@
-"""reference.rounding: the fast round_to, spacing, ordinal and is_representable equal their definitions bit for bit.
+"""reference.rounding: the fast round_to (and rounded, its float64 twin), spacing, ordinal and is_representable equal their definitions bit for bit.
 
 `round_by_scaling` and `spacing_by_frexp` are the readable definitions (scale, rint, scale
 back); these tests hold the cast and bit-level versions to them on every binade of each format,
@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 from int4_lora_harness.reference import rounding as R
 
 DTYPES = ["fp16", "bf16", "fp32"]
-BITS = {np.dtype(np.float16): np.uint16, np.dtype(np.float32): np.uint32}
+BITS = {np.dtype(np.float16): np.uint16, np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
 
 
 def assert_same_bits(got, expected):
@@ -29,9 +29,11 @@ def assert_same_bits(got, expected):
 
 
 def assert_rounds_like_the_definition(values, dtype):
+    """round_to and rounded (its float64 twin) both give round_by_scaling's values, bit for bit."""
     with np.errstate(over="ignore", invalid="ignore"):
         expected = R.round_by_scaling(values, dtype)
     assert_same_bits(R.round_to(values, dtype), expected)
+    assert_same_bits(R.rounded(values, dtype), expected.astype(np.float64))
 
 
 def binade_probes(dtype, per_binade=None, seed=0):
@@ -130,6 +132,8 @@ def test_round_to_keeps_the_shape_and_returns_the_storage_dtype(dtype):
     grid = np.arange(24, dtype=np.float64).reshape(2, 3, 4) / 3
     assert R.round_to(grid, dtype).shape == (2, 3, 4) and R.round_to(grid, dtype).dtype == storage
     assert R.round_to(1.0 / 3, dtype).shape == () and R.round_to(np.zeros((0, 5)), dtype).shape == (0, 5)
+    assert R.rounded(grid, dtype).shape == (2, 3, 4) and R.rounded(grid, dtype).dtype == np.float64
+    assert R.rounded(1.0 / 3, dtype).shape == () and R.rounded(np.zeros((0, 5)), dtype).shape == (0, 5)
     assert_rounds_like_the_definition(grid.T, dtype)  # a non-contiguous view
     assert_rounds_like_the_definition(1.0 / 3, dtype)
 

@@ -43,6 +43,7 @@ from int4_lora_harness.reference.packing import unpack
 from int4_lora_harness.reference.rounding import FORMATS, float_format, ordinal, round_to, spacing
 from int4_lora_harness.verify.designs import DESIGNS
 from int4_lora_harness.verify.judgement import ErrorReport, Judgement, Tally, row_blocks, weight_rows
+from int4_lora_harness.verify.tables import block_weights
 
 LAMBDA = 8.0  # probabilistic accumulation constant (term 1): a false alarm < 1e-9 per element at K = 14336
 U32 = FORMATS["fp32"].unit_roundoff  # 2**-24: unit roundoff of the fp32 accumulator
@@ -192,16 +193,16 @@ def _base_block(case, rows, weights_kind):
     x = case.x.astype(np.float64)
     x_abs = np.abs(case.x).astype(np.float32)  # exact: x holds values of fp16, bf16 or fp32
     packed, scales, zeros = weight_rows(w, rows)
-    exact = dequantize_exact(packed, scales, zeros, w.group_size)  # [rows, in]
     window = None if fp32_exact(w) else weight_window(packed, scales, zeros, w.group_size)
+    w_d, w_abs, exact = block_weights(packed, scales, zeros, w.group_size, case.x_dtype, weights_kind == "x",
+                                      need_exact=window is not None)
     bias = None if case.bias is None else case.bias.astype(np.float64)[rows]
     with np.errstate(over="ignore", invalid="ignore"):
-        w_d = round_to(exact, case.x_dtype) if weights_kind == "x" else exact
         slack = 0.0
         if window is not None:
             slack = abs_products(x_abs, weight_flips(exact, window, case.x_dtype) if weights_kind == "x" else window)
         y_base = base_exact(x, w_d, bias)
-        s_abs = abs_products(x_abs, np.abs(w_d, dtype=np.float32)) + (0.0 if bias is None else np.abs(bias))
+        s_abs = abs_products(x_abs, w_abs) + (0.0 if bias is None else np.abs(bias))
         bound = accumulation(s_abs, x.shape[1]) + slack
     return y_base, bound, s_abs
 
