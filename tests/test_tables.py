@@ -33,21 +33,19 @@ def test_table_lookups_equal_the_weight_by_weight_values(granularity, zero_kind,
                          "fp32", exponent)
         assert tables.table_width(w.packed, w.scales, w.zero_points, w.group_size) >= tables.TABLE_MIN_WIDTH
         exact = dequantize_exact(w.packed, w.scales, w.zero_points, w.group_size)
-        for in_x_dtype in (True, False):
-            with np.errstate(over="ignore", invalid="ignore"):
-                expected = rounded(exact, x_dtype) if in_x_dtype else exact
-                got, got_abs, got_exact = tables.block_weights(w.packed, w.scales, w.zero_points, w.group_size, x_dtype,
-                                                               in_x_dtype, need_exact=True)
-            assert_same(got, expected)
-            assert_same(got_exact, exact)
-            assert_same(got_abs, np.abs(expected).astype(np.float32))
+        with np.errstate(over="ignore", invalid="ignore"):
+            got, got_exact = tables.block_weights(w.packed, w.scales, w.zero_points, w.group_size, x_dtype,
+                                                  need_exact=True)
+            assert_same(got, rounded(exact, x_dtype))
+        assert_same(got_exact, exact)
+        assert tables.block_weights(w.packed, w.scales, w.zero_points, w.group_size, x_dtype, need_exact=False)[1] is None
 
 
 def test_narrow_groups_are_computed_weight_by_weight_and_give_the_same_values():
     w = make_weights(np.random.default_rng(4), 5, 40, 4, "grouped", "grouped", "float")
     assert tables.table_width(w.packed, w.scales, w.zero_points, w.group_size) < tables.TABLE_MIN_WIDTH
     with mock.patch.object(tables, "lookup", side_effect=AssertionError("no table for 4-column groups")):
-        got, _, exact = tables.block_weights(w.packed, w.scales, w.zero_points, 4, "fp16", True, need_exact=False)
+        got, exact = tables.block_weights(w.packed, w.scales, w.zero_points, 4, "fp16", need_exact=False)
     assert exact is None
     assert_same(got, rounded(dequantize_exact(w.packed, w.scales, w.zero_points, 4), "fp16"))
 

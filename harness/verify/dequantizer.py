@@ -13,6 +13,7 @@ from int4_lora_harness.reference.packing import unpack
 from int4_lora_harness.reference.rounding import round_to
 from int4_lora_harness.verify.designs import DEQUANTIZER_DESIGN
 from int4_lora_harness.verify.judgement import ErrorReport, Tally, row_blocks, weight_rows
+from int4_lora_harness.verify.tables import block_weights
 from int4_lora_harness.verify.tolerance import ratio_of, ulp_distance
 
 
@@ -22,9 +23,8 @@ def dequant_judgement(got, weights, output_dtype):
     tally = Tally(DEQUANTIZER_DESIGN, out_features * in_features)
     for rows in row_blocks(out_features, in_features):
         packed, scales, zeros = weight_rows(weights, rows)
-        exact = dequantize_exact(packed, scales, zeros, weights.group_size)
         with np.errstate(over="ignore"):
-            expected = round_to(exact, output_dtype).astype(np.float64)
+            expected, exact = block_weights(packed, scales, zeros, weights.group_size, output_dtype, need_exact=True)
         got_block = np.asarray(got[rows], np.float64)
         ulps = ulp_distance(got_block, expected, output_dtype)
         allowed = np.where(expected == exact, 0.0, 1.0)  # exact where representable, else 1 ulp

@@ -76,21 +76,18 @@ def lookup(table, index):
     return np.take(table.reshape(-1), index)
 
 
-def block_weights(packed, scales, zero_points, group_size, x_dtype, in_x_dtype, need_exact):
-    """The weights of one block of rows as the judge uses them: (w float64 [rows, in], |w| float32 [rows, in],
-    exact float64 [rows, in] or None).
+def block_weights(packed, scales, zero_points, group_size, dtype, need_exact):
+    """(w, exact): w float64 [rows, in], each exact weight rounded once to `dtype` ('fp16' | 'bf16' | 'fp32'), and
+    the exact weights float64 [rows, in] (reference.dequantize_exact) where need_exact, else None.
 
-    w is the exact weight rounded once to x_dtype (in_x_dtype, the "w in x.dtype" designs) or the exact weight
-    itself; `exact` is returned where need_exact (else None). By tables where groups are TABLE_MIN_WIDTH wide or
-    more, else weight by weight; the values are the same either way.
+    w by tables where groups are TABLE_MIN_WIDTH wide or more, else weight by weight: the same values either
+    way. (The exact weights alone are no faster by tables: dequantize_exact is two float64 passes.)
     """
     width = table_width(packed, scales, zero_points, group_size)
+    exact = dequantize_exact(packed, scales, zero_points, group_size) if need_exact else None
     if width >= TABLE_MIN_WIDTH:
-        table, index = nibble_table(packed, scales, zero_points, group_size, width), table_index(packed, width)
-        w_table = rounded(table, x_dtype) if in_x_dtype else table
-        w = lookup(w_table, index)
-        exact = (lookup(table, index) if in_x_dtype else w) if need_exact else None
-        return w, lookup(np.abs(w_table).astype(np.float32), index), exact
-    exact = dequantize_exact(packed, scales, zero_points, group_size)
-    w = rounded(exact, x_dtype) if in_x_dtype else exact
-    return w, np.abs(w).astype(np.float32), exact if need_exact else None
+        table = nibble_table(packed, scales, zero_points, group_size, width)
+        return lookup(rounded(table, dtype), table_index(packed, width)), exact
+    if exact is None:
+        return rounded(dequantize_exact(packed, scales, zero_points, group_size), dtype), None
+    return rounded(exact, dtype), exact

@@ -161,17 +161,26 @@ def _finite_ratio(got, expected, bound, dtype, fmt):
 
 def ratio_of(error, allowed):
     """error / allowed per element (0/0 = 0, x/0 = inf, NaN = inf)."""
+    error = np.asarray(error, np.float64)
+    if not error.any():  # every element exact (the usual verdict): no division to make
+        return np.zeros(np.broadcast_shapes(error.shape, np.shape(allowed)))
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(error == 0, 0.0, error / allowed)
     return np.where(np.isnan(ratio), np.inf, ratio)
 
 
 def ulp_distance(got, expected, dtype):
-    """|ordinal(got) - ordinal(expected)| as float64; inf where either is NaN."""
-    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
-    bad = np.isnan(got) | np.isnan(expected)
-    distance = np.abs(ordinal(np.where(bad, 0, got), dtype) - ordinal(np.where(bad, 0, expected), dtype))
-    return np.where(bad, np.inf, distance.astype(np.float64))
+    """|ordinal(got) - ordinal(expected)| as float64; inf where either is NaN. Equal values are 0 ulps apart
+    (+0 and -0 too), so only the elements that differ are placed on the number line."""
+    got, expected = np.broadcast_arrays(np.asarray(got, np.float64), np.asarray(expected, np.float64))
+    distance = np.zeros(got.shape)
+    differ = got != expected  # NaN included
+    if differ.any():
+        g, e = got[differ], expected[differ]
+        bad = np.isnan(g) | np.isnan(e)
+        apart = np.abs(ordinal(np.where(bad, 0, g), dtype) - ordinal(np.where(bad, 0, e), dtype))
+        distance[differ] = np.where(bad, np.inf, apart.astype(np.float64))
+    return distance
 
 
 # --- linear ---------------------------------------------------------------------------------------
@@ -194,15 +203,17 @@ def _base_block(case, rows, weights_kind):
     x_abs = np.abs(case.x).astype(np.float32)  # exact: x holds values of fp16, bf16 or fp32
     packed, scales, zeros = weight_rows(w, rows)
     window = None if fp32_exact(w) else weight_window(packed, scales, zeros, w.group_size)
-    w_d, w_abs, exact = block_weights(packed, scales, zeros, w.group_size, case.x_dtype, weights_kind == "x",
-                                      need_exact=window is not None)
+    if weights_kind == "x":
+        w_d, exact = block_weights(packed, scales, zeros, w.group_size, case.x_dtype, need_exact=window is not None)
+    else:
+        w_d = exact = dequantize_exact(packed, scales, zeros, w.group_size)
     bias = None if case.bias is None else case.bias.astype(np.float64)[rows]
     with np.errstate(over="ignore", invalid="ignore"):
         slack = 0.0
         if window is not None:
             slack = abs_products(x_abs, weight_flips(exact, window, case.x_dtype) if weights_kind == "x" else window)
         y_base = base_exact(x, w_d, bias)
-        s_abs = abs_products(x_abs, w_abs) + (0.0 if bias is None else np.abs(bias))
+        s_abs = abs_products(x_abs, np.abs(w_d).astype(np.float32)) + (0.0 if bias is None else np.abs(bias))
         bound = accumulation(s_abs, x.shape[1]) + slack
     return y_base, bound, s_abs
 
