@@ -1,9 +1,12 @@
 """The candidate's side of harness.verify.executor: what runs in the child process (or in this one, --in-process).
 
-It holds one case's inputs on the device, calls the candidate by keyword, and answers with a plain CPU
-copy of each result (the data of its torch.Tensor base), the inputs the call modified, its seconds,
-or the exception it raised (any BaseException). Tensors cross the pipe as raw NumPy buffers.
+It holds one case's inputs on the device, calls the candidate by keyword, and answers with a digest of
+each result's bits (and, where the judge asks for it, a plain CPU copy of the data of its torch.Tensor
+base), the inputs the call modified, its seconds, or the exception it raised (any BaseException).
+Tensors cross the pipe as raw NumPy buffers. The judge asks for the values of a case's first call and
+compares the calls after it by digest: a layer's result crosses the pipe once, not once a call.
 """
+import hashlib
 import pickle
 import threading
 import time
@@ -78,28 +81,40 @@ def _bits(t):
         if t.numel() else t.detach().to("cpu", copy=True)
 
 
-def plain_copy(out):
-    """(plain CPU copy of the data of `out`'s torch.Tensor base, its subclass name | None) for a tensor result."""
+def plain_data(out):
+    """(`out`'s torch.Tensor base: its data, not a subclass's view of it; the subclass name | None). No copy."""
     import torch
     subclass = None if type(out) in (torch.Tensor, torch.nn.Parameter) else type(out).__name__
     with torch._C.DisableTorchFunctionSubclass():  # a subclass's __torch_function__ cannot show other values
-        plain = torch.Tensor.as_subclass(out, torch.Tensor)
-        return plain.detach().to("cpu", copy=True), subclass
+        return torch.Tensor.as_subclass(out, torch.Tensor).detach(), subclass
 
 
-def describe_result(out, requested_device, modified, seconds):
-    """The reply for one returned call (see module docstring)."""
+def digest(t):
+    """SHA-256 of a plain tensor's dtype, shape and bits: equal digests, bitwise equal tensors (NaN == NaN,
+    -0 != +0). A comparison of honest results, not a defence against a candidate forging one. A CPU tensor
+    is read where it lies; another device's is copied to the CPU first."""
     import torch
-    reply = dict(status="ok", type=type(out).__name__, modified=modified, seconds=seconds, out=None)
+    h = hashlib.sha256(f"{t.dtype} {list(t.shape)}".encode())
+    if t.numel():
+        h.update(t.to("cpu").contiguous().view(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def describe_result(out, requested_device, modified, seconds, send_out=True):
+    """The reply for one returned call (see module docstring): with a CPU copy of the result where send_out."""
+    import torch
+    reply = dict(status="ok", type=type(out).__name__, modified=modified, seconds=seconds, out=None, digest=None)
     if isinstance(out, torch.Tensor):
-        copy, subclass = plain_copy(out)
-        reply.update(out=copy, shape=list(out.shape), dtype=str(copy.dtype), device=str(out.device),
+        plain, subclass = plain_data(out)
+        reply.update(out=plain.to("cpu", copy=True) if send_out else None, digest=digest(plain),
+                     shape=list(out.shape), dtype=str(plain.dtype), device=str(out.device),
                      device_ok=out.device.type == torch.device(requested_device).type, subclass=subclass)
     return reply
 
 
-def call_candidate(function, inputs, device):
-    """Call once on `inputs` (held tensors, by keyword); a reply dict either way, exceptions included."""
+def call_candidate(function, inputs, device, send_out=True):
+    """Call once on `inputs` (held tensors, by keyword); (reply dict, the returned object) either way, exceptions
+    included; the reply carries the result's values where send_out, else its digest only."""
     import torch
     before = {k: _bits(v) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
     start = time.perf_counter()
@@ -113,7 +128,7 @@ def call_candidate(function, inputs, device):
                     seconds=time.perf_counter() - start), None
     seconds = time.perf_counter() - start
     modified = [k for k, bits in before.items() if not _same(bits, _bits(inputs[k]))]
-    return describe_result(out, device, modified, seconds), out
+    return describe_result(out, device, modified, seconds, send_out), out
 
 
 def _same(a, b):
@@ -132,27 +147,23 @@ class Holder:
         self.inputs = {k: _to_device(v, self.device) for k, v in inputs.items()}
         self.results = []
 
-    def call(self):
-        reply, out = call_candidate(self.function, self.inputs, self.device)
-        if reply["status"] == "ok" and reply["out"] is not None and len(self.results) < HELD_RESULTS:
-            self.results.append((out, reply["out"]))  # the object returned, and what it held then
+    def call(self, send_out=True):
+        reply, out = call_candidate(self.function, self.inputs, self.device, send_out)
+        if reply.get("digest") is not None and len(self.results) < HELD_RESULTS:
+            self.results.append((out, reply["digest"]))  # the object returned, and the digest of what it held then
         return reply
 
     def update(self, name, values):
         self.inputs[name].copy_(values.to(self.inputs[name].device))  # same tensor object, new values
         return dict(status="ok")
 
-    def call_fresh(self, inputs):
+    def call_fresh(self, inputs, send_out=False):
         fresh = {k: _to_device(v, self.device) for k, v in inputs.items()}
-        return call_candidate(self.function, fresh, self.device)[0]
+        return call_candidate(self.function, fresh, self.device, send_out)[0]
 
     def results_changed(self):
         """Indices of earlier results (of this case) whose data changed since they were returned."""
-        changed = []
-        for i, (out, then) in enumerate(self.results):
-            now, _ = plain_copy(out)
-            if not _same(_bits(now), _bits(then)):
-                changed.append(i)
+        changed = [i for i, (out, then) in enumerate(self.results) if digest(plain_data(out)[0]) != then]
         return dict(status="ok", changed=changed)
 
 
@@ -179,6 +190,6 @@ def serve(target, parameters, contract, device, conn):
         if verb == "stop":
             return conn.send_bytes(dumps(dict(status="ok", lingering=lingering_threads())))
         reply = {"start_case": lambda: holder.start_case(payload) or dict(status="ok"),
-                 "call": holder.call, "update": lambda: holder.update(*payload),
-                 "call_fresh": lambda: holder.call_fresh(payload), "results_changed": holder.results_changed}[verb]()
+                 "call": lambda: holder.call(payload), "update": lambda: holder.update(*payload),
+                 "call_fresh": lambda: holder.call_fresh(*payload), "results_changed": holder.results_changed}[verb]()
         conn.send_bytes(dumps(reply))
