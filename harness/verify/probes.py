@@ -78,10 +78,10 @@ def exact_weights(rng, out_features, in_features, group_size, scale_granularity,
                           out_features, groups)
         zero_dtype = (scales_dtype if zero_kind == "float" else zero_kind) if fractional else zero_kind
         zeros = zeros.astype(zero_dtype) if zero_dtype.startswith("int") else zeros
-        twice_z = np.rint(2 * _per_column(zeros, out_features, in_features, width)).astype(np.int8)
-        twice_v = twice_u + twice_z
-    v = twice_v // 2
-    assert not np.any(twice_v % 2) and -8 <= v.min() and v.max() <= 7, "probe nibbles must be exact"
+        twice_z = np.rint(2 * np.asarray(zeros, np.float64)).astype(np.int8)  # per group: then spread as int8
+        twice_v = twice_u + _per_column(twice_z, out_features, in_features, width)
+    v = twice_v >> 1  # floor(2v / 2): exact, 2v being even
+    assert not np.any(twice_v & 1) and -8 <= v.min() and v.max() <= 7, "probe nibbles must be exact"
     uses_groups = "grouped" in (scale_granularity, zero_granularity)
     return Weights(pack(v), scales, scales_dtype, zeros, zero_dtype, group_size if uses_groups else None)
 
