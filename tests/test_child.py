@@ -1,0 +1,43 @@
+"""verify.child: a case's later calls answer by digest, the digest tells bits apart (-0 from +0, one changed
+element), and the values cross the pipe only where the judge asks for them."""
+import torch
+
+from int4_lora_harness.verify.child import Holder, digest, dumps, loads
+
+
+def test_equal_digests_mean_equal_bits_and_any_changed_bit_changes_the_digest():
+    t = torch.randn(64, 33).half()
+    assert digest(t) == digest(t.clone())
+    changed = t.clone()
+    changed.view(torch.int16)[63, 32] ^= 1  # the last element, one ulp away
+    assert digest(changed) != digest(t)
+    assert digest(torch.tensor([0.0])) != digest(torch.tensor([-0.0]))
+    assert digest(t) != digest(t.reshape(33, 64)) and digest(t) != digest(t.view(torch.int16))  # shape, dtype
+    assert digest(torch.zeros(0, 4)) != digest(torch.zeros(4, 0))
+
+
+def test_a_later_call_sends_its_digest_only_and_a_first_call_its_values():
+    holder = Holder(lambda a: a * 2, "cpu")
+    holder.start_case(dict(a=torch.arange(6.0)))
+    first, second = holder.call(), holder.call(send_out=False)
+    assert torch.equal(first["out"], torch.arange(6.0) * 2) and second["out"] is None
+    assert first["digest"] == second["digest"]
+    fresh = holder.call_fresh(dict(a=torch.arange(6.0) + 1))
+    assert fresh["out"] is None and fresh["digest"] != first["digest"]
+    reply = loads(dumps(second))  # what crosses the pipe
+    assert reply["digest"] == first["digest"] and reply["shape"] == [6]
+
+
+def test_a_result_changed_after_it_was_returned_is_seen_through_its_digest():
+    shared = torch.zeros(4)
+
+    def into_one_buffer(a):
+        shared.copy_(a)
+        return shared
+    holder = Holder(into_one_buffer, "cpu")
+    holder.start_case(dict(a=torch.ones(4)))
+    holder.call()
+    assert holder.results_changed()["changed"] == []
+    holder.inputs["a"].fill_(3.0)
+    holder.call(send_out=False)
+    assert holder.results_changed()["changed"] == [0]  # the second call overwrote the first result
