@@ -106,7 +106,8 @@ def describe_result(out, requested_device, modified, seconds, send_out=True):
     reply = dict(status="ok", type=type(out).__name__, modified=modified, seconds=seconds, out=None, digest=None)
     if isinstance(out, torch.Tensor):
         plain, subclass = plain_data(out)
-        reply.update(out=plain.to("cpu", copy=True) if send_out else None, digest=digest(plain),
+        copy = plain.to("cpu", copy=True) if send_out else None
+        reply.update(out=copy, digest=digest(plain if copy is None else copy),  # one device-to-host copy at most
                      shape=list(out.shape), dtype=str(plain.dtype), device=str(out.device),
                      device_ok=out.device.type == torch.device(requested_device).type, subclass=subclass)
     return reply
