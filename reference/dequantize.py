@@ -2,7 +2,7 @@
 import numpy as np
 
 from int4_lora_harness.reference.checks import check_format_name, real_array
-from int4_lora_harness.reference.granularity import from_groups, granularity, group_width, in_groups, per_group
+from int4_lora_harness.reference.granularity import from_groups, in_groups, per_group, weights_width
 from int4_lora_harness.reference.packing import unpack
 from int4_lora_harness.reference.rounding import round_to
 
@@ -19,10 +19,7 @@ def dequantize_exact(packed_weights, scales, zero_points=None, group_size=None):
     out_features, in_features = values.shape
     scales = real_array(scales, "scales")
     zero_points = None if zero_points is None else real_array(zero_points, "zero_points")
-    kinds = [granularity(scales, out_features, in_features, group_size, "scales")]
-    if zero_points is not None:
-        kinds.append(granularity(zero_points, out_features, in_features, group_size, "zero_points"))
-    width = group_width(kinds, in_features, group_size)
+    width = weights_width(scales, zero_points, out_features, in_features, group_size)
     w = in_groups(values.astype(np.float64), width)  # v: [out, groups, width], a new array: changed in place
     if zero_points is not None:
         w -= per_group(zero_points, out_features, in_features, group_size, "zero_points", width)  # v - z

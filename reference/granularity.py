@@ -65,6 +65,15 @@ def group_width(kinds, in_features, group_size):
     return max(in_features, 1)
 
 
+def weights_width(scales, zero_points, out_features, in_features, group_size):
+    """Columns per group of [out, in] weights with these scales and zero points (None: none): group_width of
+    their granularities, each checked (ValueError / TypeError naming the argument)."""
+    kinds = [granularity(scales, out_features, in_features, group_size, "scales")]
+    if zero_points is not None:
+        kinds.append(granularity(zero_points, out_features, in_features, group_size, "zero_points"))
+    return group_width(kinds, in_features, group_size)
+
+
 def per_group(t, out_features, in_features, group_size, name, width):
     """`t` (real numbers) as float64 broadcastable against weights in groups [out, groups, width]:
     [1, 1, 1] per-tensor, [out, 1, 1] per-channel, [out, groups, 1] grouped."""

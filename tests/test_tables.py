@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from int4_lora_harness.reference.dequantize import dequantize_exact
+from int4_lora_harness.reference.granularity import weights_width
 from int4_lora_harness.reference.rounding import rounded
 from int4_lora_harness.verify import tables
 from int4_lora_harness.verify.cases import make_weights
@@ -31,7 +32,7 @@ def test_table_lookups_equal_the_weight_by_weight_values(granularity, zero_kind,
     for group_size, in_features, exponent in ((16, 64, -4.0), (17, 70, -20.0), (128, 300, 10.0), (32, 32, -30.0)):
         w = make_weights(rng, 7, in_features, group_size, *granularity, zero_kind, "fp16" if exponent > -20 else
                          "fp32", exponent)
-        assert tables.table_width(w.packed, w.scales, w.zero_points, w.group_size) >= tables.TABLE_MIN_WIDTH
+        assert weights_width(w.scales, w.zero_points, *w.shape, w.group_size) >= tables.TABLE_MIN_WIDTH
         exact = dequantize_exact(w.packed, w.scales, w.zero_points, w.group_size)
         with np.errstate(over="ignore", invalid="ignore"):
             got, got_exact = tables.block_weights(w.packed, w.scales, w.zero_points, w.group_size, x_dtype,
@@ -43,7 +44,7 @@ def test_table_lookups_equal_the_weight_by_weight_values(granularity, zero_kind,
 
 def test_narrow_groups_are_computed_weight_by_weight_and_give_the_same_values():
     w = make_weights(np.random.default_rng(4), 5, 40, 4, "grouped", "grouped", "float")
-    assert tables.table_width(w.packed, w.scales, w.zero_points, w.group_size) < tables.TABLE_MIN_WIDTH
+    assert weights_width(w.scales, w.zero_points, *w.shape, w.group_size) < tables.TABLE_MIN_WIDTH
     with mock.patch.object(tables, "lookup", side_effect=AssertionError("no table for 4-column groups")):
         got, exact = tables.block_weights(w.packed, w.scales, w.zero_points, 4, "fp16", need_exact=False)
     assert exact is None

@@ -21,7 +21,7 @@ row
 """
 import numpy as np
 
-from int4_lora_harness.reference.rounding import float_format, round_to
+from int4_lora_harness.reference.rounding import float_format, round_to, rounded
 from int4_lora_harness.verify.judgement import ErrorReport
 from int4_lora_harness.verify.tolerance import linear_error, ratio_with_overflow, ulp_distance
 
@@ -53,7 +53,7 @@ def rank_errors(rank_results, case, style):
     values rounded to x.dtype first (see the module docstring). case: a serving.cases.LayerCase."""
     tp = len(rank_results)
     with np.errstate(over="ignore"):
-        return [linear_error(round_to(got, case.x_dtype).astype(np.float64), case.shard(r, tp, style).as_linear())
+        return [linear_error(rounded(got, case.x_dtype), case.shard(r, tp, style).as_linear())
                 for r, got in enumerate(rank_results)]
 
 

@@ -7,10 +7,8 @@ Block by block of weight rows, as the linear's model (harness.verify.tolerance).
 """
 import numpy as np
 
-from int4_lora_harness.reference.dequantize import dequantize_exact
 from int4_lora_harness.reference.granularity import expand
 from int4_lora_harness.reference.packing import unpack
-from int4_lora_harness.reference.rounding import round_to
 from int4_lora_harness.verify.designs import DEQUANTIZER_DESIGN
 from int4_lora_harness.verify.judgement import ErrorReport, Tally, row_blocks, weight_rows
 from int4_lora_harness.verify.tables import block_weights
@@ -50,9 +48,8 @@ def element_inputs(packed, scales, zero_points, group_size, i, j, exact):
 
 def dequant_error(got, packed_weights, scales, zero_points, group_size, output_dtype):
     """got: float64 [out, in] values of `output_dtype` -> ErrorReport with every element (small cases)."""
-    exact = dequantize_exact(packed_weights, scales, zero_points, group_size)
     with np.errstate(over="ignore"):
-        expected = round_to(exact, output_dtype).astype(np.float64)
+        expected, exact = block_weights(packed_weights, scales, zero_points, group_size, output_dtype, need_exact=True)
     ulps = ulp_distance(got, expected, output_dtype)
     allowed = np.where(expected == exact, 0.0, 1.0)
     return ErrorReport(DEQUANTIZER_DESIGN, np.asarray(got, np.float64), expected, allowed, ratio_of(ulps, allowed),

@@ -27,7 +27,7 @@ lora     a zero base, one-hot activations and one-hot ranks in B: y[m, o] = scal
 import numpy as np
 
 from int4_lora_harness.reference.packing import pack
-from int4_lora_harness.reference.rounding import round_to
+from int4_lora_harness.reference.rounding import rounded
 from int4_lora_harness.verify.cases import LinearCase, Weights
 from int4_lora_harness.verify.designs import PROBE_DESIGN
 from int4_lora_harness.verify.judgement import Tally, row_blocks, weight_rows
@@ -173,7 +173,7 @@ def exact_expected(case):
         y += case.bias
     if case.lora_a is not None:
         y += lora_exact(x, case.lora_a, case.lora_b, case.lora_indices, case.scaling)
-    return round_to(y, case.x_dtype).astype(np.float64)
+    return rounded(y, case.x_dtype)
 
 
 def exact_judgement(got, case):
@@ -223,11 +223,11 @@ def columns_judgement(got, case):
     w, n = at_columns(case.weights, cols)
     exact = dequantize_exact(w.packed, w.scales, w.zero_points, 1)[:, :n].T  # [M, out]
     with np.errstate(over="ignore", invalid="ignore"):
-        expected = round_to(exact, case.x_dtype).astype(np.float64)
+        expected = rounded(exact, case.x_dtype)
         spread = 0.0
         if not fp32_exact(case.weights):  # a weight computed in fp32 may round either way near a tie
             window = weight_window(w.packed, w.scales, w.zero_points, 1)[:, :n].T
-            low, high = (round_to(exact + sign * window, case.x_dtype).astype(np.float64) for sign in (-1, 1))
+            low, high = (rounded(exact + sign * window, case.x_dtype) for sign in (-1, 1))
             spread = np.maximum(ulp_distance(low, expected, case.x_dtype), ulp_distance(high, expected, case.x_dtype))
     ulps = ulp_distance(got, expected, case.x_dtype)
     allowed = np.maximum(np.where(expected == exact, 0.0, 1.0), spread)

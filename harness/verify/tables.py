@@ -16,21 +16,12 @@ import functools
 import numpy as np
 
 from int4_lora_harness.reference.dequantize import dequantize_exact
-from int4_lora_harness.reference.granularity import granularity, group_width
+from int4_lora_harness.reference.granularity import granularity, weights_width
 from int4_lora_harness.reference.packing import pack, unpack
 from int4_lora_harness.reference.rounding import rounded
 
 TABLE_MIN_WIDTH = 16  # columns per group from which a table of 16 entries is smaller than the group
 NIBBLES = np.arange(-8, 8, dtype=np.int8)  # v for q = 0..15
-
-
-def table_width(packed, scales, zero_points, group_size):
-    """Columns per group of this block (reference.granularity.group_width)."""
-    rows, in_features = packed.shape[0], 2 * packed.shape[1]
-    kinds = [granularity(scales, rows, in_features, group_size, "scales")]
-    if zero_points is not None:
-        kinds.append(granularity(zero_points, rows, in_features, group_size, "zero_points"))
-    return group_width(kinds, in_features, group_size)
 
 
 def _per_group(t, kind, rows, groups):
@@ -83,7 +74,7 @@ def block_weights(packed, scales, zero_points, group_size, dtype, need_exact):
     w by tables where groups are TABLE_MIN_WIDTH wide or more, else weight by weight: the same values either
     way. (The exact weights alone are no faster by tables: dequantize_exact is two float64 passes.)
     """
-    width = table_width(packed, scales, zero_points, group_size)
+    width = weights_width(scales, zero_points, packed.shape[0], 2 * packed.shape[1], group_size)
     exact = dequantize_exact(packed, scales, zero_points, group_size) if need_exact else None
     if width >= TABLE_MIN_WIDTH:
         table = nibble_table(packed, scales, zero_points, group_size, width)

@@ -37,10 +37,10 @@ so judging a 14336 x 4096 layer never holds a float64 copy of the whole weight.
 import numpy as np
 
 from int4_lora_harness.reference.dequantize import dequantize_exact
-from int4_lora_harness.reference.granularity import from_groups, granularity, group_width, in_groups, per_group
+from int4_lora_harness.reference.granularity import from_groups, in_groups, per_group, weights_width
 from int4_lora_harness.reference.linear import base_exact, lora_exact
 from int4_lora_harness.reference.packing import unpack
-from int4_lora_harness.reference.rounding import FORMATS, float_format, ordinal, round_to, spacing
+from int4_lora_harness.reference.rounding import FORMATS, float_format, ordinal, round_to, rounded, spacing
 from int4_lora_harness.verify.designs import DESIGNS
 from int4_lora_harness.verify.judgement import ErrorReport, Judgement, Tally, row_blocks, weight_rows
 from int4_lora_harness.verify.tables import block_weights
@@ -63,10 +63,7 @@ def weight_window(packed_weights, scales, zero_points, group_size):
     """Term 3, float64 [rows, in]: how far a weight computed in fp32 may stray before its last rounding."""
     values = unpack(packed_weights)
     rows, in_features = values.shape
-    kinds = [granularity(scales, rows, in_features, group_size, "scales")]
-    if zero_points is not None:
-        kinds.append(granularity(zero_points, rows, in_features, group_size, "zero_points"))
-    width = group_width(kinds, in_features, group_size)
+    width = weights_width(scales, zero_points, rows, in_features, group_size)
     v = np.abs(in_groups(values.astype(np.float64), width))  # [rows, groups, width]
     s = np.abs(per_group(scales, rows, in_features, group_size, "scales", width))
     if zero_points is not None:
@@ -78,7 +75,7 @@ def weight_flips(exact, window, dtype):
     """Term 3 for "w in x.dtype": |RN_x(W + window) - RN_x(W - window)|, nonzero only where W lies within the
     window of a midpoint of x.dtype's grid (then a weight computed in fp32 may round either way)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        return np.abs(round_to(exact + window, dtype).astype(np.float64) - round_to(exact - window, dtype))
+        return np.abs(rounded(exact + window, dtype) - rounded(exact - window, dtype))
 
 
 def fp32_exact(weights):
@@ -237,9 +234,9 @@ def _design_tallies(got, case, weights_kind, designs, lora_parts):
         with np.errstate(over="ignore", invalid="ignore"):
             fused = base_bound + lb + fp32_sum(y_base, lm)
             expected = y_base + yl
-            rounded = round_to(expected, case.x_dtype)
+            nearest = round_to(expected, case.x_dtype)
         g = got[:, rows]
-        ulps = ulp_distance(g, rounded, case.x_dtype)
+        ulps = ulp_distance(g, nearest, case.x_dtype)
         for design in designs:
             bound = fused + (unfused_roundings(y_base, base_bound, lm, lb, has_lora, case.x_dtype)
                              if DESIGNS[design].unfused else 0.0)
