@@ -71,9 +71,9 @@ def _build():
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         return None, "no C compiler found (set CC, or install cc, gcc or clang)"
-    errors = []
+    errors, source, cpu = [], SOURCE.read_text(), cpu_fingerprint()
     for flags in (FLAGS + NATIVE_FLAGS, FLAGS):
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, *flags, cpu_fingerprint()]).encode())
+        key = hashlib.sha256("\0".join([source, compiler, *flags, cpu]).encode())
         target = cache_dir() / f"int4_cpu-{key.hexdigest()[:16]}.so"
         try:
             error = None if target.exists() else _compile(compiler, flags, target)
@@ -87,14 +87,19 @@ def _build():
 
 @cache
 def library():
-    """The loaded library, or None (then `unavailable_reason()` says why)."""
+    """The loaded library, or a _Missing whose `why` says why not (warned once, unless turned off on purpose)."""
     path, why = _build()
-    if path is None:
+    lib = None
+    if path is not None:
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError as failure:  # a cached file another machine or a crash left unloadable
+            why = f"cannot load {path}: {failure}"
+    if lib is None:
         if why != "INT4_LORA_HARNESS_NATIVE=0":
             warnings.warn(f"int4_lora_harness: the C dequantizer is not available, the torch ops are used: {why}",
                           RuntimeWarning, stacklevel=3)
         return _Missing(why)
-    lib = ctypes.CDLL(str(path))
     lib.int4_dequantize.argtypes = [PTR, I64, I64, PTR, I64, I64, PTR, I64, I64, I64, ctypes.c_int, PTR]
     lib.int4_dequantize.restype = None
     lib.int4_advise_huge_pages.argtypes = [PTR, ctypes.c_size_t]

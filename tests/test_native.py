@@ -133,3 +133,14 @@ def test_ties_round_to_even_where_the_table_rounds_from_float64(output_dtype):
     native.dequantize_into(packed, native.group_operand(scales, "grouped", 2),
                            native.group_operand(zero_points, "grouped", 2), 32, slice(0, 1), out)
     assert (out[0, :32] == 1.0).all()
+
+
+def test_a_cached_library_that_does_not_load_is_a_warning_and_the_torch_ops_take_over(tmp_path):
+    if native.unavailable_reason() is not None:
+        pytest.skip(f"the C kernel is not available here: {native.unavailable_reason()}")
+    probe(tmp_path)  # builds the library into tmp_path
+    for built in tmp_path.glob("int4_cpu-*.so"):
+        built.write_bytes(b"not a shared object")
+    out, err = probe(tmp_path)
+    assert "cannot load" in out and "native plan: False" in out
+    assert "RuntimeWarning" in err

@@ -4,9 +4,8 @@ The weights of one (row, group) take at most 16 values, one per nibble. `nibble_
 reference dequantize those 16 nibbles of every group (reference.dequantize_exact on a packed
 block that holds v = -8..7 in each group: the reference's own two operations on the same
 operands, so every entry is bit for bit the weight it stands for); `lookup` then reads each
-weight of the block from its group's table by its nibble. Rounding to x's dtype, absolute values
-and casts then run on 16 values a group instead of every weight (for g128, an eighth), which is
-where the judge spent its time: NumPy's float16 casts are per element in software.
+weight of the block from its group's table by its nibble. Rounding to x's dtype then runs on 16
+values a group instead of every weight (for g128, an eighth), where the judge spent its time.
 
 Worth it only where a group is at least TABLE_MIN_WIDTH columns wide; narrower groups have fewer
 weights than table entries, and the judge computes on every weight (harness/verify/tolerance.py).
@@ -52,7 +51,7 @@ def table_index(packed, width):
     return np.add(_group_starts(rows, in_features, width), unpack(packed), dtype=np.intp)  # + v: the nibble's entry
 
 
-@functools.lru_cache(maxsize=2)  # the blocks of one layer share it (the last block takes its first rows)
+@functools.lru_cache(maxsize=2)  # a layer's full blocks share one, its shorter last block the other (<= 64 MiB held)
 def _group_starts(rows, in_features, width):
     """intp [rows, in]: 16 (row * groups + c // width) + 8, where the table of weight (row, c) puts v = 0."""
     groups = -(-in_features // width)
