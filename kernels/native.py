@@ -1,105 +1,33 @@
-"""The CPU dequantizer in C (int4_cpu.c), built on first use with the system's C compiler and loaded by ctypes.
+"""The CPU dequantizer in C (int4_cpu.c), built on first use and loaded by ctypes (harness/cbuild.py).
 
-Why C and ctypes: the dequantizer is one pass of table lookups (PSHUFB) that no sequence of torch ops
-can fuse, and ctypes needs no dependency and no torch headers; the file builds in well under a
-second with the compiler that Triton needs anyway. The library is cached under
-$INT4_LORA_HARNESS_CACHE (default: $XDG_CACHE_HOME or ~/.cache, then int4_lora_harness/), keyed by
-the source, the compiler command and this CPU's flags (it is built with -march=native), so a shared home
-directory never hands one machine another's build.
+Why C: the dequantizer is one pass of table lookups (PSHUFB) that no sequence of torch ops can fuse.
+The library is built and cached by int4_lora_harness.cbuild (with -march=native, keyed by the source,
+the compiler and this CPU's flags).
 
 Where it cannot be built (no compiler, or INT4_LORA_HARNESS_NATIVE=0 in the environment), the torch
 path keeps its torch ops and `unavailable_reason()` says why; a failed build warns once, with the
-compiler's message. ctypes drops the GIL during each call.
+compiler's message.
 """
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import warnings
 from functools import cache
 from pathlib import Path
 
 import torch
 
+from int4_lora_harness import cbuild
+
 SOURCE = Path(__file__).with_name("int4_cpu.c")
-FLAGS = ["-O3", "-std=c11", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared"]  # no FMA; selects vectorize
-NATIVE_FLAGS = ["-march=native"]  # tried first; dropped where the compiler refuses it
 KINDS = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}  # int4_cpu.c's output formats
 HUGE_PAGE_MIN_BYTES = 4 << 20  # outputs from this size ask for 2 MiB pages (int4_advise_huge_pages)
 I64, PTR = ctypes.c_int64, ctypes.c_void_p
 
 
-def cache_dir():
-    """Where built libraries are kept."""
-    root = os.environ.get("INT4_LORA_HARNESS_CACHE")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "int4_lora_harness"
-
-
-def cpu_fingerprint():
-    """This CPU's feature flags (Linux /proc/cpuinfo), else the platform's processor name."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return f"{platform.machine()} {platform.processor()}"
-
-
-def _compile(compiler, flags, target):
-    """Build SOURCE into `target` (atomically: concurrent builders each write their own file); the error, or None."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
-        partial = Path(tmp.name)
-    run = subprocess.run([compiler, *flags, str(SOURCE), "-o", str(partial), "-lm"], capture_output=True, text=True)
-    if run.returncode != 0:
-        partial.unlink(missing_ok=True)
-        return f"{compiler} {' '.join(flags)} failed: {run.stderr.strip()[-800:]}"
-    os.replace(partial, target)
-    return None
-
-
-def _build():
-    """(library path, None) or (None, why not)."""
-    if os.environ.get("INT4_LORA_HARNESS_NATIVE", "1") == "0":
-        return None, "INT4_LORA_HARNESS_NATIVE=0"
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        return None, "no C compiler found (set CC, or install cc, gcc or clang)"
-    errors, source, cpu = [], SOURCE.read_text(), cpu_fingerprint()
-    for flags in (FLAGS + NATIVE_FLAGS, FLAGS):
-        key = hashlib.sha256("\0".join([source, compiler, *flags, cpu]).encode())
-        target = cache_dir() / f"int4_cpu-{key.hexdigest()[:16]}.so"
-        try:
-            error = None if target.exists() else _compile(compiler, flags, target)
-        except OSError as failure:  # an unwritable cache, a CC that does not run
-            error = f"cannot build {target}: {failure}"
-        if error is None:
-            return target, None
-        errors.append(error)
-    return None, "; ".join(errors)
-
-
 @cache
 def library():
-    """The loaded library, or a _Missing whose `why` says why not (warned once, unless turned off on purpose)."""
-    path, why = _build()
-    lib = None
-    if path is not None:
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as failure:  # a cached file another machine or a crash left unloadable
-            why = f"cannot load {path}: {failure}"
-    if lib is None:
-        if why != "INT4_LORA_HARNESS_NATIVE=0":
-            warnings.warn(f"int4_lora_harness: the C dequantizer is not available, the torch ops are used: {why}",
-                          RuntimeWarning, stacklevel=3)
-        return _Missing(why)
+    """The loaded library, or a cbuild.Missing whose `why` says why not (warned once, unless turned off on purpose)."""
+    lib = cbuild.load(SOURCE, "INT4_LORA_HARNESS_NATIVE", "the C dequantizer", "the torch ops are used")
+    if isinstance(lib, cbuild.Missing):
+        return lib
     lib.int4_dequantize.argtypes = [PTR, I64, I64, PTR, I64, I64, PTR, I64, I64, I64, ctypes.c_int, PTR]
     lib.int4_dequantize.restype = None
     lib.int4_advise_huge_pages.argtypes = [PTR, ctypes.c_size_t]
@@ -107,17 +35,10 @@ def library():
     return lib
 
 
-class _Missing:
-    """Stands for a library that could not be built; `why` says why."""
-
-    def __init__(self, why):
-        self.why = why
-
-
 def unavailable_reason():
     """None where the C dequantizer runs here, else why not."""
     lib = library()
-    return lib.why if isinstance(lib, _Missing) else None
+    return lib.why if isinstance(lib, cbuild.Missing) else None
 
 
 def group_operand(t, kind, num_groups):

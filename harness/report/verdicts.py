@@ -11,6 +11,7 @@ RUN_FIELDS = [
     ("status", "str", None, False), ("exit_status", "int", None, False), ("error", "str", None, False),
     ("generated", "str", "?", True), ("finished", "str", None, False), ("command", "strs", [], False),
     ("host", "str", "?", False), ("python", "str", "?", False), ("torch", "str", "?", False),
+    ("judge_tables", "str", None, False),
     ("harness_commit", "str", None, False), ("harness_dirty", "bool", None, False),
     ("device", "str", "?", True), ("profile", "str", "?", True), ("examples", "int", None, True),
     ("seed", "int", None, True), ("designs", "strs", [], False), ("layout", "str", None, False),

@@ -18,11 +18,12 @@ from int4_lora_harness.verify.tolerance import ratio_of, ulp_distance
 def dequant_judgement(got, weights, output_dtype):
     """got: [out, in] values of `output_dtype` (any float array) -> Judgement, block by block."""
     out_features, in_features = weights.shape
-    tally = Tally(DEQUANTIZER_DESIGN, out_features * in_features)
+    tally, space = Tally(DEQUANTIZER_DESIGN, out_features * in_features), {}
     for rows in row_blocks(out_features, in_features):
         packed, scales, zeros = weight_rows(weights, rows)
         with np.errstate(over="ignore"):
-            expected, exact = block_weights(packed, scales, zeros, weights.group_size, output_dtype, need_exact=True)
+            expected, exact, _ = block_weights(packed, scales, zeros, weights.group_size, output_dtype,
+                                               need_exact=True, space=space)
         got_block = np.asarray(got[rows], np.float64)
         ulps = ulp_distance(got_block, expected, output_dtype)
         allowed = np.where(expected == exact, 0.0, 1.0)  # exact where representable, else 1 ulp
@@ -49,7 +50,8 @@ def element_inputs(packed, scales, zero_points, group_size, i, j, exact):
 def dequant_error(got, packed_weights, scales, zero_points, group_size, output_dtype):
     """got: float64 [out, in] values of `output_dtype` -> ErrorReport with every element (small cases)."""
     with np.errstate(over="ignore"):
-        expected, exact = block_weights(packed_weights, scales, zero_points, group_size, output_dtype, need_exact=True)
+        expected, exact, _ = block_weights(packed_weights, scales, zero_points, group_size, output_dtype,
+                                           need_exact=True)
     ulps = ulp_distance(got, expected, output_dtype)
     allowed = np.where(expected == exact, 0.0, 1.0)
     return ErrorReport(DEQUANTIZER_DESIGN, np.asarray(got, np.float64), expected, allowed, ratio_of(ulps, allowed),

@@ -159,16 +159,18 @@ def lora_probe(seed, out_features, in_features, x_dtype, num_loras=4, rank=16, m
 
 def exact_expected(case):
     """float64 [M, out]: RN_x of the exact result (exact in float64: integer partial sums / one-hot), by row blocks."""
-    from int4_lora_harness.reference.dequantize import dequantize_exact
     from int4_lora_harness.reference.linear import base_exact, lora_exact
+    from int4_lora_harness.verify.tables import block_weights
     w = case.weights
     x = case.x.astype(np.float64)
     y = np.zeros((x.shape[0], w.shape[0]))
     zero_base = w.zero_points is None and not np.any(w.packed != 0x88)  # every v = 0: W = 0 (the lora probe)
+    space = {}
     for rows in [] if zero_base else row_blocks(*w.shape):
         packed, scales, zeros = weight_rows(w, rows)
         bias = None if case.bias is None else case.bias[rows]
-        y[:, rows] = base_exact(x, dequantize_exact(packed, scales, zeros, w.group_size), bias)
+        exact = block_weights(packed, scales, zeros, w.group_size, None, need_exact=False, space=space).w
+        y[:, rows] = base_exact(x, exact, bias)
     if zero_base and case.bias is not None:
         y += case.bias
     if case.lora_a is not None:
@@ -209,7 +211,8 @@ def at_columns(weights, cols):
         if t.ndim == 1:
             return np.repeat(t[:, None], pairs.size, axis=1)
         return t[:, np.minimum(pairs // min(weights.group_size, in_features), t.shape[1] - 1)]
-    packed = pack(unpack(weights.packed)[:, pairs])
+    nibbles = unpack(weights.packed[:, pairs // 2])  # the bytes of the probed columns only: [out, 2 * pairs]
+    packed = pack(nibbles[:, 2 * np.arange(pairs.size) + pairs % 2])  # column c: byte c // 2, nibble c % 2
     return replace(weights, packed=packed, scales=pick(weights.scales), zero_points=pick(weights.zero_points),
                    group_size=1), cols.size
 

@@ -29,11 +29,12 @@ def header(run_id, argv, **fields):
     """The run's fields every verdict file carries (schema, version, host, command, ...)."""
     import torch
     from int4_lora_harness.bench.devices import git_state
+    from int4_lora_harness.verify.tables import reader
     commit, dirty = git_state()
     return dict(schema=SCHEMA_VERSION, harness_version=__version__, run_id=run_id, status="running",
                 generated=datetime.datetime.now().isoformat(timespec="seconds"), finished=None,
                 command=["int4-harness", "verify", *argv], host=socket.gethostname(), python=platform.python_version(),
-                torch=torch.__version__, harness_commit=commit, harness_dirty=dirty, results=[], **fields)
+                torch=torch.__version__, judge_tables=reader(), harness_commit=commit, harness_dirty=dirty, results=[], **fields)
 
 
 def prepare_folder(report):

@@ -7,13 +7,22 @@ operands, so every entry is bit for bit the weight it stands for); `lookup` then
 weight of the block from its group's table by its nibble. Rounding to x's dtype then runs on 16
 values a group instead of every weight (for g128, an eighth), where the judge spent its time.
 
+The read itself is a C loop (gather.c, built by int4_lora_harness.cbuild: a copy from the table,
+no arithmetic on a weight, no code shared with any kernel), about ten times faster than NumPy's
+index-and-take, which stands in where no compiler works (a warning says so) or where
+INT4_LORA_HARNESS_JUDGE_NATIVE=0; the values are the same either way (tests/test_tables.py).
+
 Worth it only where a group is at least TABLE_MIN_WIDTH columns wide; narrower groups have fewer
 weights than table entries, and the judge computes on every weight (harness/verify/tolerance.py).
 """
+import ctypes
 import functools
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from int4_lora_harness import cbuild
 from int4_lora_harness.reference.dequantize import dequantize_exact
 from int4_lora_harness.reference.granularity import granularity, weights_width
 from int4_lora_harness.reference.packing import pack, unpack
@@ -21,6 +30,25 @@ from int4_lora_harness.reference.rounding import rounded
 
 TABLE_MIN_WIDTH = 16  # columns per group from which a table of 16 entries is smaller than the group
 NIBBLES = np.arange(-8, 8, dtype=np.int8)  # v for q = 0..15
+SOURCE = Path(__file__).with_name("gather.c")
+SWITCH = "INT4_LORA_HARNESS_JUDGE_NATIVE"  # set to 0: NumPy reads the tables
+
+
+@functools.cache
+def library():
+    """gather.c loaded, or a cbuild.Missing that says why not (warned once)."""
+    lib = cbuild.load(SOURCE, SWITCH, "the judge's C table gather", "NumPy reads the tables (same values, slower)")
+    if not isinstance(lib, cbuild.Missing):
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        lib.judge_gather.argtypes = [p, i64, i64, i64, i64, p, p]
+        lib.judge_gather.restype = None
+    return lib
+
+
+def reader():
+    """What reads the judge's tables here: 'C gather', or 'NumPy (why the C gather is not used)'."""
+    lib = library()
+    return f"NumPy ({lib.why})" if isinstance(lib, cbuild.Missing) else "C gather"
 
 
 def _per_group(t, kind, rows, groups):
@@ -61,23 +89,57 @@ def _group_starts(rows, in_features, width):
     return starts
 
 
-def lookup(table, index):
-    """table [rows, groups, 16] read at `index` (table_index): [rows, in] of the table's dtype."""
-    return np.take(table.reshape(-1), index)
+def scratch(space, name, shape, dtype):
+    """An uninitialized array of `shape` and `dtype`: space[name]'s memory where it is big enough (the blocks of
+    one case reuse it, so a 32 MiB block is not faulted in page by page again), else a new one kept there.
+    space None: always a new array."""
+    count = int(np.prod(shape))
+    held = None if space is None else space.get(name)
+    if held is None or held.dtype != dtype or held.size < count:
+        held = np.empty(count, dtype)
+        if space is not None:
+            space[name] = held
+    return held[:count].reshape(shape)
 
 
-def block_weights(packed, scales, zero_points, group_size, dtype, need_exact):
-    """(w, exact): w float64 [rows, in], each exact weight rounded once to `dtype` ('fp16' | 'bf16' | 'fp32'), and
-    the exact weights float64 [rows, in] (reference.dequantize_exact) where need_exact, else None.
+def lookup(table, packed, width, need_abs=False, space=None, name="w"):
+    """(w, w_abs): table [rows, groups, 16] float64 read at each weight's nibble, w float64 [rows, in], and
+    w_abs = |w| rounded to nearest float32 [rows, in] where need_abs, else None. packed: uint8 [rows, in // 2]."""
+    rows, in_features = packed.shape[0], 2 * packed.shape[1]
+    table = np.ascontiguousarray(table, np.float64)
+    w = scratch(space, name, (rows, in_features), np.float64)
+    w_abs = scratch(space, name + " abs", (rows, in_features), np.float32) if need_abs else None
+    lib = library()
+    if isinstance(lib, cbuild.Missing) or w.size == 0:
+        np.take(table.reshape(-1), table_index(packed, width), out=w)
+        if need_abs:
+            with np.errstate(over="ignore"):  # past float32's range: inf, as the C conversion gives
+                np.copyto(w_abs, np.abs(w), casting="same_kind")
+        return w, w_abs
+    packed = np.ascontiguousarray(packed)
+    lib.judge_gather(table.ctypes.data, packed.ctypes.data, rows, packed.shape[1], width, w.ctypes.data,
+                     None if w_abs is None else w_abs.ctypes.data)
+    return w, w_abs
 
-    w by tables where groups are TABLE_MIN_WIDTH wide or more, else weight by weight: the same values either
-    way. (The exact weights alone are no faster by tables: dequantize_exact is two float64 passes.)
+
+class BlockWeights(NamedTuple):
+    w: np.ndarray  # float64 [rows, in]: each exact weight rounded once to the dtype asked (or exact, dtype None)
+    exact: np.ndarray | None  # float64 [rows, in]: reference.dequantize_exact's weights, where asked
+    w_abs: np.ndarray | None  # float32 [rows, in]: |w| rounded to nearest, where asked
+
+
+def block_weights(packed, scales, zero_points, group_size, dtype, need_exact, need_abs=False, space=None):
+    """BlockWeights of a block: w rounded to `dtype` ('fp16' | 'bf16' | 'fp32', or None for the exact weights),
+    the exact weights where need_exact, |w| in float32 where need_abs. Arrays may live in `space` (scratch).
+
+    By tables where groups are TABLE_MIN_WIDTH wide or more, else weight by weight: the same values either way.
     """
     width = weights_width(scales, zero_points, packed.shape[0], 2 * packed.shape[1], group_size)
-    exact = dequantize_exact(packed, scales, zero_points, group_size) if need_exact else None
-    if width >= TABLE_MIN_WIDTH:
-        table = nibble_table(packed, scales, zero_points, group_size, width)
-        return lookup(rounded(table, dtype), table_index(packed, width)), exact
-    if exact is None:
-        return rounded(dequantize_exact(packed, scales, zero_points, group_size), dtype), None
-    return rounded(exact, dtype), exact
+    if width < TABLE_MIN_WIDTH:
+        exact = dequantize_exact(packed, scales, zero_points, group_size)
+        w = exact if dtype is None else rounded(exact, dtype)
+        return BlockWeights(w, exact if need_exact else None, np.abs(w).astype(np.float32) if need_abs else None)
+    table = nibble_table(packed, scales, zero_points, group_size, width)
+    exact = lookup(table, packed, width, space=space, name="exact")[0] if need_exact and dtype is not None else None
+    w, w_abs = lookup(table if dtype is None else rounded(table, dtype), packed, width, need_abs, space)
+    return BlockWeights(w, w if need_exact and dtype is None else exact, w_abs)

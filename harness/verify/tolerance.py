@@ -193,24 +193,24 @@ def _lora_parts(case):
     return y, bound, magnitude, np.asarray(case.lora_indices) >= 0
 
 
-def _base_block(case, rows, weights_kind):
-    """For weight rows `rows`: (y_base [M, rows], bound of terms 1-3 [M, rows], s_abs) for "x" or "fp32" weights."""
+def _base_block(case, rows, weights_kind, space=None):
+    """For weight rows `rows`: (y_base [M, rows], bound of terms 1-3 [M, rows], s_abs) for "x" or "fp32" weights.
+    space: scratch arrays the blocks of one case reuse (harness.verify.tables.scratch)."""
     w = case.weights
     x = case.x.astype(np.float64)
     x_abs = np.abs(case.x).astype(np.float32)  # exact: x holds values of fp16, bf16 or fp32
     packed, scales, zeros = weight_rows(w, rows)
     window = None if fp32_exact(w) else weight_window(packed, scales, zeros, w.group_size)
-    if weights_kind == "x":
-        w_d, exact = block_weights(packed, scales, zeros, w.group_size, case.x_dtype, need_exact=window is not None)
-    else:
-        w_d = exact = dequantize_exact(packed, scales, zeros, w.group_size)
+    dtype = case.x_dtype if weights_kind == "x" else None  # "fp32": the exact weights themselves
+    w_d, exact, w_abs = block_weights(packed, scales, zeros, w.group_size, dtype, need_exact=window is not None,
+                                      need_abs=True, space=space)
     bias = None if case.bias is None else case.bias.astype(np.float64)[rows]
     with np.errstate(over="ignore", invalid="ignore"):
         slack = 0.0
         if window is not None:
             slack = abs_products(x_abs, weight_flips(exact, window, case.x_dtype) if weights_kind == "x" else window)
         y_base = base_exact(x, w_d, bias)
-        s_abs = abs_products(x_abs, np.abs(w_d).astype(np.float32)) + (0.0 if bias is None else np.abs(bias))
+        s_abs = abs_products(x_abs, w_abs) + (0.0 if bias is None else np.abs(bias))
         bound = accumulation(s_abs, x.shape[1]) + slack
     return y_base, bound, s_abs
 
@@ -227,9 +227,9 @@ def _design_tallies(got, case, weights_kind, designs, lora_parts):
     """{design: _Tally} for the accepted designs of one weight kind, over every block of weight rows."""
     y_lora, lora_bound, lora_mag, has_lora = lora_parts
     out_features = case.weights.shape[0]
-    tallies = {d: Tally(d, got.size) for d in designs}
+    tallies, space = {d: Tally(d, got.size) for d in designs}, {}
     for rows in row_blocks(out_features, case.weights.shape[1]):
-        y_base, base_bound, s_abs = _base_block(case, rows, weights_kind)
+        y_base, base_bound, s_abs = _base_block(case, rows, weights_kind, space)
         yl, lb, lm = y_lora[:, rows], lora_bound[:, rows], lora_mag[:, rows]
         with np.errstate(over="ignore", invalid="ignore"):
             fused = base_bound + lb + fp32_sum(y_base, lm)
@@ -284,9 +284,9 @@ def linear_error(got, case, designs=tuple(DESIGNS)):
     design = linear_judgement(got, case, designs).design
     got = np.asarray(got, np.float64)
     y_lora, lora_bound, lora_mag, has_lora = _lora_parts(case)
-    blocks = []
+    blocks, space = [], {}
     for rows in row_blocks(case.weights.shape[0], case.weights.shape[1]):
-        y_base, base_bound, _ = _base_block(case, rows, DESIGNS[design].weights)
+        y_base, base_bound, _ = _base_block(case, rows, DESIGNS[design].weights, space)
         lb, lm = lora_bound[:, rows], lora_mag[:, rows]
         with np.errstate(over="ignore", invalid="ignore"):
             bound = base_bound + lb + fp32_sum(y_base, lm)
