@@ -22,7 +22,8 @@ def test_a_later_call_sends_its_digest_only_and_a_first_call_its_values():
     first, second = holder.call(), holder.call(send_out=False)
     assert torch.equal(first["out"], torch.arange(6.0) * 2) and second["out"] is None
     assert first["digest"] == second["digest"]
-    fresh = holder.call_fresh(dict(a=torch.arange(6.0) + 1))
+    holder.update("a", torch.arange(6.0) + 1)
+    fresh = holder.call_fresh()
     assert fresh["out"] is None and fresh["digest"] != first["digest"]
     reply = loads(dumps(second))  # what crosses the pipe
     assert reply["digest"] == first["digest"] and reply["shape"] == [6]
@@ -41,3 +42,35 @@ def test_a_result_changed_after_it_was_returned_is_seen_through_its_digest():
     holder.inputs["a"].fill_(3.0)
     holder.call(send_out=False)
     assert holder.results_changed()["changed"] == [0]  # the second call overwrote the first result
+
+
+def test_a_fresh_call_gets_new_tensors_holding_what_the_judge_sent_even_after_the_candidate_changed_its_own():
+    seen = []
+
+    def scribbles_on_its_input(a):
+        seen.append(a)
+        out = a * 2
+        a.add_(1.0)  # modifies the input it was given
+        return out
+    holder = Holder(scribbles_on_its_input, "cpu")
+    holder.start_case(dict(a=torch.arange(4.0)))
+    first = holder.call()
+    assert first["modified"] == ["a"] and torch.equal(first["out"], torch.arange(4.0) * 2)
+    fresh = holder.call_fresh(send_out=True)
+    assert seen[1] is not seen[0] and seen[1].data_ptr() != seen[0].data_ptr()  # a new tensor and storage
+    assert torch.equal(fresh["out"], torch.arange(4.0) * 2)  # the values the judge sent, not the scribbled ones
+    assert fresh["modified"] == ["a"]
+    holder.update("a", torch.full((4,), 5.0))
+    assert holder.call_fresh(send_out=True)["out"].tolist() == [10.0] * 4  # an update is what a fresh call sees
+
+
+def test_a_bit_flip_in_an_input_is_a_modification_and_nan_or_negative_zero_kept_as_sent_is_not():
+    def flips_a_sign_bit(a, flip):
+        if flip:
+            a.view(torch.int16)[0] ^= -0x8000
+        return a.clone()
+    holder = Holder(flips_a_sign_bit, "cpu")
+    holder.start_case(dict(a=torch.tensor([0.0, float("nan"), -0.0], dtype=torch.float16), flip=False))
+    assert holder.call()["modified"] == []
+    holder.inputs["flip"] = True
+    assert holder.call()["modified"] == ["a"]  # +0 became -0: equal values, different bits

@@ -1,10 +1,13 @@
 """The candidate's side of harness.verify.executor: what runs in the child process (or in this one, --in-process).
 
-It holds one case's inputs on the device, calls the candidate by keyword, and answers with a digest of
-each result's bits (and, where the judge asks for it, a plain CPU copy of the data of its torch.Tensor
-base), the inputs the call modified, its seconds, or the exception it raised (any BaseException).
+It holds one case's inputs on the device with a copy of the values the judge sent for them, calls the
+candidate by keyword, and answers with a digest of each result's bits (and, where the judge asks for it, a
+plain CPU copy of the data of its torch.Tensor base), the inputs whose bits the call left different from
+what the judge sent, its seconds, or the exception it raised (any BaseException).
 Tensors cross the pipe as raw NumPy buffers. The judge asks for the values of a case's first call and
-compares the calls after it by digest: a layer's result crosses the pipe once, not once a call.
+compares the calls after it by digest: a layer's result crosses the pipe once, not once a call. An update
+travels with the call that follows it, and a fresh call's tensors are cloned here from the copy: the
+inputs cross the pipe once per value the judge gives them.
 """
 import hashlib
 import pickle
@@ -76,9 +79,15 @@ def _to_device(value, device):
 
 
 def _bits(t):
-    """A snapshot of a tensor's bits (NaN == NaN, -0 != +0), on the CPU."""
-    return t.detach().to("cpu", copy=True).contiguous().view(-1).view(__import__("torch").uint8) \
-        if t.numel() else t.detach().to("cpu", copy=True)
+    """A tensor's bits as a flat uint8 tensor on its own device (a view where it is contiguous, else a copy)."""
+    import torch
+    return t.detach().contiguous().view(-1).view(torch.uint8) if t.numel() else t.detach()
+
+
+def same_bits(a, b):
+    """Bitwise equal tensors on one device: same dtype and shape, same bits (NaN == NaN, -0 != +0)."""
+    import torch
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_bits(a), _bits(b))
 
 
 def plain_data(out):
@@ -113,11 +122,11 @@ def describe_result(out, requested_device, modified, seconds, send_out=True):
     return reply
 
 
-def call_candidate(function, inputs, device, send_out=True):
-    """Call once on `inputs` (held tensors, by keyword); (reply dict, the returned object) either way, exceptions
-    included; the reply carries the result's values where send_out, else its digest only."""
+def call_candidate(function, inputs, sent, device, send_out=True):
+    """Call once on `inputs` (tensors by keyword); (reply dict, the returned object) either way, exceptions
+    included; the reply carries the result's values where send_out, else its digest only, and the names of
+    the inputs whose bits differ after the call from `sent` (the values the judge sent for them)."""
     import torch
-    before = {k: _bits(v) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
     start = time.perf_counter()
     try:
         out = function(**inputs)
@@ -128,39 +137,50 @@ def call_candidate(function, inputs, device, send_out=True):
                     traceback="".join(traceback.format_exception(error)[-6:])[-4000:],
                     seconds=time.perf_counter() - start), None
     seconds = time.perf_counter() - start
-    modified = [k for k, bits in before.items() if not _same(bits, _bits(inputs[k]))]
+    modified = [k for k, then in sent.items() if not same_bits(inputs[k], then)]
     return describe_result(out, device, modified, seconds, send_out), out
 
 
-def _same(a, b):
-    import torch
-    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
-
-
 class Holder:
-    """One case's inputs and the results returned on them, as the candidate saw them (both sides use this)."""
+    """One case's inputs, a copy of the values the judge sent for them, and the results returned on them.
+
+    The copy (`sent`, on the device) is taken when the values arrive (start_case, update), so a call costs no
+    snapshot of its inputs: after it, each input is compared with the copy. A fresh call runs on new clones of
+    the copy: new tensor objects and storage holding exactly what the judge sent, without sending it again.
+    """
 
     def __init__(self, function, device):
         self.function, self.device = function, device
-        self.inputs, self.results = {}, []
+        self.inputs, self.sent, self.results = {}, {}, []
 
     def start_case(self, inputs):
+        import torch
         self.inputs = {k: _to_device(v, self.device) for k, v in inputs.items()}
+        self.sent = {k: v.clone() for k, v in self.inputs.items() if isinstance(v, torch.Tensor)}
         self.results = []
 
-    def call(self, send_out=True):
-        reply, out = call_candidate(self.function, self.inputs, self.device, send_out)
+    def call(self, send_out=True, updates=None):
+        """One call on the held inputs, after updating those named in `updates` ({name: values}) in place."""
+        for name, values in (updates or {}).items():
+            try:
+                self.update(name, values)
+            except Exception as error:  # e.g. an earlier call resized the input it was given
+                return dict(status="raised", type=type(error).__name__, seconds=0.0,
+                            message=f"the judge could not update {name} in place: {error}"[:2000])
+        reply, out = call_candidate(self.function, self.inputs, self.sent, self.device, send_out)
         if reply.get("digest") is not None and len(self.results) < HELD_RESULTS:
             self.results.append((out, reply["digest"]))  # the object returned, and the digest of what it held then
         return reply
 
     def update(self, name, values):
         self.inputs[name].copy_(values.to(self.inputs[name].device))  # same tensor object, new values
+        self.sent[name] = self.inputs[name].clone()
         return dict(status="ok")
 
-    def call_fresh(self, inputs, send_out=False):
-        fresh = {k: _to_device(v, self.device) for k, v in inputs.items()}
-        return call_candidate(self.function, fresh, self.device, send_out)[0]
+    def call_fresh(self, send_out=False):
+        """One call on new tensors holding the values the judge sent last (no cache keyed by identity can hit)."""
+        fresh = {k: self.sent[k].clone() if k in self.sent else v for k, v in self.inputs.items()}
+        return call_candidate(self.function, fresh, self.sent, self.device, send_out)[0]
 
     def results_changed(self):
         """Indices of earlier results (of this case) whose data changed since they were returned."""
@@ -191,6 +211,6 @@ def serve(target, parameters, contract, device, conn):
         if verb == "stop":
             return conn.send_bytes(dumps(dict(status="ok", lingering=lingering_threads())))
         reply = {"start_case": lambda: holder.start_case(payload) or dict(status="ok"),
-                 "call": lambda: holder.call(payload), "update": lambda: holder.update(*payload),
-                 "call_fresh": lambda: holder.call_fresh(*payload), "results_changed": holder.results_changed}[verb]()
+                 "call": lambda: holder.call(*payload),
+                 "call_fresh": lambda: holder.call_fresh(payload), "results_changed": holder.results_changed}[verb]()
         conn.send_bytes(dumps(reply))

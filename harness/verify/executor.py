@@ -3,7 +3,7 @@
 The judge never imports the TARGET: the child does, holds one case's inputs on the device, calls
 the candidate when asked, and sends back a digest of each result and, for the first call of a case, a plain
 CPU copy of it (the data of the torch.Tensor base, not a subclass's view of it), which inputs the call
-modified, and its seconds.
+left different from what the judge sent, and its seconds (harness.verify.child).
 Every way a candidate can end becomes a CandidateFailure with a kind:
   raised   an exception of any kind (SystemExit and KeyboardInterrupt included)
   hung     no answer within the timeout (the child is killed), or a thread left running at exit
@@ -98,17 +98,17 @@ class ChildExecutor:
     def start_case(self, inputs):
         self._ask("start_case", inputs, "receiving the inputs")
 
-    def call(self, send_out=True):
-        """The reply of one call on the held inputs: the result's values where send_out, its digest always."""
+    def call(self, send_out=True, updates=None):
+        """The reply of one call on the held inputs, those named in `updates` ({name: tensor}) first updated in
+        place (in the same message): the result's values where send_out, its digest always."""
         self.calls += 1
-        return _checked(self._ask("call", send_out))
+        doing = f"updating {', '.join(updates)} in place and calling the candidate" if updates else "calling the candidate"
+        return _checked(self._ask("call", (send_out, updates), doing))
 
-    def update(self, name, values):
-        self._ask("update", (name, values), f"updating {name} in place")
-
-    def call_fresh(self, inputs, send_out=False):
+    def call_fresh(self, send_out=False):
+        """The reply of one call on new tensors holding the values last sent (start_case, call's updates)."""
         self.calls += 1
-        return _checked(self._ask("call_fresh", (inputs, send_out)))
+        return _checked(self._ask("call_fresh", send_out))
 
     def results_changed(self):
         return self._ask("results_changed", doing="re-reading earlier results")["changed"]
@@ -163,16 +163,13 @@ class InProcessExecutor:
     def start_case(self, inputs):
         self.holder.start_case(inputs)
 
-    def call(self, send_out=True):
+    def call(self, send_out=True, updates=None):
         self.calls += 1
-        return _checked(self._timed(self.holder.call, send_out))
+        return _checked(self._timed(self.holder.call, send_out, updates))
 
-    def update(self, name, values):
-        self.holder.update(name, values)
-
-    def call_fresh(self, inputs, send_out=False):
+    def call_fresh(self, send_out=False):
         self.calls += 1
-        return _checked(self._timed(self.holder.call_fresh, inputs, send_out))
+        return _checked(self._timed(self.holder.call_fresh, send_out))
 
     def results_changed(self):
         return self.holder.results_changed()["changed"]

@@ -7,7 +7,7 @@ Properties:
   shape, dtype and device  the result is a tensor [out, in] / [M, out] of the promised dtype, on the input's device
   within tolerance         every element within harness.verify.tolerance's bound for some accepted design (or,
                            for a probe, bit for bit / to the dequantizer's standard: harness.verify.probes)
-  inputs unchanged         every input tensor is bitwise the same after the call
+  inputs unchanged         every input tensor is bitwise what the judge sent after each call of the case
   deterministic            a second call gives a bitwise identical result
   earlier results intact   a later call does not change a result returned earlier (no shared output buffer)
   tracks input updates     after an input is changed in place (same tensor object, new values), the result
@@ -175,20 +175,33 @@ def run_properties(executor, case, designs=tuple(DESIGNS), layout="canonical", u
     outcomes = [outcome]
     got = first["out"].to(torch.float64).numpy()
     outcomes.append(tolerance_outcome(judge(case, got, designs)))
-    modified = first["modified"]
-    outcomes.append(Outcome(PROPERTIES[2], not modified, f"the call modified {', '.join(modified)}" if modified
-                            else "all inputs intact"))
+    replies = [first]
     if dequant or case.expect == "tolerance":  # probes judge values only
         second = executor.call(send_out=False)
         candidate += second["seconds"]
+        replies.append(second)
         same = same_result(first, second)
         outcomes.append(Outcome(PROPERTIES[3], same, "two calls bitwise equal" if same else
                                 "two calls on the same inputs differ bitwise (nondeterministic)"))
-        candidate += _tracking(executor, case, inputs, layout, updates, same, outcomes)
+        candidate += _tracking(executor, case, inputs, layout, updates, same, outcomes, replies)
         changed = executor.results_changed()
-        outcomes.insert(4, Outcome(PROPERTIES[4], not changed, "earlier results intact" if not changed else
+        outcomes.insert(3, Outcome(PROPERTIES[4], not changed, "earlier results intact" if not changed else
                                    f"results of calls {changed} were changed by later calls (a shared output buffer?)"))
+    outcomes.insert(2, _unchanged_outcome(replies))
     return _case_run(outcomes, executor, start, transfer, candidate)
+
+
+def _unchanged_outcome(replies):
+    """'inputs unchanged' over every call of the case: the inputs whose bits a call left different from what the
+    judge had sent for them (harness.verify.child), named with the first call that did."""
+    modified = {}
+    for i, reply in enumerate(replies):
+        for name in reply["modified"]:
+            modified.setdefault(name, i + 1)
+    if not modified:
+        return Outcome(PROPERTIES[2], True, f"all inputs intact after each of {len(replies)} calls")
+    return Outcome(PROPERTIES[2], False, "the call modified " + ", ".join(
+        name if i == 1 else f"{name} (call {i} of the case)" for name, i in modified.items()))
 
 
 def _case_run(outcomes, executor, start, transfer, candidate):
@@ -197,24 +210,25 @@ def _case_run(outcomes, executor, start, transfer, candidate):
     return CaseRun(outcomes, candidate, max(0.0, time.perf_counter() - start - candidate - moved))
 
 
-def _tracking(executor, case, inputs, layout, plan, deterministic, outcomes):
-    """Append the 'tracks input updates' outcome; return the candidate seconds it took."""
+def _tracking(executor, case, inputs, layout, plan, deterministic, outcomes, replies):
+    """Append the 'tracks input updates' outcome (and each call's reply to `replies`); return the candidate
+    seconds it took."""
     new = case_inputs(fitted(updated_case(case), layout), layout)
-    current, seconds, stale = dict(inputs), 0.0, []
+    seconds, stale = 0.0, []
     for names in _update_steps(inputs, new, plan):
-        for name in names:
-            executor.update(name, new[name])
-            current[name] = new[name]
-        updated, fresh = executor.call(send_out=False), executor.call_fresh(current)
+        updated = executor.call(send_out=False, updates={name: new[name] for name in names})
+        fresh = executor.call_fresh()
+        replies += [updated, fresh]
         seconds += updated["seconds"] + fresh["seconds"]
         if not same_result(updated, fresh):
-            again = executor.call_fresh(current)  # noise or a stale cache? two fresh calls tell
+            again = executor.call_fresh()  # noise or a stale cache? two fresh calls tell
+            replies.append(again)
             seconds += again["seconds"]
             deterministic = deterministic and same_result(fresh, again)
             stale.append(" + ".join(names))
     if stale and not deterministic:
-        if outcomes[3].passed:
-            outcomes[3] = Outcome(PROPERTIES[3], False, "two calls on fresh tensors holding the same values differ "
+        if outcomes[2].passed:
+            outcomes[2] = Outcome(PROPERTIES[3], False, "two calls on fresh tensors holding the same values differ "
                                                         "bitwise (nondeterministic)")
         outcomes.append(Outcome(PROPERTIES[5], None, "not judged: the candidate is nondeterministic, so a result after "
                                                      "an in-place update cannot be told from noise"))

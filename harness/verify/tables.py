@@ -138,7 +138,9 @@ def block_weights(packed, scales, zero_points, group_size, dtype, need_exact, ne
     if width < TABLE_MIN_WIDTH:
         exact = dequantize_exact(packed, scales, zero_points, group_size)
         w = exact if dtype is None else rounded(exact, dtype)
-        return BlockWeights(w, exact if need_exact else None, np.abs(w).astype(np.float32) if need_abs else None)
+        with np.errstate(over="ignore"):  # |w| past float32's range: inf
+            w_abs = np.abs(w).astype(np.float32) if need_abs else None
+        return BlockWeights(w, exact if need_exact else None, w_abs)
     table = nibble_table(packed, scales, zero_points, group_size, width)
     exact = lookup(table, packed, width, space=space, name="exact")[0] if need_exact and dtype is not None else None
     w, w_abs = lookup(table if dtype is None else rounded(table, dtype), packed, width, need_abs, space)

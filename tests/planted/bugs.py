@@ -133,6 +133,19 @@ def rounds_scales_in_place(packed_weights, scales, zero_points=None, group_size=
     return dequantize(packed_weights, scales, zero_points, group_size, output_dtype)
 
 
+_WARM = set()
+
+
+def rounds_scales_in_place_when_warm(packed_weights, scales, zero_points=None, group_size=None,
+                                     output_dtype=torch.float16):
+    """Rounds the caller's scales to fp16 precision in place from its second call on the same scales tensor
+    (a warm path that "prepares" them): the first call leaves every input as it was."""
+    if id(scales) in _WARM:
+        scales.copy_(scales.to(torch.float16).to(scales.dtype))
+    _WARM.add(id(scales))
+    return dequantize(packed_weights, scales, zero_points, group_size, output_dtype)
+
+
 _CACHE = {}
 
 
@@ -154,7 +167,7 @@ def returns_none_for_bf16(packed_weights, scales, zero_points=None, group_size=N
 DEQUANTIZER_BUGS = {f.__name__: f for f in (
     swapped_nibbles, twos_complement, missing_offset, group_size_inferred, two_roundings_in_output_dtype,
     half_intermediate, zero_point_added, groups_by_column_modulo, ignores_output_dtype, tail_columns_not_written,
-    rounds_scales_in_place, cached_by_id, returns_none_for_bf16)}
+    rounds_scales_in_place, rounds_scales_in_place_when_warm, cached_by_id, returns_none_for_bf16)}
 CORRECT_DEQUANTIZERS = {f.__name__: f for f in (correct_dequantize_fp64_expand, correct_dequantize_fp32_math)}
 
 
@@ -299,7 +312,7 @@ LINEAR_BUGS = {f.__name__: f for f in (
     accumulates_in_half, lora_index_wraps, lora_scaling_ignored, lora_first_token_adapter, tail_rows_not_written,
     bias_ignored, lora_intermediate_in_half, linear_with_inferred_group_size, split_k_in_arrival_order)}
 # The property each bug must be caught by where values alone would not show it.
-CAUGHT_BY = {"rounds_scales_in_place": "inputs unchanged", "cached_by_id": "tracks input updates",
+CAUGHT_BY = {"rounds_scales_in_place": "inputs unchanged", "rounds_scales_in_place_when_warm": "inputs unchanged", "cached_by_id": "tracks input updates",
              "split_k_in_arrival_order": "deterministic"}
 CORRECT_LINEARS = {f.__name__: f for f in (correct_linear_per_adapter, correct_linear_gathered)}
 
