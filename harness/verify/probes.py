@@ -61,9 +61,12 @@ def exact_weights(rng, out_features, in_features, group_size, scale_granularity,
     groups = -(-in_features // group_size) if "grouped" in (scale_granularity, zero_granularity) else 1
     fractional = zero_granularity is not None and zero_kind in ("float", "fp32")
     sign = np.where((np.arange(in_features) // RUN) % 2 == 0, 1, -1).astype(np.int8)  # [in]: same-sign runs
-    magnitude = 2 * rng.integers(1, 4, size=(out_features, in_features), dtype=np.int8) + 1 if fractional else \
-        2 * rng.integers(3, 6, size=(out_features, in_features), dtype=np.int8)
-    twice_u = sign * magnitude  # 2u: odd (half-integer u) or even
+    # 2u, then 2v, in one int8 array changed in place (a layer's worth of int8, not a new one per step)
+    twice_v = rng.integers(1, 4, size=(out_features, in_features), dtype=np.int8) if fractional else \
+        rng.integers(3, 6, size=(out_features, in_features), dtype=np.int8)
+    twice_v *= 2
+    twice_v += 1 if fractional else 0
+    twice_v *= sign  # 2u: odd (half-integer u) or even
     exponents = rng.integers(0, 2, size=(out_features, groups)) + (1 if fractional else 0)
     width = group_size if groups > 1 else in_features
     if groups > 1 and RUN % width == 0:  # a negative run's groups take the scales of the positive run before it
@@ -72,28 +75,30 @@ def exact_weights(rng, out_features, in_features, group_size, scale_granularity,
             if (g // per_run) % 2:
                 exponents[:, g] = exponents[:, g - per_run]
     scales = _granular(np.exp2(exponents.astype(np.float64)), scale_granularity, out_features, groups)
-    zeros, zero_dtype, twice_v = None, None, twice_u
+    zeros, zero_dtype = None, None
     if zero_granularity is not None:
         zeros = _granular(_zero_points(rng, zero_kind, (out_features, groups), fractional), zero_granularity,
                           out_features, groups)
         zero_dtype = (scales_dtype if zero_kind == "float" else zero_kind) if fractional else zero_kind
         zeros = zeros.astype(zero_dtype) if zero_dtype.startswith("int") else zeros
-        twice_z = np.rint(2 * np.asarray(zeros, np.float64)).astype(np.int8)  # per group: then spread as int8
-        twice_v = twice_u + _per_column(twice_z, out_features, in_features, width)
-    v = twice_v >> 1  # floor(2v / 2): exact, 2v being even
-    assert not np.any(twice_v & 1) and -8 <= v.min() and v.max() <= 7, "probe nibbles must be exact"
+        twice_z = np.rint(2 * np.asarray(zeros, np.float64)).astype(np.int8)
+        assert np.all((twice_z & 1) == int(fractional)), "2z must be odd exactly where 2u is: 2v even"
+        _add_per_weight(twice_v, twice_z, width)  # 2v = 2u + 2z
+    v = np.right_shift(twice_v, 1, out=twice_v)  # v = 2v / 2: exact, 2v being even
+    assert -8 <= v.min() and v.max() <= 7, "probe nibbles must lie in [-8, 7]"
     uses_groups = "grouped" in (scale_granularity, zero_granularity)
     return Weights(pack(v), scales, scales_dtype, zeros, zero_dtype, group_size if uses_groups else None)
 
 
-def _per_column(t, out_features, in_features, width):
-    """Zero points of any granularity, one per weight [out, in] (int8-sized values: cheap to expand)."""
+def _add_per_weight(values, t, width):
+    """values [out, in] += t, one value per tensor ([1]), row ([out]) or group of `width` columns ([out, groups]),
+    in place."""
     t = np.asarray(t)
-    if t.size == 1:
-        return np.broadcast_to(t.reshape(1, 1), (out_features, in_features))
-    if t.ndim == 1:
-        return np.broadcast_to(t[:, None], (out_features, in_features))
-    return t[:, np.arange(in_features) // width]
+    if t.ndim < 2:
+        values += t.reshape(-1, 1)
+        return
+    for g in range(t.shape[1]):
+        values[:, g * width:(g + 1) * width] += t[:, g:g + 1]
 
 
 def exact_probe(seed, out_features, in_features, x_dtype, group_size=128, scale_granularity="grouped",
