@@ -16,11 +16,20 @@ from int4_lora_harness.verify.tolerance import ratio_of, ulp_distance
 
 
 def dequant_judgement(got, weights, output_dtype):
-    """got: [out, in] values of `output_dtype` (any float array) -> Judgement, block by block."""
+    """got: [out, in] values of `output_dtype` (any float array) -> Judgement, block by block. A block equal to the
+    correctly rounded weights everywhere (the usual verdict) is tallied as exact without further arrays."""
     out_features, in_features = weights.shape
     tally, space = Tally(DEQUANTIZER_DESIGN, out_features * in_features), {}
     for rows in row_blocks(out_features, in_features):
         packed, scales, zeros = weight_rows(weights, rows)
+        with np.errstate(over="ignore"):
+            expected = block_weights(packed, scales, zeros, weights.group_size, output_dtype, need_exact=False,
+                                     space=space).w
+        if np.array_equal(got[rows], expected):  # equal values everywhere: 0 ulps (+0 and -0 too), ratio 0
+            tally.add_exact(expected.shape, lambda i, j, rows=rows, packed=packed, scales=scales, zeros=zeros,
+                            expected=expected: _element(rows, packed, scales, zeros, weights.group_size, i, j,
+                                                        expected, got[rows], 0.0, 0.0, 0.0))
+            continue
         with np.errstate(over="ignore"):
             expected, exact, _ = block_weights(packed, scales, zeros, weights.group_size, output_dtype,
                                                need_exact=True, space=space)
@@ -31,11 +40,23 @@ def dequant_judgement(got, weights, output_dtype):
 
         def describe(i, j, rows=rows, packed=packed, scales=scales, zeros=zeros, exact=exact, expected=expected,
                      got_block=got_block, ulps=ulps, allowed=allowed, ratio=ratio):
-            return dict(index=(rows.start + int(i), int(j)), expected=float(expected[i, j]), got=float(got_block[i, j]),
-                        ulps=float(ulps[i, j]), allowed=float(allowed[i, j]), ratio=float(ratio[i, j]),
-                        inputs=element_inputs(packed, scales, zeros, weights.group_size, i, j, exact[i, j]))
+            return _element(rows, packed, scales, zeros, weights.group_size, i, j, expected, got_block, ulps[i, j],
+                            allowed[i, j], ratio[i, j], exact[i, j])
         tally.add(ratio, ulps, describe)
     return tally.judgement()
+
+
+def _element(rows, packed, scales, zeros, group_size, i, j, expected, got, ulps, allowed, ratio, exact=None):
+    """The verdict's record of element (i, j) of a block of rows `rows`; exact None: computed here (the fast path
+    keeps no exact weights)."""
+    if exact is None:
+        from int4_lora_harness.reference.dequantize import dequantize_exact
+        exact = dequantize_exact(packed[i:i + 1], scales if np.size(scales) == 1 else np.asarray(scales)[i:i + 1],
+                                 None if zeros is None else zeros if np.size(zeros) == 1 else
+                                 np.asarray(zeros)[i:i + 1], group_size)[0, j]
+    return dict(index=(rows.start + int(i), int(j)), expected=float(expected[i, j]), got=float(got[i, j]),
+                ulps=float(ulps), allowed=float(allowed), ratio=float(ratio),
+                inputs=element_inputs(packed, scales, zeros, group_size, i, j, exact))
 
 
 def element_inputs(packed, scales, zero_points, group_size, i, j, exact):

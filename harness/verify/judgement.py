@@ -48,11 +48,28 @@ class Tally:
             self.max_ratio = float(ratio.flat[flat])
             self.worst = dict(describe(*np.unravel_index(flat, ratio.shape)), design=self.design)
         self.zeros += int(np.count_nonzero(ratio == 0))
-        self.elements += ratio.size
-        take = min(ratio.size, -(-self.samples * ratio.size // self.total))
-        pick = self.rng.choice(ratio.size, size=take, replace=False) if take < ratio.size else np.arange(ratio.size)
+        pick = self._pick(ratio.size)
         self.ulps.append(ulps.ravel()[pick])
         self.ratio.append(ratio.ravel()[pick])
+
+    def add_exact(self, shape, describe):
+        """A block of `shape` whose every element is exact (ratio 0, 0 ulps): what `add` would record of
+        zero arrays, without them."""
+        size = int(np.prod(shape))
+        if size == 0:
+            return
+        if self.worst is None:
+            self.worst = dict(describe(0, 0), design=self.design)
+        self.zeros += size
+        take = self._pick(size).size
+        self.ulps.append(np.zeros(take))
+        self.ratio.append(np.zeros(take))
+
+    def _pick(self, size):
+        """Which of a block's `size` elements the sample keeps (its share of SAMPLES); counts them as seen."""
+        self.elements += size
+        take = min(size, -(-self.samples * size // self.total))
+        return self.rng.choice(size, size=take, replace=False) if take < size else np.arange(size)
 
     def judgement(self):
         cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731

@@ -71,6 +71,14 @@ def same_result(reply, other):
     return reply.get("digest") is not None and reply.get("digest") == other.get("digest")
 
 
+def result_values(out):
+    """A result tensor's values as a NumPy array, not widened (the judges widen block by block): fp16 as float16,
+    bf16 as float32 (exact), fp32 as float32, any other dtype as float64."""
+    if out.dtype in (torch.float16, torch.float32):
+        return out.numpy()
+    return out.to(torch.float32 if out.dtype == torch.bfloat16 else torch.float64).numpy()
+
+
 def fitted(case, layout="canonical"):
     """`case` with weights the layout represents exactly (harness.verify.layouts: its `fit`); canonical: as is.
     A probe whose weights the fit changes is judged by the tolerance model instead (its exactness was built
@@ -128,7 +136,7 @@ def _shape_outcome(reply, shape, dtype):
 
 
 def judge(case, got, designs=tuple(DESIGNS)):
-    """harness.verify.tolerance.Judgement of `got` (float64 array of the output) on `case`."""
+    """harness.verify.tolerance.Judgement of `got` (the output's values: a NumPy float array of any width) on `case`."""
     if isinstance(case, DequantCase):
         return dequant_judgement(got, case.weights, case.output_dtype)
     if case.expect != "tolerance":
@@ -173,7 +181,7 @@ def run_properties(executor, case, designs=tuple(DESIGNS), layout="canonical", u
     if not outcome.passed:
         return _case_run([outcome], executor, start, transfer, candidate)
     outcomes = [outcome]
-    got = first["out"].to(torch.float64).numpy()
+    got = result_values(first["out"])
     outcomes.append(tolerance_outcome(judge(case, got, designs)))
     replies = [first]
     if dequant or case.expect == "tolerance":  # probes judge values only
