@@ -131,3 +131,38 @@ def test_the_grouped_dequantization_equals_the_per_element_definition():
         z = 0.0 if w.zero_points is None else expand(w.zero_points, 9, in_features, w.group_size, "z")
         assert np.array_equal(dequantize_exact(w.packed, w.scales, w.zero_points, w.group_size),
                               (v - z) * expand(w.scales, 9, in_features, w.group_size, "s"))
+
+
+def test_an_exact_block_is_tallied_as_add_would_tally_its_zeros():
+    from int4_lora_harness.verify.judgement import Tally
+    fast, slow = Tally("d", 5000, samples=64), Tally("d", 5000, samples=64)
+    describe = lambda i, j: dict(index=(int(i), int(j)))  # noqa: E731
+    for shape in ((10, 300), (7, 100)):
+        fast.add_exact(shape, describe)
+        slow.add(np.zeros(shape), np.zeros(shape), describe)
+    ratio = np.zeros((3, 200))
+    ratio[2, 5] = 0.5
+    for t in (fast, slow):
+        t.add(ratio, ratio * 2, lambda i, j: dict(index=(int(i), int(j)), late=True))
+    a, b = fast.judgement(), slow.judgement()
+    assert (a.max_ratio, a.worst, a.elements, a.exact_share) == (b.max_ratio, b.worst, b.elements, b.exact_share)
+    assert np.array_equal(a.ulps, b.ulps) and np.array_equal(a.ratio, b.ratio)
+    assert a.worst["late"] and a.max_ratio == 0.5
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_one_wrong_weight_in_the_last_block_of_a_layer_is_the_worst_element_the_dequantizer_verdict_names(dtype):
+    from int4_lora_harness.verify.dequantizer import dequant_judgement
+    from int4_lora_harness.verify.judgement import row_blocks
+    w = make_weights(np.random.default_rng(8), 2100, 4096, group_size=128, zero_granularity="grouped")
+    assert len(row_blocks(*w.shape)) == 3  # two exact blocks first, then the one with the wrong weight
+    packed, scales, zeros, group_size = w.torch_args("cpu")
+    got = torch_path.dequantize(packed, scales, zeros, group_size, TORCH_DTYPES[dtype]).float().numpy()
+    exact = dequant_judgement(got, w, dtype)
+    assert exact.passed and exact.max_ratio == 0 and exact.exact_share == 1.0 and exact.worst["index"] == (0, 0)
+    inputs = exact.worst["inputs"]  # the fast path still names the element's inputs, the exact weight among them
+    assert exact.worst["got"] == float(got[0, 0]) and set(inputs) >= {"v", "scale", "zero_point", "exact"}
+    assert inputs["exact"] == (inputs["v"] - inputs["zero_point"]) * inputs["scale"]
+    got[2099, 4095] += 3 * float(spacing(np.abs(got[2099:, 4095:]), dtype)[0, 0])  # 3 ulps off, in the last block
+    wrong = dequant_judgement(got, w, dtype)
+    assert not wrong.passed and wrong.worst["index"] == (2099, 4095) and wrong.exact_share < 1.0
