@@ -1,15 +1,13 @@
 """kernels.native: the C dequantizer builds once into its cache, says why where it cannot (and the torch
 path then takes its torch ops), decodes every group width and row alignment like the reference, and asks
 for huge pages only where a whole one fits."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from fresh_interpreter import failing_compiler, run_fresh
 from int4_lora_harness import reference
 from int4_lora_harness.kernels import native
 from int4_lora_harness.verify.cases import DTYPE_NAMES
@@ -26,9 +24,7 @@ PROBE = ("import warnings; warnings.simplefilter('always');"
 
 def probe(tmp_path, **env):
     """Run PROBE in a fresh interpreter with a cache in tmp_path and `env`; (stdout, stderr)."""
-    run = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True,
-                         env={**os.environ, "INT4_LORA_HARNESS_CACHE": str(tmp_path), **env})
-    return run.stdout, run.stderr
+    return run_fresh(PROBE, tmp_path, **env)
 
 
 @needs_native
@@ -43,10 +39,7 @@ def test_the_library_builds_once_into_the_cache_named_by_its_environment_variabl
 
 
 def test_a_compiler_that_fails_is_a_warning_with_its_message_and_the_torch_ops_take_over(tmp_path):
-    failing = tmp_path / "cc"
-    failing.write_text("#!/bin/sh\necho 'cc: error: no such compiler here' >&2\nexit 1\n")
-    failing.chmod(0o755)
-    out, err = probe(tmp_path, CC=str(failing))
+    out, err = probe(tmp_path, CC=str(failing_compiler(tmp_path, "cc: error: no such compiler here")))
     assert "native plan: False" in out
     assert "cc: error: no such compiler here" in out  # the reason names the compiler's own message
     assert "RuntimeWarning" in err and "the C dequantizer is not available" in err

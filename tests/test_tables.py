@@ -1,14 +1,12 @@
 """verify.tables: a block's weights read from per-group tables are bit for bit the weights the judge computes
 one by one (reference.dequantize_exact, then rounded to x's dtype), for every granularity, zero point kind,
 ragged groups and scale magnitudes from subnormal to overflow."""
-import os
-import subprocess
-import sys
 from unittest import mock
 
 import numpy as np
 import pytest
 
+from fresh_interpreter import failing_compiler, run_fresh
 from int4_lora_harness import cbuild
 from int4_lora_harness.reference.dequantize import dequantize_exact
 from int4_lora_harness.reference.granularity import weights_width
@@ -123,9 +121,7 @@ JUDGE_PROBE = ("import warnings; warnings.simplefilter('always');"
 
 
 def judge_probe(tmp_path, **env):
-    run = subprocess.run([sys.executable, "-c", JUDGE_PROBE], capture_output=True, text=True, check=True,
-                         env={**os.environ, "INT4_LORA_HARNESS_CACHE": str(tmp_path), **env})
-    return run.stdout, run.stderr
+    return run_fresh(JUDGE_PROBE, tmp_path, **env)
 
 
 @needs_gather
@@ -136,10 +132,7 @@ def test_the_judges_gather_builds_into_the_cache_apart_from_the_kernels_library(
 
 
 def test_a_failing_compiler_warns_and_numpy_reads_the_tables(tmp_path):
-    failing = tmp_path / "cc"
-    failing.write_text("#!/bin/sh\necho 'cc: error: not today' >&2\nexit 1\n")
-    failing.chmod(0o755)
-    out, err = judge_probe(tmp_path, CC=str(failing))
+    out, err = judge_probe(tmp_path, CC=str(failing_compiler(tmp_path, "cc: error: not today")))
     assert "cc: error: not today" in out
     assert "RuntimeWarning" in err and "the judge's C table gather is not available" in err
 

@@ -36,7 +36,6 @@ so judging a 14336 x 4096 layer never holds a float64 copy of the whole weight.
 """
 import numpy as np
 
-from int4_lora_harness.reference.dequantize import dequantize_exact
 from int4_lora_harness.reference.granularity import from_groups, in_groups, per_group, weights_width
 from int4_lora_harness.reference.linear import base_exact, lora_exact
 from int4_lora_harness.reference.packing import unpack
