@@ -24,7 +24,7 @@ import numpy as np
 
 from int4_lora_harness import cbuild
 from int4_lora_harness.reference.dequantize import dequantize_exact
-from int4_lora_harness.reference.granularity import granularity, weights_width
+from int4_lora_harness.reference.granularity import per_group, weights_width
 from int4_lora_harness.reference.packing import pack, unpack
 from int4_lora_harness.reference.rounding import rounded
 
@@ -51,24 +51,15 @@ def reader():
     return f"NumPy ({lib.why})" if isinstance(lib, cbuild.Missing) else "C gather"
 
 
-def _per_group(t, kind, rows, groups):
-    """Scales or zero points of any granularity as a [rows, groups] array (values and dtype kept)."""
-    t = np.asarray(t)
-    if kind == "per-tensor":
-        return np.broadcast_to(t.reshape(1, 1), (rows, groups))
-    if kind == "per-channel":
-        return np.broadcast_to(t.reshape(rows, 1), (rows, groups))
-    return t
-
-
 def nibble_table(packed, scales, zero_points, group_size, width):
     """float64 [rows, groups, 16]: entry [o, g, q] = reference.dequantize_exact's weight of row o, group g for
     nibble q. packed: uint8 [rows, in // 2]; scales, zero_points: as reference.dequantize_exact takes them."""
     rows, in_features = packed.shape[0], 2 * packed.shape[1]
     groups = -(-in_features // width)
-    kind = lambda t, name: granularity(t, rows, in_features, group_size, name)  # noqa: E731
-    scales_g = _per_group(scales, kind(scales, "scales"), rows, groups)
-    zeros_g = None if zero_points is None else _per_group(zero_points, kind(zero_points, "zero_points"), rows, groups)
+    of_group = lambda t, name: np.broadcast_to(per_group(t, rows, in_features, group_size, name, width)[..., 0],  # noqa
+                                               (rows, groups))  # [rows, groups] float64, as the reference reads it
+    scales_g = of_group(scales, "scales")
+    zeros_g = None if zero_points is None else of_group(zero_points, "zero_points")
     every_nibble = pack(np.broadcast_to(NIBBLES, (rows, groups, 16)).reshape(rows, groups * 16))
     return dequantize_exact(every_nibble, scales_g, zeros_g, 16).reshape(rows, groups, 16)
 
