@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from int4_lora_harness.verify import child
 from int4_lora_harness.verify.cases import TORCH_DTYPES, DequantCase
 from int4_lora_harness.verify.designs import DESIGNS
 from int4_lora_harness.verify.probes import probe_judgement
@@ -59,11 +60,8 @@ class CaseRun:
 
 
 def same_bits(a, b):
-    """Bitwise equal tensors (NaN == NaN, -0 != +0)."""
-    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-    return torch.equal(a.contiguous().view(ints).cpu(), b.contiguous().view(ints).cpu())
+    """Bitwise equal tensors on any devices (NaN == NaN, -0 != +0): harness.verify.child.same_bits on the CPU."""
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and child.same_bits(a.cpu(), b.cpu())
 
 
 def same_result(reply, other):
