@@ -64,10 +64,12 @@ def run_fields(pytestconfig, bench_session):
 
 @pytest.fixture
 def bench_record(request, bench_session, run_fields):
-    """record(fields): one timed case (harness.bench.runner.measure) -> one row appended to the run's parquet file."""
+    """record(fields) -> row: one timed case (harness.bench.runner.measure) -> one row appended to the run's parquet
+    file, with its rates and bytes-moved floor."""
     def record(fields):
-        row = dict(run_fields, test_id=request.node.nodeid, **fields)
-        perf_store.append_row(bench_session["rows"], perf_store.with_rates(row), bench_session["path"])
+        row = perf_store.with_rates(dict(run_fields, test_id=request.node.nodeid, **fields))
+        perf_store.append_row(bench_session["rows"], row, bench_session["path"])
+        return row
     return record
 
 

@@ -4,9 +4,12 @@ The benchmark itself (check, prepare, time, work) is harness.bench.runner, share
 `int4-harness bench`; this module parametrizes it over the grid (benchmarks/conftest.py) and lets
 pytest-benchmark drive the calls, timed by harness.bench.timing (perf_counter on CPU, CUDA events on
 a GPU). Run with `pytest benchmarks --benchmark-only`; pick the grid with BENCH_GRID or --bench-grid.
+A timing that harness.bench.honesty flags (its result differs from an untimed call's, or it beats the
+bytes-moved floor) is written with its flag and fails its test: it is evidence, not a result.
 """
 import pytest
 
+from int4_lora_harness.bench.honesty import flag
 from int4_lora_harness.bench.runner import Refused, Skipped, measure
 
 
@@ -28,4 +31,6 @@ def test_bench(benchmark, bench_case, bench_session, bench_record):
         pytest.skip(str(reason))
     except Refused as reason:
         pytest.fail(str(reason), pytrace=False)
-    bench_record(fields)
+    why = flag(bench_record(fields))
+    if why:
+        pytest.fail(f"timing flagged, not a result: {why}", pytrace=False)

@@ -24,7 +24,8 @@ def sample_row(**changes):
                backend="torch", operation="gemm", layer="llama3-8b.k_proj", m=16, n=1024, k=4096, group_size=128,
                scale_granularity="grouped", zero_granularity="grouped", rank=0, num_loras=0, popularity="none",
                dtype="fp16", cache_mode="warm", verified_m=16, verification="passed", timer="perf_counter",
-               median_s=0.5, iqr_s=0.1, min_s=0.4, rounds=5, bytes_moved=2_000_000_000, flops=4_000_000_000_000,
+               median_s=0.5, iqr_s=0.1, min_s=0.4, rounds=5, result_check="ok", input_bytes=1_000_000_000,
+               ceiling_gbps=80.0, cache_bytes=0, bytes_moved=2_000_000_000, flops=4_000_000_000_000,
                peak_gbps=20.0, peak_tflops=math.nan, peak_source="measured", packed_weight_bytes=1,
                fp16_weight_bytes=4, peak_memory_bytes=math.nan)
     return perf_store.with_rates({**row, **changes})
@@ -218,8 +219,9 @@ def test_a_correct_backend_is_timed_into_a_row_of_the_schema(tiny_grid, tmp_path
     assert driver.calls == 4 and fields["rounds"] == 2  # 2 warm-up calls, 2 timed
     run = {c: sample_row()[c] for c in ("run_id", "git_commit", "git_dirty", "host", "device_name",
                                          "torch_version", "triton_version", "grid", "test_id", "peak_gbps",
-                                         "peak_tflops", "peak_source")}
+                                         "peak_tflops", "peak_source", "ceiling_gbps", "cache_bytes")}
     perf_store.write_rows([perf_store.with_rates({**run, **fields})], tmp_path / "run.parquet")
     row = pd.read_parquet(tmp_path / "run.parquet").iloc[0]
     assert (row["n"], row["k"], row["m"], row["verified_m"]) == (64, 128, 3, 3) and row["median_s"] > 0
     assert re.match(r"passed \d+ properties; max error/allowed ", row["verification"])
+    assert row["result_check"] == "ok" and row["floor_s"] == row["input_bytes"] / 80e9 > 0  # warm, no cache

@@ -7,7 +7,9 @@ Each benchmark first checks the candidate on its case (harness.verify.properties
 and refuses to time it if it fails; then it is timed (harness.bench.timing) beside `dense`,
 `materialize` and the project's backends that run here, and one row per case is appended to
 <bench-dir>/<run-id>.parquet with backend = the TARGET. `int4-harness report` shows the run.
-Exit status: 0 every benchmark timed, 1 the candidate was refused on some case, 2 usage error.
+A timing whose result differs from an untimed call's, or that beats the bytes-moved floor, is written
+with its flag (harness.bench.honesty) and printed as the flag, never as a time.
+Exit status: 0 every benchmark timed, 1 the candidate was refused or flagged on some case, 2 usage error.
 """
 import sys
 
@@ -39,7 +41,7 @@ def benchmarks(grid, label, contract, project):
 
 
 def run(args):
-    from int4_lora_harness.bench import grids, runner
+    from int4_lora_harness.bench import grids, honesty, runner
     from int4_lora_harness.bench import store
     from int4_lora_harness.verify.cases import CONTRACT_PARAMETERS
     from int4_lora_harness.verify.record import new_run_id
@@ -56,21 +58,26 @@ def run(args):
         return 2
     run_id = new_run_id()
     fields = runner.run_fields(run_id, args.grid, device)
-    path, rows, verdicts, refused = f"{args.bench_dir}/{run_id}.parquet", [], {}, []
+    path, rows, verdicts, refused, flagged = f"{args.bench_dir}/{run_id}.parquet", [], {}, [], []
     todo = benchmarks(grid, label, contract, not args.no_project_backends)
     progress = bar(len(todo), f"bench {label}", not args.quiet)
     for backend, operation, point in todo:
+        case = grids.case_id(backend, operation, point)
         try:
             row = runner.measure(backend, operation, point, device, grid, verdicts, targets={label: function})
-            store.append_row(rows, store.with_rates(dict(fields, test_id=f"bench {grids.case_id(backend, operation, point)}",
-                                                         **row)), path)
-            say(f"  {grids.case_id(backend, operation, point)}: {row['median_s'] * 1e3:.3f} ms (IQR {row['iqr_s'] * 1e3:.3f})")
+            row = store.with_rates(dict(fields, test_id=f"bench {case}", **row))
+            store.append_row(rows, row, path)
+            why = honesty.flag(row)
+            flagged += [backend] if why else []
+            say(f"  {case}: " + (f"FLAGGED, not a result: {why}" if why else
+                                 f"{row['median_s'] * 1e3:.3f} ms (IQR {row['iqr_s'] * 1e3:.3f})"))
         except runner.Skipped as reason:
-            say(f"  skipped {grids.case_id(backend, operation, point)}: {reason}")
+            say(f"  skipped {case}: {reason}")
         except runner.Refused as reason:
             refused.append(str(reason))
-            say(f"  REFUSED {grids.case_id(backend, operation, point)}: {reason}")
+            say(f"  REFUSED {case}: {reason}")
         progress.update(1)
     progress.close()
-    say(f"{len(rows)} rows -> {path}" + (f"; {len(refused)} benchmark(s) refused" if refused else ""))
-    return 1 if any(label in r for r in refused) else 0
+    say(f"{len(rows)} rows -> {path}" + (f"; {len(refused)} benchmark(s) refused" if refused else "")
+        + (f"; {len(flagged)} timing(s) flagged" if flagged else ""))
+    return 1 if any(label in r for r in refused) or label in flagged else 0

@@ -2,6 +2,10 @@
 
 PEAKS holds vendor datasheet figures for known GPUs; a CPU gets a copy bandwidth
 measured here (labelled as measured in `peak_source`) and no compute peak.
+The bytes-moved floor (harness.bench.honesty) divides by `ceiling_gbps`, a bandwidth no call can beat:
+the datasheet peak on CUDA; on a CPU CPU_CEILING_FACTOR times the measured copy bandwidth. `cache_bytes`
+is what a warm cache may hold of a call's inputs: the L2 a CUDA device reports, the data caches of
+every CPU in sysfs.
 """
 import importlib.metadata
 import math
@@ -30,6 +34,11 @@ PEAKS = {
 }
 
 CPU_COPY_BYTES = 256 << 20  # large against any CPU cache, so the copy streams from memory
+# A copy counts 2 bytes per byte copied but the memory also serves the write-allocate read of the
+# destination (3), and one copy under other processes' load may reach half of what the memory gives a
+# quiet machine: the measured figure times 4 is a ceiling, not an estimate.
+CPU_CEILING_FACTOR = 4
+CPU_CACHES = Path("/sys/devices/system/cpu")
 
 
 def gpu_peaks(device_name):
@@ -50,6 +59,21 @@ def measure_cpu_bandwidth(nbytes=CPU_COPY_BYTES, repeats=5):
         dst.copy_(src)
         best = min(best, time.perf_counter() - start)
     return 2 * nbytes / best / 1e9
+
+
+def cpu_cache_bytes(root=CPU_CACHES):
+    """Bytes of every data and unified cache of every CPU under `root` (sysfs), each shared cache counted once;
+    0 where sysfs does not say."""
+    caches = {}
+    for index in root.glob("cpu[0-9]*/cache/index[0-9]*"):
+        try:
+            kind, level, shared, size = ((index / name).read_text().strip()
+                                         for name in ("type", "level", "shared_cpu_list", "size"))
+        except OSError:
+            continue
+        if kind != "Instruction":
+            caches[(level, kind, shared)] = int(size.rstrip("KMG")) << {"K": 10, "M": 20, "G": 30}.get(size[-1], 0)
+    return sum(caches.values())
 
 
 def cpu_name():
@@ -77,18 +101,21 @@ def package_version(name):
 
 
 def describe(device):
-    """Row fields describing `device` ('cpu' | 'cuda'): host, device_name, versions, peaks and their source."""
+    """Row fields describing `device` ('cpu' | 'cuda'): host, device_name, versions, peaks and their source, the
+    bandwidth ceiling and cache size behind the bytes-moved floor."""
     if device == "cuda":
         device_name = torch.cuda.get_device_name()
         peak_gbps, peak_tflops, peak_source = gpu_peaks(device_name)
+        ceiling_gbps, cache_bytes = peak_gbps, l2_cache_bytes()
     else:
         device_name = f"{cpu_name()} ({torch.get_num_threads()} threads, {cpu_dequantizer()})"
         peak_gbps, peak_tflops = measure_cpu_bandwidth(), math.nan
         peak_source = (f"measured: best of 5 torch copies of {CPU_COPY_BYTES >> 20} MiB (read + write); "
-                       "compute peak not measured")
+                       f"compute peak not measured; ceiling {CPU_CEILING_FACTOR}x the copy")
+        ceiling_gbps, cache_bytes = CPU_CEILING_FACTOR * peak_gbps, cpu_cache_bytes()
     return dict(host=socket.gethostname(), device_name=device_name, torch_version=torch.__version__,
                 triton_version=package_version("triton"), peak_gbps=peak_gbps, peak_tflops=peak_tflops,
-                peak_source=peak_source)
+                peak_source=peak_source, ceiling_gbps=ceiling_gbps, cache_bytes=cache_bytes)
 
 
 def l2_cache_bytes():

@@ -6,23 +6,28 @@ baselines `dense` and `materialize` (harness.bench.baselines), and a user's TARG
 its functions given in `targets`). What is timed: `dense` without checks (its weight dequantized
 beforehand), a backend module's `prepare_linear` where it has one (Triton: checks once, then launches),
 else the contract call by keyword (argument checks included).
+Each row's timing is checked after it is taken (harness.bench.honesty): `result_check` compares the timed
+calls' results with an untimed call's, judged against the reference, and `input_bytes` sets the row's
+bytes-moved floor (harness.bench.store.with_rates).
 """
 import datetime
 import importlib
 import math
 from functools import partial
 
+import numpy as np
 import torch
 
 from int4_lora_harness import reference
 from int4_lora_harness.bench import devices
 from int4_lora_harness.bench.baselines import BASELINES, dense_forward
+from int4_lora_harness.bench.honesty import result_check, snapshot, untimed_problem
 from int4_lora_harness.bench.timing import one_call_seconds, plain_driver, rounds_for, time_calls
-from int4_lora_harness.bench.work import case_work, weight_bytes
+from int4_lora_harness.bench.work import case_input_bytes, case_work, weight_bytes
 from int4_lora_harness.kernels.registry import BACKENDS
 from int4_lora_harness.kernels.torch_path import dequantize as torch_dequantize
 from int4_lora_harness.shapes import LAYER_SHAPES
-from int4_lora_harness.verify.cases import DequantCase, make_linear_case
+from int4_lora_harness.verify.cases import CONTRACT_PARAMETERS, DequantCase, make_linear_case
 from int4_lora_harness.verify.properties import dequantizer_properties, failures, linear_properties
 
 SEED = 0
@@ -90,16 +95,24 @@ def check(backend, operation, point, device, verdicts, targets=None):
                                                        f"max error/allowed {ratio:.3g}"
 
 
-def prepare(backend, operation, case, device, targets=None):
-    """A zero-argument callable running one call of `backend` on `case`, inputs already on `device`."""
+def call_inputs(backend, case, device):
+    """The arguments one call reads, by contract name: the case's NumPy arrays for the reference (SPEC §4's order),
+    else its tensors on `device` (harness.verify.cases.LinearCase.torch_kwargs)."""
     if backend == "reference":
-        w = case.weights
+        return dict(zip(CONTRACT_PARAMETERS["linear"], case.reference_args()))
+    return case.torch_kwargs(device)
+
+
+def prepare(backend, operation, case, inputs, device, targets=None):
+    """A zero-argument callable running one call of `backend` on `case`, reading `inputs` (call_inputs): an input
+    changed in place is seen by the next call."""
+    names = CONTRACT_PARAMETERS["dequantizer"][:4]
+    if backend == "reference":
         if operation == "dequantize":
-            return partial(reference.dequantize, w.packed, w.scales, w.zero_points, w.group_size, case.x_dtype)
-        return partial(reference.linear, *case.reference_args(), x_dtype=case.x_dtype)
-    kwargs = case.torch_kwargs(device)
+            return partial(reference.dequantize, *(inputs[n] for n in names), case.x_dtype)
+        return partial(reference.linear, *inputs.values(), x_dtype=case.x_dtype)
+    kwargs = inputs
     if operation == "dequantize":
-        names = ("packed_weights", "scales", "zero_points", "group_size")
         return partial(contract_fn(backend, operation, targets), **{n: kwargs[n] for n in names},
                        output_dtype=kwargs["x"].dtype)
     if backend == "dense":
@@ -111,6 +124,26 @@ def prepare(backend, operation, case, device, targets=None):
     if hasattr(module, "prepare_linear"):  # a fast path: validated once, then timed at its launch, like `dense`
         return module.prepare_linear(*kwargs.values())
     return partial(contract_fn(backend, operation, targets), **kwargs)
+
+
+def change_in_place(operation, inputs):
+    """Negate in place the input a cached result would miss (x of a linear, the scales of a dequantizer): the name.
+    Negation keeps the case valid (harness.verify.properties.updated_case does the same)."""
+    name = "scales" if operation == "dequantize" else "x"
+    value = inputs[name]
+    if isinstance(value, np.ndarray):
+        np.negative(value, out=value)
+    else:
+        value.neg_()
+    return name
+
+
+def check_results(backend, operation, case, inputs, target, untimed, timed):
+    """The row's result_check (harness.bench.honesty): the untimed Snapshot judged against the reference (not the
+    reference's own), the timed Snapshots compared with it, then one call after an input changed in place."""
+    issue = None if backend == "reference" else untimed_problem(operation, case, untimed.values, VERIFY_M_MAX)
+    changed_input = change_in_place(operation, inputs)  # after the judgement: the reference's inputs are the case's
+    return result_check(untimed, timed, snapshot(target()), changed_input, issue)
 
 
 def weight_format(backend):
@@ -154,16 +187,20 @@ def measure(backend, operation, point, device, grid, verdicts, targets=None, dri
     verified_m, verification = check(backend, operation, point, device, verdicts, targets)
     case = make_case(point, operation, point["m"] or 1)
     allocated_before = torch.cuda.memory_allocated() if device == "cuda" else 0
-    target = prepare(backend, operation, case, device, targets)
+    inputs = call_inputs(backend, case, device)
+    target = prepare(backend, operation, case, inputs, device, targets)
     target()  # warm-up: compiles and autotunes Triton kernels, pages the weights in
     memory = peak_memory(target, device, allocated_before)
+    untimed = snapshot(target())  # held while the timed calls run: none of them can take its memory
     rounds = rounds_for(one_call_seconds(target, device), grid["max_time_s"], grid["min_rounds"], grid["max_rounds"])
-    timing = time_calls(target, device, rounds, point["cache_mode"], driver=driver)
+    timing = time_calls(target, device, rounds, point["cache_mode"], driver=driver, capture=snapshot)
+    checked = check_results(backend, operation, case, inputs, target, untimed, timing.captured)
     moved, flops = case_work(weight_format(backend), operation, case)
     packed, fp16 = weight_bytes(case.weights)
     return dict(backend=backend, operation=operation, **case_fields(point, case), verified_m=verified_m,
                 verification=verification, timer=timing.timer, median_s=timing.median_s, iqr_s=timing.iqr_s,
-                min_s=timing.min_s, rounds=timing.rounds, bytes_moved=moved, flops=flops, packed_weight_bytes=packed,
+                min_s=timing.min_s, rounds=timing.rounds, result_check=checked, bytes_moved=moved, flops=flops,
+                input_bytes=case_input_bytes(weight_format(backend), operation, case), packed_weight_bytes=packed,
                 fp16_weight_bytes=fp16, peak_memory_bytes=memory,
                 timestamp=datetime.datetime.now(datetime.timezone.utc))
 

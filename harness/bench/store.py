@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from int4_lora_harness import __version__
+from int4_lora_harness.bench import honesty
 
 SCHEMA = pa.schema([
     # the run
@@ -31,6 +32,9 @@ SCHEMA = pa.schema([
     # the timing
     ("timer", pa.string()), ("median_s", pa.float64()), ("iqr_s", pa.float64()), ("min_s", pa.float64()),
     ("rounds", pa.int64()),
+    # the checks after the timing (harness.bench.honesty)
+    ("result_check", pa.string()), ("input_bytes", pa.int64()), ("ceiling_gbps", pa.float64()),
+    ("cache_bytes", pa.int64()), ("floor_s", pa.float64()), ("impossible", pa.bool_()),
     # work, rates and peaks
     ("bytes_moved", pa.int64()), ("flops", pa.int64()), ("achieved_gbps", pa.float64()),
     ("achieved_tflops", pa.float64()), ("peak_gbps", pa.float64()), ("peak_tflops", pa.float64()),
@@ -44,17 +48,21 @@ CASE_COLUMNS = ["backend", "operation", "layer", "m", "n", "k", "group_size", "s
                 "zero_granularity", "rank", "num_loras", "popularity", "dtype", "cache_mode"]
 
 TIMING_COLUMNS = ["median_s", "iqr_s", "min_s", "rounds"]  # what compare takes from each run
+FLAG_COLUMNS = ["result_check", "impossible", "floor_s"]  # what decides whether a timing stands
 RATE_COLUMNS = ("achieved_gbps", "achieved_tflops", "frac_peak_bandwidth", "frac_peak_compute")
 
 
 def with_rates(row):
-    """`row` plus GB/s, TFLOP/s and fractions of peak, from its bytes_moved, flops, median_s and peaks."""
+    """`row` plus GB/s, TFLOP/s and fractions of peak, from its bytes_moved, flops, median_s and peaks, and its
+    bytes-moved floor (floor_s, impossible: harness.bench.honesty) from input_bytes, cache_bytes and ceiling_gbps."""
     seconds = row["median_s"]
     if not seconds > 0:
         raise ValueError(f"median_s must be a positive number of seconds, got {seconds!r}")
     gbps = row["bytes_moved"] / seconds / 1e9
     tflops = row["flops"] / seconds / 1e12
-    return {**row, "achieved_gbps": gbps, "achieved_tflops": tflops,
+    floor = honesty.floor_seconds(row["input_bytes"], row["cache_bytes"], row["cache_mode"], row["ceiling_gbps"])
+    return {**row, "achieved_gbps": gbps, "achieved_tflops": tflops, "floor_s": floor,
+            "impossible": honesty.is_impossible(row["min_s"], floor),
             "frac_peak_bandwidth": gbps / row["peak_gbps"] if row["peak_gbps"] > 0 else math.nan,
             "frac_peak_compute": tflops / row["peak_tflops"] if row["peak_tflops"] > 0 else math.nan}
 
@@ -132,17 +140,35 @@ def load_runs(folder="reports/bench"):
     return df
 
 
+def flags(df):
+    """Per row of `df`: '' where its timing stands, else why not (harness.bench.honesty.flag)."""
+    return pd.Series([honesty.flag(row) for _, row in df.iterrows()], index=df.index, dtype=object)
+
+
 def compare(df, run_a, run_b):
     """Per case present in both runs: median_s, iqr_s, min_s and rounds of each (suffixes _a, _b) and
-    speedup = median_s_a / median_s_b (> 1: b is faster)."""
+    speedup = median_s_a / median_s_b (> 1: b is faster).
+
+    flag_a, flag_b: '' or why that run's timing is no result (impossible, or its result differs); a flagged
+    side's median_s and min_s are NaN there (its row keeps them), so it gives no speedup."""
     runs = sorted(df["run_id"].unique())
     for run in (run_a, run_b):
         if run not in runs:
             raise ValueError(f"run {run!r} is not in the data; runs: {runs}")
-    a, b = (df.loc[df["run_id"] == run, [*CASE_COLUMNS, *TIMING_COLUMNS]] for run in (run_a, run_b))
+    columns = [*CASE_COLUMNS, *TIMING_COLUMNS, *(c for c in FLAG_COLUMNS if c in df.columns)]
+    a, b = (df.loc[df["run_id"] == run, columns] for run in (run_a, run_b))
     for run, frame in ((run_a, a), (run_b, b)):
         if frame.duplicated(CASE_COLUMNS).any():
             raise ValueError(f"run {run!r} holds the same case more than once; compare needs one row per case")
+    a, b = (_unflagged_times(frame) for frame in (a, b))
     merged = a.merge(b, on=CASE_COLUMNS, suffixes=("_a", "_b"))  # null keys (m of dequantize) match null keys
     merged["speedup"] = merged["median_s_a"] / merged["median_s_b"]
     return merged
+
+
+def _unflagged_times(frame):
+    """`frame`'s case and timing columns plus `flag`, with median_s and min_s NaN where the flag is set."""
+    flag = flags(frame)
+    times = frame[[*CASE_COLUMNS, *TIMING_COLUMNS]].assign(flag=flag)
+    times.loc[flag != "", ["median_s", "min_s"]] = float("nan")
+    return times

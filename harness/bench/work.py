@@ -3,7 +3,9 @@
 Bytes are the compulsory traffic: every operand read once, the output written once, the weight in
 the backend's own format (packed for the INT4 paths, x.dtype for `dense`, packed plus writing and
 re-reading an x.dtype copy for `materialize`). Adapters count only those some token uses. FLOPs are
-the useful ones, the same for every backend.
+the useful ones, the same for every backend. Input bytes, behind the bytes-moved floor
+(harness.bench.honesty), are what a call must read however it runs: the same less the output and
+`materialize`'s copy (a cache may absorb writes and temporaries).
 """
 from math import ceil
 
@@ -50,8 +52,33 @@ def work(weight_format, operation, out_features, in_features, m, x_itemsize, pac
     return moved, flops
 
 
+def output_bytes(operation, out_features, in_features, m, x_itemsize):
+    """Bytes of the result: [out, in] for a dequantize, [M, out] for a linear, of x.dtype."""
+    return out_features * (in_features if operation == "dequantize" else m) * x_itemsize
+
+
+def input_bytes(weight_format, operation, out_features, in_features, m, x_itemsize, packed, adapters=None):
+    """Bytes a call must read: work()'s bytes_moved without the output, and `materialize` as `packed` (its x.dtype
+    copy is written and read back within the call)."""
+    stored = "packed" if weight_format == "materialize" else weight_format
+    moved, _ = work(stored, operation, out_features, in_features, m, x_itemsize, packed, adapters)
+    return moved - output_bytes(operation, out_features, in_features, m, x_itemsize)
+
+
 def case_work(weight_format, operation, case):
     """work() of a harness.verify.cases.LinearCase (its weights, M, dtype and adapters)."""
+    out_features, in_features, m, itemsize, packed, adapters = _case_terms(operation, case)
+    return work(weight_format, operation, out_features, in_features, m, itemsize, packed, adapters,
+                case.weights.zero_points is not None)
+
+
+def case_input_bytes(weight_format, operation, case):
+    """input_bytes() of a harness.verify.cases.LinearCase."""
+    return input_bytes(weight_format, operation, *_case_terms(operation, case))
+
+
+def _case_terms(operation, case):
+    """(out_features, in_features, M, x itemsize, packed bytes, adapters) of work() for a LinearCase."""
     import numpy as np
     out_features, in_features = case.weights.shape
     packed, _ = weight_bytes(case.weights)
@@ -60,5 +87,4 @@ def case_work(weight_format, operation, case):
         indices = case.lora_indices
         adapters = (case.lora_a.shape[1], np.unique(indices[indices >= 0]).size, int((indices >= 0).sum()),
                     indices.nbytes)
-    return work(weight_format, operation, out_features, in_features, case.x.shape[0], ITEMSIZE[case.x_dtype], packed,
-                adapters, case.weights.zero_points is not None)
+    return out_features, in_features, case.x.shape[0], ITEMSIZE[case.x_dtype], packed, adapters
