@@ -114,7 +114,8 @@ def synthetic_rows(run_id, slower=1.0, device="Test GPU", day=1, timer="cuda eve
                         zero_granularity="grouped", rank=16 if lora else 0, num_loras=4 if lora else 0,
                         popularity="uniform" if lora else "none", dtype="fp16", cache_mode="warm", verified_m=m,
                         verification="passed 5 properties", timer=timer, median_s=seconds, iqr_s=1e-6,
-                        min_s=seconds * 0.99, rounds=50, bytes_moved=n * k // 2 + 2 * (m or 1) * (n + k),
+                        min_s=seconds * 0.99, rounds=50, result_check="ok", input_bytes=n * k // 2,
+                        ceiling_gbps=1000.0, cache_bytes=0, bytes_moved=n * k // 2 + 2 * (m or 1) * (n + k),
                         flops=2 * (m or 1) * n * k, peak_gbps=1000.0, peak_tflops=100.0, peak_source="datasheet",
                         packed_weight_bytes=n * k // 2, fp16_weight_bytes=2 * n * k,
                         peak_memory_bytes=float("nan"))))

@@ -7,8 +7,8 @@ timer stops, and a result not yet written then differs from the untimed one (har
 CUDA: CUDA events around each call, each started on an idle GPU (synchronized), so a multi-kernel
 path pays its launch overhead as in decode. The end event is recorded after torch.cuda.synchronize(),
 which waits for every stream of the device: work a call launches on a stream of its own is inside its
-time (an event on the current stream alone would stop before it). This adds the synchronize's return,
-a few microseconds, to every call (docs/bench_schema.md, `timer`).
+time (an event on the current stream alone would stop before it). This adds the host's return from the
+synchronize and the end event's launch to every call (docs/bench_schema.md, `timer`).
 `cold`: the L2 cache overwritten before every call, so weights stream from HBM. The number of rounds
 fills a time budget within [min_rounds, max_rounds]. Reported: median, IQR (q3 - q1), minimum and the
 rounds measured.
