@@ -111,19 +111,18 @@ def prepare(backend, operation, case, inputs, device, targets=None):
         if operation == "dequantize":
             return partial(reference.dequantize, *(inputs[n] for n in names), case.x_dtype)
         return partial(reference.linear, *inputs.values(), x_dtype=case.x_dtype)
-    kwargs = inputs
     if operation == "dequantize":
-        return partial(contract_fn(backend, operation, targets), **{n: kwargs[n] for n in names},
-                       output_dtype=kwargs["x"].dtype)
+        return partial(contract_fn(backend, operation, targets), **{n: inputs[n] for n in names},
+                       output_dtype=inputs["x"].dtype)
     if backend == "dense":
-        w = torch_dequantize(kwargs["packed_weights"], kwargs["scales"], kwargs["zero_points"], kwargs["group_size"],
-                             output_dtype=kwargs["x"].dtype)  # once, ahead of time
-        return partial(dense_forward, kwargs["x"], w, kwargs["lora_a"], kwargs["lora_b"], kwargs["lora_indices"],
-                       kwargs["scaling"], kwargs["bias"])  # holds no packed weights
+        w = torch_dequantize(inputs["packed_weights"], inputs["scales"], inputs["zero_points"], inputs["group_size"],
+                             output_dtype=inputs["x"].dtype)  # once, ahead of time
+        return partial(dense_forward, inputs["x"], w, inputs["lora_a"], inputs["lora_b"], inputs["lora_indices"],
+                       inputs["scaling"], inputs["bias"])  # holds no packed weights
     module = importlib.import_module(BACKENDS[backend].module) if backend in BACKENDS else None
     if hasattr(module, "prepare_linear"):  # a fast path: validated once, then timed at its launch, like `dense`
-        return module.prepare_linear(*kwargs.values())
-    return partial(contract_fn(backend, operation, targets), **kwargs)
+        return module.prepare_linear(*inputs.values())
+    return partial(contract_fn(backend, operation, targets), **inputs)
 
 
 def change_in_place(operation, inputs):
