@@ -41,7 +41,15 @@ def parser():
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """The exit status of one command; an interrupted verify exits 1 once its verdict says 'interrupted'."""
+    try:
+        return command(sys.argv[1:] if argv is None else list(argv))
+    except KeyboardInterrupt:
+        return 1
+
+
+def command(argv):
+    """The exit status of one command (KeyboardInterrupt propagates: the pytest plugin calls this)."""
     sys.stdout.reconfigure(line_buffering=True)  # piped output arrives as it is printed
     args = parser().parse_args(argv)
     if args.command == "verify":

@@ -1,76 +1,146 @@
-"""verify.child: a case's later calls answer by digest, the digest tells bits apart (-0 from +0, one changed
-element), and the values cross the pipe only where the judge asks for them."""
+"""The boundary with the candidate's process: a wire format that deserializes no object and allocates only what
+the judge expects, and checks the judge computes itself on the bytes it received or reads in shared memory."""
+import socket
+import struct
+import tracemalloc
+
+import numpy as np
+import pytest
 import torch
 
-from int4_lora_harness.verify.child import Holder, digest, dumps, loads
+from int4_lora_harness.verify import wire
+from int4_lora_harness.verify.in_process import InProcessExecutor
 
 
-def test_equal_digests_mean_equal_bits_and_any_changed_bit_changes_the_digest():
-    t = torch.randn(64, 33).half()
-    assert digest(t) == digest(t.clone())
-    changed = t.clone()
-    changed.view(torch.int16)[63, 32] ^= 1  # the last element, one ulp away
-    assert digest(changed) != digest(t)
-    assert digest(torch.tensor([0.0])) != digest(torch.tensor([-0.0]))
-    assert digest(t) != digest(t.reshape(33, 64)) and digest(t) != digest(t.view(torch.int16))  # shape, dtype
-    assert digest(torch.zeros(0, 4)) != digest(torch.zeros(4, 0))
+def pair():
+    a, b = socket.socketpair()
+    return a, b
 
 
-def test_a_later_call_sends_its_digest_only_and_a_first_call_its_values():
-    holder = Holder(lambda a: a * 2, "cpu")
-    holder.start_case(dict(a=torch.arange(6.0)))
-    first, second = holder.call(), holder.call(send_out=False)
+def raw(sock, header):
+    text = header.encode()
+    sock.sendall(struct.pack("<Q", len(text)) + text)
+
+
+def test_a_message_of_plain_json_and_raw_bytes_round_trips_bf16_bool_and_file_descriptors():
+    a, b = pair()
+    bf16 = torch.tensor([1.5, -2.0], dtype=torch.bfloat16).view(torch.uint16).numpy()
+    flags = np.array([1, 0, 1], np.uint8)
+    r, w = __import__("os").pipe()
+    wire.send(a, dict(verb="x", n=3), [("bfloat16", bf16), ("bool", flags)], fds=[r])
+    header, arrays, fds = wire.receive(b, with_fds=True)
+    assert header["verb"] == "x" and header["n"] == 3 and len(fds) == 1
+    assert np.array_equal(arrays[0], bf16) and np.array_equal(arrays[1], flags)
+
+
+@pytest.mark.parametrize("meta", [
+    '{"dtype": "object", "shape": [1]}', '{"dtype": "float32", "shape": [1.5]}', '{"dtype": "float32", "shape": ["1"]}',
+    '{"dtype": "float32", "shape": [-1]}', '{"dtype": "float32", "shape": [[1]]}', '"float32"',
+    '{"dtype": "float32", "shape": [1,1,1,1,1,1,1,1,1]}', '{"dtype": "float32", "shape": 7}'])
+def test_an_array_of_an_unknown_dtype_or_a_shape_that_is_not_plain_ints_is_refused(meta):
+    a, b = pair()
+    raw(a, '{"status": "ok", "arrays": [' + meta + ']}')
+    with pytest.raises(wire.WireError):
+        wire.receive(b)
+
+
+def test_an_array_the_judge_did_not_expect_is_refused_before_anything_is_allocated():
+    a, b = pair()
+    raw(a, '{"status": "ok", "arrays": [{"dtype": "float32", "shape": [268435456]}]}')  # 1 GiB announced
+
+    def only_small(metas):
+        if wire.nbytes(metas[0]["dtype"], metas[0]["shape"]) > 1024:
+            raise wire.WireError("too big")
+    tracemalloc.start()
+    try:
+        with pytest.raises(wire.WireError, match="too big"):
+            wire.receive(b, only_small)
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_header_that_is_not_json_or_too_long_is_refused():
+    a, b = pair()
+    raw(a, "cos\nsystem\n(S'echo pickled'\ntR.")  # a pickle: only ever read as text that is not JSON
+    with pytest.raises(wire.WireError, match="not JSON"):
+        wire.receive(b)
+    a.sendall(struct.pack("<Q", wire.MAX_HEADER + 1))
+    with pytest.raises(wire.WireError, match="header of"):
+        wire.receive(b)
+
+
+def judge_of(function):
+    return InProcessExecutor(function, "cpu", timeout=60.0)
+
+
+def test_the_judge_digests_each_result_itself_and_sees_a_later_call_that_differs():
+    state = []
+
+    def right_then_zeros(a):
+        state.append(1)
+        return a * 2 if len(state) == 1 else torch.zeros_like(a)
+    judge = judge_of(right_then_zeros)
+    judge.start_case(dict(a=torch.arange(6.0)), ("float32", [6]))
+    first, second = judge.call(), judge.call(send_out=False)
     assert torch.equal(first["out"], torch.arange(6.0) * 2) and second["out"] is None
-    assert first["digest"] == second["digest"]
-    holder.update("a", torch.arange(6.0) + 1)
-    fresh = holder.call_fresh()
-    assert fresh["out"] is None and fresh["digest"] != first["digest"]
-    reply = loads(dumps(second))  # what crosses the pipe
-    assert reply["digest"] == first["digest"] and reply["shape"] == [6]
+    assert first["digest"] != second["digest"]
 
 
-def test_a_result_changed_after_it_was_returned_is_seen_through_its_digest():
+def test_a_scribble_on_an_input_is_seen_in_shared_memory_whatever_the_candidates_process_says():
+    def flips_a_bit_of_its_scales(a, scales):
+        scales.view(torch.int16)[0] ^= 1
+        return a.clone()
+    judge = judge_of(flips_a_bit_of_its_scales)
+    judge.start_case(dict(a=torch.ones(3), scales=torch.ones(2, dtype=torch.float16)), ("float32", [3]))
+    assert judge.call()["modified"] == ["scales"]
+
+
+def test_negative_zero_and_nan_kept_as_sent_are_not_modifications_and_a_sign_bit_flip_is():
+    def flips_a_sign_bit(a, flip):
+        if flip:
+            a.view(torch.int16)[0] ^= -0x8000
+        return a.clone()
+    judge = judge_of(flips_a_sign_bit)
+    a = torch.tensor([0.0, float("nan"), -0.0], dtype=torch.float16)
+    judge.start_case(dict(a=a, flip=False), ("float16", [3]))
+    assert judge.call()["modified"] == []
+    judge.start_case(dict(a=a, flip=True), ("float16", [3]))
+    assert judge.call()["modified"] == ["a"]  # +0 became -0: equal values, different bits
+
+
+def test_a_result_changed_after_it_was_returned_is_seen_by_the_judges_own_digest():
     shared = torch.zeros(4)
 
     def into_one_buffer(a):
         shared.copy_(a)
         return shared
-    holder = Holder(into_one_buffer, "cpu")
-    holder.start_case(dict(a=torch.ones(4)))
-    holder.call()
-    assert holder.results_changed()["changed"] == []
-    holder.inputs["a"].fill_(3.0)
-    holder.call(send_out=False)
-    assert holder.results_changed()["changed"] == [0]  # the second call overwrote the first result
+    judge = judge_of(into_one_buffer)
+    judge.start_case(dict(a=torch.ones(4)), ("float32", [4]))
+    judge.call()
+    assert judge.results_changed() == []
+    judge.call(updates=dict(a=torch.full((4,), 3.0)))
+    assert judge.results_changed() == [0]  # the second call overwrote the first result
 
 
-def test_a_fresh_call_gets_new_tensors_holding_what_the_judge_sent_even_after_the_candidate_changed_its_own():
+def test_a_fresh_call_gets_new_storage_holding_what_the_judge_sent_and_an_update_is_what_it_sees():
     seen = []
 
-    def scribbles_on_its_input(a):
+    def doubles(a):
         seen.append(a)
-        out = a * 2
-        a.add_(1.0)  # modifies the input it was given
-        return out
-    holder = Holder(scribbles_on_its_input, "cpu")
-    holder.start_case(dict(a=torch.arange(4.0)))
-    first = holder.call()
-    assert first["modified"] == ["a"] and torch.equal(first["out"], torch.arange(4.0) * 2)
-    fresh = holder.call_fresh(send_out=True)
-    assert seen[1] is not seen[0] and seen[1].data_ptr() != seen[0].data_ptr()  # a new tensor and storage
-    assert torch.equal(fresh["out"], torch.arange(4.0) * 2)  # the values the judge sent, not the scribbled ones
-    assert fresh["modified"] == ["a"]
-    holder.update("a", torch.full((4,), 5.0))
-    assert holder.call_fresh(send_out=True)["out"].tolist() == [10.0] * 4  # an update is what a fresh call sees
+        return a * 2
+    judge = judge_of(doubles)
+    judge.start_case(dict(a=torch.arange(4.0)), ("float32", [4]))
+    judge.call()
+    fresh = judge.call_fresh(send_out=True)
+    assert seen[1].data_ptr() != seen[0].data_ptr() and torch.equal(fresh["out"], torch.arange(4.0) * 2)
+    judge.call(updates=dict(a=torch.full((4,), 5.0)))
+    assert judge.call_fresh(send_out=True)["out"].tolist() == [10.0] * 4
 
 
-def test_a_bit_flip_in_an_input_is_a_modification_and_nan_or_negative_zero_kept_as_sent_is_not():
-    def flips_a_sign_bit(a, flip):
-        if flip:
-            a.view(torch.int16)[0] ^= -0x8000
-        return a.clone()
-    holder = Holder(flips_a_sign_bit, "cpu")
-    holder.start_case(dict(a=torch.tensor([0.0, float("nan"), -0.0], dtype=torch.float16), flip=False))
-    assert holder.call()["modified"] == []
-    holder.inputs["flip"] = True
-    assert holder.call()["modified"] == ["a"]  # +0 became -0: equal values, different bits
+def test_a_result_of_another_shape_or_dtype_is_described_but_its_bytes_are_never_taken():
+    judge = judge_of(lambda a: torch.zeros(5, dtype=torch.float64))
+    judge.start_case(dict(a=torch.ones(4)), ("float32", [4]))
+    reply = judge.call()
+    assert reply["out"] is None and reply["digest"] is None
+    assert reply["tensor"] and reply["shape"] == [5] and reply["dtype"] == "float64"

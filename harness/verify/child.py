@@ -1,93 +1,35 @@
-"""The candidate's side of harness.verify.executor: what runs in the child process (or in this one, --in-process).
+"""The candidate's side of harness.verify.executor: the program its process runs, and what may run in-process.
 
-It holds one case's inputs on the device with a copy of the values the judge sent for them, calls the
-candidate by keyword, and answers with a digest of each result's bits (and, where the judge asks for it, a
-plain CPU copy of the data of its torch.Tensor base), the inputs whose bits the call left different from
-what the judge sent, its seconds, or the exception it raised (any BaseException).
-Tensors cross the pipe as raw NumPy buffers. The judge asks for the values of a case's first call and
-compares the calls after it by digest: a layer's result crosses the pipe once, not once a call. An update
-travels with the call that follows it, and a fresh call's tensors are cloned here from the copy: the
-inputs cross the pipe once per value the judge gives them.
+    python -m int4_lora_harness.verify.child FD CONFIG_JSON
+
+The process walls itself in first (harness.verify.sandbox: the judge's death kills it, its own PID
+namespace, Landlock), then imports the TARGET and answers the judge's messages (harness.verify.wire) on
+the socket FD. A case's inputs arrive as a memfd the judge wrote them into: on the CPU the candidate's
+tensors are views of that shared memory, so whatever a call writes into its inputs the judge sees itself;
+on CUDA they are copied to the device and back after each call. Each call's reply is plain data (the
+result's type, dtype, shape, device) and, where the dtype and shape are the ones the judge expects, the raw
+bytes of the result's torch.Tensor base. Nothing here is trusted: the candidate may patch any of it, so the
+judge computes every check (harness.verify.executor) on the bytes it received.
 """
-import hashlib
-import pickle
+import json
+import mmap
+import os
+import sys
 import threading
 import time
 import traceback
 
-HELD_RESULTS = 2  # results of a case kept to see whether later calls change them (two suffice; memory)
+HELD_RESULTS = 2  # results of a case kept so the judge can ask whether later calls changed them
+TEXT_CAP = 2000
 
 
-# --- tensors over the pipe: raw NumPy buffers (pickling torch tensors one storage at a time is slow) ----
-
-class _Tensor:
-    """A tensor on the pipe: its dtype name and a NumPy array of its bytes (bf16 and bool as same-size integers)."""
-
-    def __init__(self, dtype, array):
-        self.dtype, self.array = dtype, array
-
-
-def _walk(value, leaf):
-    """`leaf` applied to every value inside dicts, lists and tuples, the containers rebuilt around them."""
-    if isinstance(value, dict):
-        return {k: _walk(v, leaf) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_walk(v, leaf) for v in value)
-    return leaf(value)
-
-
-def _encode_leaf(value):
+def torch_dtype(name):
     import torch
-    if not isinstance(value, torch.Tensor):
-        return value
-    t = value.detach().to("cpu").contiguous()
-    ints = {torch.bfloat16: torch.int16, torch.bool: torch.uint8}.get(t.dtype)
-    return _Tensor(str(t.dtype).removeprefix("torch."), (t.view(ints) if ints else t).numpy())
+    return getattr(torch, name)
 
 
-def _decode_leaf(value):
-    import torch
-    if not isinstance(value, _Tensor):
-        return value
-    t, dtype = torch.from_numpy(value.array), getattr(torch, value.dtype)
-    return t.view(dtype) if t.dtype != dtype else t
-
-
-def encode(value):
-    """Tensors (anywhere in dicts, tuples, lists) -> _Tensor (dtype name, NumPy array of their bytes)."""
-    return _walk(value, _encode_leaf)
-
-
-def decode(value):
-    """The inverse of `encode`."""
-    return _walk(value, _decode_leaf)
-
-
-def dumps(value):
-    return pickle.dumps(encode(value), protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def loads(data):
-    return decode(pickle.loads(data))
-
-
-# --- the child's side ----------------------------------------------------------------------------
-
-def _to_device(value, device):
-    import torch
-    return value.to(device) if isinstance(value, torch.Tensor) else value
-
-
-def _bits(t):
-    """A tensor's bits as a flat uint8 tensor on its own device (a view where it is contiguous, else a copy)."""
-    import torch
-    return t.detach().contiguous().view(-1).view(torch.uint8) if t.numel() else t.detach()
-
-
-def same_bits(a, b):
-    """Bitwise equal tensors on one device: same dtype and shape, same bits (NaN == NaN, -0 != +0)."""
-    import torch
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_bits(a), _bits(b))
+def dtype_name(dtype):
+    return str(dtype).removeprefix("torch.")
 
 
 def plain_data(out):
@@ -98,94 +40,129 @@ def plain_data(out):
         return torch.Tensor.as_subclass(out, torch.Tensor).detach(), subclass
 
 
-def digest(t):
-    """SHA-256 of a plain tensor's dtype, shape and bits: equal digests, bitwise equal tensors (NaN == NaN,
-    -0 != +0). A comparison of honest results, not a defence against a candidate forging one. A CPU tensor
-    is read where it lies; another device's is copied to the CPU first."""
-    import torch
-    h = hashlib.sha256(f"{t.dtype} {list(t.shape)}".encode())
-    if t.numel():
-        h.update(t.to("cpu").contiguous().view(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()
+def where(error):
+    """'file:line in function' of the innermost frame of `error`'s traceback ('' if it has none)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
 
 
-def describe_result(out, requested_device, modified, seconds, send_out=True):
-    """The reply for one returned call (see module docstring): with a CPU copy of the result where send_out."""
-    import torch
-    reply = dict(status="ok", type=type(out).__name__, modified=modified, seconds=seconds, out=None, digest=None)
-    if isinstance(out, torch.Tensor):
-        plain, subclass = plain_data(out)
-        copy = plain.to("cpu", copy=True) if send_out else None
-        reply.update(out=copy, digest=digest(plain if copy is None else copy),  # one device-to-host copy at most
-                     shape=list(out.shape), dtype=str(plain.dtype), device=str(out.device),
-                     device_ok=out.device.type == torch.device(requested_device).type, subclass=subclass)
-    return reply
+def raised(error, seconds=0.0, message=None):
+    """The reply for a call (or an import) that raised `error` (any BaseException)."""
+    return dict(status="raised", type=type(error).__name__[:200], message=(message or str(error))[:TEXT_CAP],
+                where=where(error)[:1000], traceback="".join(traceback.format_exception(error)[-6:])[-4000:],
+                seconds=seconds)
 
 
-def call_candidate(function, inputs, sent, device, send_out=True):
-    """Call once on `inputs` (tensors by keyword); (reply dict, the returned object) either way, exceptions
-    included; the reply carries the result's values where send_out, else its digest only, and the names of
-    the inputs whose bits differ after the call from `sent` (the values the judge sent for them)."""
-    import torch
-    start = time.perf_counter()
-    try:
-        out = function(**inputs)
-        if device == "cuda":
-            torch.cuda.synchronize()
-    except BaseException as error:  # SystemExit, KeyboardInterrupt and the rest: each is a verdict
-        return dict(status="raised", type=type(error).__name__, message=str(error)[:2000],
-                    traceback="".join(traceback.format_exception(error)[-6:])[-4000:],
-                    seconds=time.perf_counter() - start), None
-    seconds = time.perf_counter() - start
-    modified = [k for k, then in sent.items() if not same_bits(inputs[k], then)]
-    return describe_result(out, device, modified, seconds, send_out), out
+class Region:
+    """A case's tensors in one shared memory file: [(name, dtype name, shape, offset)] and the mapping."""
+
+    def __init__(self, fd, layout, device):
+        import torch
+        self.map = mmap.mmap(fd, 0)
+        os.close(fd)
+        self.layout, self.device = layout, device
+        self.views = {}
+        for name, dtype, shape, offset in layout:
+            count = 1
+            for n in shape:
+                count *= n
+            view = torch.frombuffer(self.map, dtype=torch_dtype(dtype), count=count, offset=offset) if count else \
+                torch.empty(0, dtype=torch_dtype(dtype))
+            self.views[name] = view.view(shape)
+
+    def tensors(self):
+        """The candidate's tensors: the shared views on the CPU, copies on another device."""
+        if self.device == "cpu":
+            return dict(self.views)
+        return {name: v.to(self.device) for name, v in self.views.items()}
+
+    def load(self, tensors, names):
+        """Copy the shared values of `names` into `tensors` (in place: same objects), on another device."""
+        for name in names:
+            if tensors[name] is not self.views[name]:
+                tensors[name].copy_(self.views[name])
+
+    def store(self, tensors):
+        """Copy `tensors` back into the shared memory, on another device, for the judge to compare."""
+        for name, t in tensors.items():
+            if t is not self.views.get(name) and name in self.views:
+                self.views[name].copy_(t.detach().to("cpu").reshape(self.views[name].shape))
 
 
 class Holder:
-    """One case's inputs, a copy of the values the judge sent for them, and the results returned on them.
-
-    The copy (`sent`, on the device) is taken when the values arrive (start_case, update), so a call costs no
-    snapshot of its inputs: after it, each input is compared with the copy. A fresh call runs on new clones of
-    the copy: new tensor objects and storage holding exactly what the judge sent, without sending it again.
-    """
+    """One case: its shared inputs, the keyword arguments of each call, the results kept to re-read later."""
 
     def __init__(self, function, device):
         self.function, self.device = function, device
-        self.inputs, self.sent, self.results = {}, {}, []
+        self.region, self.inputs, self.plain, self.results = None, {}, {}, []
 
-    def start_case(self, inputs):
-        import torch
-        self.inputs = {k: _to_device(v, self.device) for k, v in inputs.items()}
-        self.sent = {k: v.clone() for k, v in self.inputs.items() if isinstance(v, torch.Tensor)}
-        self.results = []
+    def start_case(self, region, plain):
+        self.region, self.plain, self.results = region, plain, []
+        self.inputs = region.tensors()
 
-    def call(self, send_out=True, updates=None):
-        """One call on the held inputs, after updating those named in `updates` ({name: values}) in place."""
-        for name, values in (updates or {}).items():
-            try:
-                self.update(name, values)
-            except Exception as error:  # e.g. an earlier call resized the input it was given
-                return dict(status="raised", type=type(error).__name__, seconds=0.0,
-                            message=f"the judge could not update {name} in place: {error}"[:2000])
-        reply, out = call_candidate(self.function, self.inputs, self.sent, self.device, send_out)
-        if reply.get("digest") is not None and len(self.results) < HELD_RESULTS:
-            self.results.append((out, reply["digest"]))  # the object returned, and the digest of what it held then
-        return reply
+    def call(self, expect, updates=()):
+        self.region.load(self.inputs, updates)
+        reply, out = call_candidate(self.function, {**self.plain, **self.inputs}, self.device, expect)
+        self.region.store(self.inputs)
+        if out is not None and len(self.results) < HELD_RESULTS:
+            self.results.append(out)
+        return reply, out
 
-    def update(self, name, values):
-        self.inputs[name].copy_(values.to(self.inputs[name].device))  # same tensor object, new values
-        self.sent[name] = self.inputs[name].clone()
-        return dict(status="ok")
+    def answer(self, header, fds):
+        """(reply, result tensor to send | None) for one of the judge's messages (harness.verify.executor)."""
+        verb = header["verb"]
+        if verb == "start_case":
+            self.start_case(Region(fds[0], header["layout"], self.device),
+                            {k: plain_value(v) for k, v in header["plain"].items()})
+            return dict(status="ok"), None
+        if verb == "call":
+            return self.call(header["expect"], header["updates"])
+        if verb == "call_fresh":
+            return self.call_fresh(Region(fds[0], header["layout"], self.device), header["expect"])
+        if verb == "result":  # an earlier result as it holds now (the judge compares it with what it got)
+            return dict(status="ok"), self.results[header["index"]]
+        raise ValueError(f"unknown verb {verb!r}")
 
-    def call_fresh(self, send_out=False):
-        """One call on new tensors holding the values the judge sent last (no cache keyed by identity can hit)."""
-        fresh = {k: self.sent[k].clone() if k in self.sent else v for k, v in self.inputs.items()}
-        return call_candidate(self.function, fresh, self.sent, self.device, send_out)[0]
+    def call_fresh(self, region, expect):
+        """One call on new tensors (a new shared region) holding the values the judge sent last."""
+        fresh = region.tensors()
+        reply, out = call_candidate(self.function, {**self.plain, **fresh}, self.device, expect)
+        region.store(fresh)
+        return reply, out
 
-    def results_changed(self):
-        """Indices of earlier results (of this case) whose data changed since they were returned."""
-        changed = [i for i, (out, then) in enumerate(self.results) if digest(plain_data(out)[0]) != then]
-        return dict(status="ok", changed=changed)
+
+def call_candidate(function, kwargs, device, expect):
+    """(reply, the plain result tensor to send | None) of one call by keyword; `expect` = [dtype name, shape]."""
+    import torch
+    start = time.perf_counter()
+    try:
+        out = function(**kwargs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    except BaseException as error:  # SystemExit, KeyboardInterrupt and the rest: each is a verdict
+        return raised(error, time.perf_counter() - start), None
+    seconds = time.perf_counter() - start
+    reply = dict(status="ok", type=type(out).__name__[:200], seconds=seconds)
+    if not isinstance(out, torch.Tensor):
+        return reply, None
+    plain, subclass = plain_data(out)
+    reply.update(dtype=dtype_name(plain.dtype), shape=[int(n) for n in plain.shape], device=str(plain.device),
+                 subclass=subclass)
+    sendable = [reply["dtype"], reply["shape"]] == list(expect)
+    return reply, (plain if sendable else None)
+
+
+def send_reply(sock, reply, out):
+    from int4_lora_harness.verify import wire
+    wire.send(sock, reply, [] if out is None else [(dtype_name(out.dtype), carrier(out))])
+
+
+def carrier(t):
+    """A plain tensor's values as a NumPy array of its wire carrier dtype (harness.verify.wire.CARRIERS)."""
+    import torch
+    t = t.detach().to("cpu").contiguous()
+    ints = {torch.bfloat16: torch.uint16, torch.bool: torch.uint8}.get(t.dtype)
+    return (t.view(ints) if ints else t).numpy()
 
 
 def lingering_threads():
@@ -195,22 +172,63 @@ def lingering_threads():
     return [f"{n} (x{names.count(n)})" if names.count(n) > 1 else n for n in dict.fromkeys(names)]
 
 
-def serve(target, parameters, contract, device, conn):
-    from int4_lora_harness.verify.targets import UsageError, load_target, source_of
-    try:
-        function = load_target(target, parameters, contract)
-    except UsageError as error:
-        return conn.send_bytes(dumps(dict(status="usage", message=str(error))))
-    except BaseException as error:  # SystemExit or worse while importing: the candidate ended the run
-        return conn.send_bytes(dumps(dict(status="raised", type=type(error).__name__,
-                                          message=f"while importing {target}: {error}")))
-    conn.send_bytes(dumps(dict(status="ready", source=source_of(function))))
+def plain_value(value):
+    """A non-tensor argument from its JSON form: {"torch_dtype": name} -> the torch dtype, else as is."""
+    if isinstance(value, dict) and set(value) == {"torch_dtype"}:
+        return torch_dtype(value["torch_dtype"])
+    return value
+
+
+def serve(sock, function, device):
+    """Answer the judge until it says stop (or closes the socket)."""
+    from int4_lora_harness.verify import wire
     holder = Holder(function, device)
     while True:
-        verb, payload = loads(conn.recv_bytes())
-        if verb == "stop":
-            return conn.send_bytes(dumps(dict(status="ok", lingering=lingering_threads())))
-        reply = {"start_case": lambda: holder.start_case(payload) or dict(status="ok"),
-                 "call": lambda: holder.call(*payload),
-                 "call_fresh": lambda: holder.call_fresh(payload), "results_changed": holder.results_changed}[verb]()
-        conn.send_bytes(dumps(reply))
+        header, _, fds = wire.receive(sock, with_fds=True)
+        if header["verb"] == "stop":
+            return wire.send(sock, dict(status="ok", lingering=lingering_threads()))
+        send_reply(sock, *holder.answer(header, fds))
+
+
+def main(argv):
+    """The candidate's process: wall in, import the TARGET, serve."""
+    import socket
+    sock = socket.socket(fileno=int(argv[0]))
+    config = json.loads(argv[1])
+    sys.path[:] = config["sys_path"]
+    from int4_lora_harness.verify import sandbox  # the standard library only: nothing has started threads yet
+    sandbox.die_with_parent(config["judge_pid"])
+    walls = {}
+    for part, enter in (("processes", sandbox.pid_namespace), ("files", None)):
+        if not config["sandbox"]:
+            walls[part] = "off (--no-sandbox)"
+            continue
+        try:
+            walls[part] = enter() if enter else _files(config)
+        except sandbox.Unavailable as why:
+            walls[part] = f"unavailable: {why}"
+    from int4_lora_harness.verify import wire
+    try:
+        from int4_lora_harness.verify.targets import UsageError, load_target, source_of
+        try:
+            function = load_target(config["target"], config["parameters"], config["contract"])
+        except UsageError as error:
+            return wire.send(sock, dict(status="usage", message=str(error)[:TEXT_CAP], sandbox=walls))
+    except BaseException as error:  # SystemExit or worse while importing: the candidate ended the run
+        return wire.send(sock, dict(raised(error, message=f"while importing {config['target']}: {error}"),
+                                    sandbox=walls))
+    wire.send(sock, dict(status="ready", source=source_of(function)[:1000], sandbox=walls))
+    serve(sock, function, config["device"])
+
+
+def _files(config):
+    """Landlock on files, after importing what the judge's own code needs (torch, numpy) from where it lies."""
+    import numpy  # noqa: F401  (imported before the walls: their files are read where they lie)
+    import torch  # noqa: F401
+
+    from int4_lora_harness.verify import sandbox
+    return sandbox.landlock(config["read"], config["write"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -132,7 +132,13 @@ def add_arguments(v):
     domain.add_argument("--max-loras", type=non_negative_int, default=8, help="most adapters in one call")
     domain.add_argument("--no-bias", action="store_true", help="never pass a bias")
     v.add_argument("--no-large-tier", action="store_true", help="skip the real layer shapes and probes (not a full verdict)")
-    v.add_argument("--timeout", type=positive_seconds, default=60.0, help="seconds a single call may take")
+    v.add_argument("--timeout", type=positive_seconds, default=60.0,
+                   help="seconds of no progress (the candidate's processes using no CPU) that end a call as hung")
+    v.add_argument("--max-slowdown", type=positive_seconds, default=1000.0,
+                   help="CPU seconds a call may take, as a multiple of a dense fp32 matmul of its work timed here "
+                        "(plus --timeout); past it the call is 'slow'")
+    v.add_argument("--no-sandbox", action="store_true",
+                   help="run the candidate without its PID namespace and Landlock walls (the verdict says unsandboxed)")
     v.add_argument("--in-process", action="store_true",
                    help="run the TARGET in this process (debugging: a crash or a swallowed timeout then ends the run)")
     v.add_argument("--isolate", action="store_true", help=argparse_suppress())

@@ -86,7 +86,7 @@ def attempt(executor, case, record, options):
         run = run_properties(executor, case, options["designs"], options["layout"], options["updates"])
     except CandidateFailure as failure:
         record.failure = dict(kind=failure.kind, message=failure.message, exception=failure.exception, case=case,
-                              outcomes=None)
+                              outcomes=None, where=failure.where)
         return record.failure
     record.last_run = run
     failed = [o for o in run.outcomes if o.passed is False]
@@ -213,7 +213,7 @@ def _failure(failure):
     outcomes = failure.get("outcomes") or []
     worst = next((o.worst for o in outcomes if o.worst and o.passed is False), None)
     return dict(kind=failure["kind"], message=failure["message"], exception=failure.get("exception"),
-                case=failure["case"].describe(), values=case_values(failure["case"]),
+                where=failure.get("where"), case=failure["case"].describe(), values=case_values(failure["case"]),
                 failed=[o.name for o in outcomes if o.passed is False] or [f"a call ({failure['kind']})"],
                 worst=worst, design_words=worst and words(worst.get("design", "")))
 
@@ -226,12 +226,14 @@ def batch_invariance(executor, domain=FULL, seed=0, m=33):
     case = make_linear_case(seed, 48, 256, m, domain.dtypes[0], rank=min(8, domain.max_rank),
                             num_loras=min(3, domain.max_loras), bias=domain.bias, group_size=64,
                             popularity=domain.popularities[0])
-    executor.start_case(case.torch_kwargs("cpu"))
+    from int4_lora_harness.verify.cases import TORCH_DTYPES
+    expect = (str(TORCH_DTYPES[case.x_dtype]).removeprefix("torch."), [m, case.weights.shape[0]])
+    executor.start_case(case.torch_kwargs("cpu"), expect)
     batch = executor.call()["out"].double()
     differ, worst = [], 0.0
     for row in (0, m // 2, m - 1):
         alone = replace(case, x=case.x[row:row + 1], lora_indices=case.lora_indices[row:row + 1])
-        executor.start_case(alone.torch_kwargs("cpu"))
+        executor.start_case(alone.torch_kwargs("cpu"), (expect[0], [1, expect[1][1]]))
         diff = float((executor.call()["out"].double()[0] - batch[row]).abs().max())
         worst = max(worst, diff)
         if diff:

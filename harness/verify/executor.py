@@ -1,38 +1,52 @@
-"""Where a candidate runs: a child process by default (spawned: CUDA-safe), or this process (--in-process).
+"""Where a candidate runs: its own walled-in process by default, or this process (--in-process, debugging).
 
-The judge never imports the TARGET: the child does, holds one case's inputs on the device, calls
-the candidate when asked, and sends back a digest of each result and, for the first call of a case, a plain
-CPU copy of it (the data of the torch.Tensor base, not a subclass's view of it), which inputs the call
-left different from what the judge sent, and its seconds (harness.verify.child).
+The judge never imports the TARGET. It starts `python -m int4_lora_harness.verify.child` in a new session
+(the child then walls itself in: harness.verify.sandbox), shares each case's inputs through a sealed memfd
+(harness.verify.region) and talks over a socket in harness.verify.wire's format: plain JSON and raw
+bytes, sized against the result the judge expects before anything is allocated. Every check is the judge's,
+on what it received or reads itself: the digest of each result, which inputs a call changed, whether an
+earlier result changed. The candidate's output is printed escaped, each line marked as the candidate's.
 Every way a candidate can end becomes a CandidateFailure with a kind:
   raised   an exception of any kind (SystemExit and KeyboardInterrupt included)
-  hung     no answer within the timeout (the child is killed), or a thread left running at exit
-  crashed  the process died (a signal, os._exit, a CUDA error that kills it)
-Tensors travel as raw NumPy buffers pickled over a pipe, never through shared memory (/dev/shm may be tiny).
+  hung     no progress: its processes stopped using CPU for --timeout seconds (harness.verify.limits)
+  slow     past its CPU budget (--timeout + --max-slowdown x a dense matmul of the case's work)
+  crashed  the process died (a signal, os._exit, a CUDA error that kills it), or broke the wire format
+How the process ends after the last call is not judged: close() kills it and everything it started, and
+says what kept it alive in `exit_note`.
 """
-import multiprocessing
+import hashlib
+import json
+import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 
-from int4_lora_harness.verify.child import Holder, dumps, lingering_threads, loads, serve
+import torch
 
-EXIT_GRACE_S = 5.0  # how long the child may take to exit after the last call
-IMPORT_TIMEOUT_S = 300.0  # importing a TARGET (torch, triton, a package's kernels) may take a while
+from int4_lora_harness.verify import limits, wire
+from int4_lora_harness.verify.output import CandidateOutput
+from int4_lora_harness.verify.region import Region
+
+IMPORT_STALL_S = 300.0  # importing a TARGET (torch, triton, a package's kernels) may wait on disk a while
+IMPORT_BUDGET_S = 1800.0  # CPU seconds an import may take
+EXIT_GRACE_S = 5.0  # after 'stop', how long the process may take to exit before it is killed (never a failure)
 
 
 class CandidateFailure(Exception):
-    """The candidate did not return: kind is 'raised', 'hung' or 'crashed'."""
+    """The candidate did not return: kind is 'raised', 'hung', 'slow' or 'crashed'."""
 
-    def __init__(self, kind, message, exception=None):
+    def __init__(self, kind, message, exception=None, where=None):
         super().__init__(f"{kind}: {message}")
-        self.kind, self.message, self.exception = kind, message, exception
+        self.kind, self.message, self.exception, self.where = kind, message, exception, where
 
 
 class TargetRefused(Exception):
     """The TARGET could not be loaded in the child with an ordinary error (a usage error: exit 2)."""
 
-
-# --- the judge's side ----------------------------------------------------------------------------
 
 def exit_words(exitcode):
     """'killed by SIGSEGV' or 'exited with status 3': how a process ended."""
@@ -41,148 +55,313 @@ def exit_words(exitcode):
             return f"killed by {signal.Signals(-exitcode).name}"
         except ValueError:
             return f"killed by signal {-exitcode}"
+    if exitcode is not None and exitcode > 128:  # the warden of a PID namespace ends as 128 + its PID 1's signal
+        try:
+            return f"killed by {signal.Signals(exitcode - 128).name}"
+        except ValueError:
+            pass
     return f"exited with status {exitcode}"
 
 
-class ChildExecutor:
-    """The candidate in a spawned child process; every call waits at most `timeout` seconds."""
+def result_digest(dtype, shape, array):
+    """SHA-256 of a result's dtype, shape and bytes, computed by the judge on what it received."""
+    h = hashlib.sha256(f"{dtype} {list(shape)}".encode())
+    h.update(memoryview(array.reshape(-1)).cast("B") if array.size else b"")
+    return h.hexdigest()
 
-    def __init__(self, target, parameters, contract, device, timeout):
-        self.target, self.timeout, self.device = target, timeout, device
-        self.transfer_s, self.transfer_bytes, self.calls = 0.0, 0, 0
-        start = time.perf_counter()
-        context = multiprocessing.get_context("spawn")
-        self.conn, child_end = context.Pipe()
-        self.process = context.Process(target=serve, args=(target, parameters, contract, device, child_end),
-                                       daemon=True, name="int4-harness-candidate")
-        self.process.start()
-        child_end.close()
-        ready = self._receive(max(timeout, IMPORT_TIMEOUT_S), "importing the TARGET")
-        if ready["status"] == "usage":
-            self.close()
-            raise TargetRefused(ready["message"])
-        if ready["status"] != "ready":
-            self.close()
-            raise CandidateFailure(ready["status"], f"{ready['type']}: {ready['message']}", ready["type"])
-        self.source, self.start_s = ready["source"], time.perf_counter() - start
 
-    def _receive(self, timeout, doing):
-        if not self.conn.poll(timeout):
-            alive = self.process.is_alive()
-            self._kill()
-            if alive:
-                raise CandidateFailure("hung", f"no answer within {timeout:g} s while {doing} (child process killed)")
-        try:
-            data = self.conn.recv_bytes()
-        except (EOFError, OSError):
-            self.process.join(EXIT_GRACE_S)
-            code = self.process.exitcode
-            self._kill()
-            raise CandidateFailure("crashed", f"the candidate's process {exit_words(code)} while {doing}") from None
-        return loads(data)
+def tensor_from_wire(dtype, array):
+    """A CPU tensor of dtype name `dtype` from its wire carrier array (bf16 travels as its 16 bits)."""
+    t = torch.from_numpy(array)
+    target = getattr(torch, dtype)
+    return t.view(target) if t.dtype != target else t
 
-    def _ask(self, verb, payload=None, doing="calling the candidate"):
-        if self.process is None:
-            raise CandidateFailure("crashed", "the candidate's process is gone (an earlier call ended it)")
-        start = time.perf_counter()
-        data = dumps((verb, payload))
-        try:
-            self.conn.send_bytes(data)
-        except (BrokenPipeError, OSError):
-            return self._receive(0, doing)  # the child is gone: say how
-        reply = self._receive(self.timeout, doing)
-        self.transfer_bytes += len(data)
-        self.transfer_s += time.perf_counter() - start - reply.get("seconds", 0.0)
-        return reply
 
-    def start_case(self, inputs):
-        self._ask("start_case", inputs, "receiving the inputs")
+def candidate_env(scratch):
+    """The candidate's environment: this one, with its temporary files, caches and bytecode kept to `scratch`
+    and caches of its own (the judge loads nothing the candidate could have written)."""
+    from int4_lora_harness.cbuild import cache_dir
+    cache = cache_dir() / "candidate"
+    env = dict(os.environ, TMPDIR=scratch, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1",
+               INT4_LORA_HARNESS_CACHE=str(cache))
+    env.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
+    return env, cache
+
+
+def readable_paths(target):
+    """What the candidate may read: the interpreter and its packages, system folders, the TARGET's folder."""
+    import importlib.machinery
+    import importlib.util
+    cwd = os.getcwd()
+    paths = ["/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/proc", "/sys", "/run",
+             sys.prefix, sys.base_prefix, sys.exec_prefix]
+    paths += [p for p in sys.path if p and os.path.abspath(p) != cwd]
+    for name in ("int4_lora_harness", "int4_lora_harness.verify", "int4_lora_harness.reference",
+                 "int4_lora_harness.kernels"):  # where each lies, links resolved (Landlock sees real paths)
+        spec = importlib.util.find_spec(name)
+        paths += [os.path.realpath(p) for p in spec.submodule_search_locations or []] if spec else []
+    module, _, _ = target.rpartition(":")
+    if module.endswith(".py"):
+        paths.append(os.path.dirname(os.path.abspath(module)))
+    else:
+        spec = importlib.machinery.PathFinder.find_spec(module.split(".")[0], [p or cwd for p in sys.path] + [cwd])
+        if spec is not None and spec.origin not in (None, "built-in", "frozen"):
+            locations = list(spec.submodule_search_locations or [])
+            paths.append(os.path.dirname(locations[0] if locations else spec.origin))
+    return [p for p in paths if os.path.exists(p)]
+
+
+def _no_arrays(metas):
+    if metas:
+        raise wire.WireError(f"sent {len(metas)} arrays with a message that holds none")
+
+
+class Judge:
+    """The verbs harness.verify.properties calls, the same wherever the candidate runs: `_ask(header, doing,
+    fds)` (a subclass's) carries a message to the candidate and returns its reply with the arrays it sent."""
+
+    device = "cpu"
+    region, expect, held, work, calls = None, None, (), 0.0, 0
+
+    def start_case(self, inputs, expect):
+        """Share `inputs` ({name: CPU tensor or plain value}); `expect` = (dtype name, shape) of the result."""
+        if self.region is not None:
+            self.region.close()
+        tensors = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        self.region, self.held = Region(tensors), []
+        self.expect = (str(expect[0]).removeprefix("torch."), [int(n) for n in expect[1]])
+        self.work = limits.work(self.expect[1], tensors)
+        plain = {k: _plain_value(v) for k, v in inputs.items() if k not in tensors}
+        self._ask(dict(verb="start_case", layout=self.region.layout, plain=plain), "receiving the inputs",
+                  [self.region.descriptor()])
 
     def call(self, send_out=True, updates=None):
         """The reply of one call on the held inputs, those named in `updates` ({name: tensor}) first updated in
-        place (in the same message): the result's values where send_out, its digest always."""
+        place: the result's values where send_out, its digest (the judge's) always, the inputs it modified."""
         self.calls += 1
-        doing = f"updating {', '.join(updates)} in place and calling the candidate" if updates else "calling the candidate"
-        return _checked(self._ask("call", (send_out, updates), doing))
+        for name, values in (updates or {}).items():
+            self.region.update(name, values)
+        doing = f"updating {', '.join(updates)} in place and calling the candidate" if updates else \
+            "calling the candidate"
+        reply = self._result(self._ask(dict(verb="call", expect=self.expect, updates=list(updates or ())), doing),
+                             send_out, self.region)
+        if reply.get("digest") is not None and len(self.held) < 2:
+            self.held.append(reply["digest"])
+        return reply
 
     def call_fresh(self, send_out=False):
-        """The reply of one call on new tensors holding the values last sent (start_case, call's updates)."""
+        """The reply of one call on new tensors (a new shared memory) holding the values last sent."""
         self.calls += 1
-        return _checked(self._ask("call_fresh", send_out))
+        fresh = Region(self.region.sent)
+        try:
+            reply = self._ask(dict(verb="call_fresh", expect=self.expect, layout=fresh.layout),
+                              "calling the candidate", [fresh.descriptor()])
+            return self._result(reply, send_out, fresh)
+        finally:
+            fresh.close()
 
     def results_changed(self):
-        return self._ask("results_changed", doing="re-reading earlier results")["changed"]
+        """Indices of this case's earlier results whose bytes, re-read now, differ from what the judge got."""
+        changed = []
+        for index, then in enumerate(self.held):
+            reply = self._ask(dict(verb="result", index=index), "re-reading earlier results")
+            now = reply["arrays"][0] if reply["arrays"] else None
+            if now is None or result_digest(self.expect[0], self.expect[1], now) != then:
+                changed.append(index)
+        return changed
 
-    def close(self):
-        """Stop the child; a CandidateFailure('hung') if it left threads running or would not exit."""
-        if self.process is None:
-            return
-        lingering = []
-        try:
-            self.conn.send_bytes(dumps(("stop", None)))
-            if self.conn.poll(EXIT_GRACE_S):
-                lingering = loads(self.conn.recv_bytes()).get("lingering", [])
-        except (EOFError, OSError):
-            pass
-        self.process.join(EXIT_GRACE_S)
-        exited = not self.process.is_alive()
-        self._kill()
-        if not exited:  # idle pool threads that shut down at exit are fine; a thread that never ends is not
-            threads = f" (threads still running: {', '.join(lingering)})" if lingering else ""
-            raise CandidateFailure("hung", f"the candidate's process did not exit within {EXIT_GRACE_S:g} s after "
-                                           f"its last call{threads}")
+    def _result(self, reply, send_out, region):
+        """The reply as properties read it: out (a CPU tensor where send_out), digest, modified (the judge's)."""
+        if reply.get("status") not in ("ok", "raised"):
+            self._kill()
+            raise CandidateFailure("crashed", f"the candidate's process answered {str(reply.get('status'))[:40]!r}")
+        if reply["status"] == "raised":
+            raise _failure(reply)
+        arrays, out = reply.pop("arrays"), None
+        shape = reply.get("shape")
+        shape = [int(n) for n in shape] if isinstance(shape, list) and all(type(n) is int for n in shape) else None
+        clean = dict(status="ok", type=_text(reply.get("type")), seconds=reply["seconds"], shape=shape,
+                     dtype=_text(reply.get("dtype")) if shape is not None else None,
+                     device=_text(reply.get("device")), subclass=reply.get("subclass") and _text(reply["subclass"]),
+                     digest=None, out=None, modified=region.modified())
+        clean["device_ok"] = clean["device"].split(":")[0] == torch.device(self.device).type
+        if arrays:
+            clean["digest"] = result_digest(self.expect[0], self.expect[1], arrays[0])
+            out = tensor_from_wire(self.expect[0], arrays[0]) if send_out else None
+        clean.update(out=out, tensor=shape is not None)
+        return clean
+
+    def _accept(self, metas):
+        """Only the expected result may come with bytes: one array of the expected dtype and shape."""
+        if metas and (len(metas) > 1 or [metas[0]["dtype"], metas[0]["shape"]] != list(self.expect)):
+            raise wire.WireError(f"sent {len(metas)} arrays ({metas[0]['dtype']} {metas[0]['shape'][:8]}) where at "
+                                 f"most one {self.expect[0]} {self.expect[1]} was expected")
 
     def _kill(self):
-        if self.process is not None:
-            if self.process.is_alive():
-                self.process.kill()
-            self.process.join()
-            self.conn.close()
-        self.process = None
+        return None
 
 
-class InProcessExecutor:
-    """The candidate in this process (--in-process, for debugging): no protection against crashes, and a
-    timeout (SIGALRM, main thread only) that a candidate catching exceptions can swallow."""
+class ChildExecutor(Judge):
+    """The candidate in its own process; each wait ends by the limits of harness.verify.limits."""
 
-    def __init__(self, function, device, timeout, source="?"):
-        self.holder, self.timeout, self.device, self.source = Holder(function, device), timeout, device, source
-        self.transfer_s, self.transfer_bytes, self.calls, self.start_s = 0.0, 0, 0, 0.0
+    def __init__(self, target, parameters, contract, device, timeout, max_slowdown=limits.MAX_SLOWDOWN,
+                 sandbox=True):
+        self.target, self.timeout, self.device, self.max_slowdown = target, timeout, device, max_slowdown
+        self.transfer_s, self.transfer_bytes, self.calls, self.exit_note = 0.0, 0, 0, None
+        start = time.perf_counter()
+        self.scratch = tempfile.mkdtemp(prefix="int4-candidate-")
+        env, cache = candidate_env(self.scratch)
+        cache.mkdir(parents=True, exist_ok=True)
+        self.sock, theirs = socket.socketpair()
+        config = dict(target=target, parameters=list(parameters), contract=contract, device=device,
+                      judge_pid=os.getpid(), sys_path=sys.path, sandbox=sandbox, read=readable_paths(target),
+                      write=[self.scratch, str(cache), env["TRITON_CACHE_DIR"], os.path.expanduser("~/.nv")])
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "int4_lora_harness.verify.child", str(theirs.fileno()), json.dumps(config)],
+            pass_fds=[theirs.fileno()], start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env=env)
+        theirs.close()
+        self.sock.settimeout(limits.POLL_S)
+        self.output = CandidateOutput(self.process.stdout)
+        ready = self._receive(limits.Watch(self.process.pid, max(timeout, IMPORT_STALL_S), IMPORT_BUDGET_S,
+                                           "importing the TARGET"))
+        self.sandbox = _walls(ready.get("sandbox"))
+        if ready.get("status") == "usage":
+            self.close()
+            raise TargetRefused(_text(ready.get("message")))
+        if ready.get("status") != "ready":
+            self.close()
+            raise _failure(ready)
+        self.source, self.start_s = _text(ready.get("source")), time.perf_counter() - start
 
-    def _timed(self, method, *args):
-        def on_alarm(signum, frame):
-            raise TimeoutError(f"call did not return within {self.timeout:g} s")
-        previous = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, self.timeout)
+    # --- waiting, sending, receiving --------------------------------------------------------------
+
+    def _receive(self, watch, accept=_no_arrays):
+        """One message (header, arrays); CandidateFailure for a limit passed, a death or a broken message."""
         try:
-            return method(*args)
+            header, arrays, _ = wire.receive(self.sock, accept, watch)
+            self.transfer_bytes += sum(a.nbytes for a in arrays)
+            return dict(header, arrays=arrays)
+        except limits.LimitPassed as limit:
+            self._kill()
+            raise CandidateFailure(limit.kind, limit.message) from None
+        except wire.WireError as error:
+            self._kill()
+            raise CandidateFailure("crashed", f"the candidate's process broke the wire format while "
+                                              f"{watch.doing}: {error}") from None
+        except (EOFError, OSError):
+            code = self._kill()
+            raise CandidateFailure("crashed", f"the candidate's process {exit_words(code)} while {watch.doing}") \
+                from None
+
+    def _ask(self, header, doing, fds=()):
+        if self.process is None:
+            raise CandidateFailure("crashed", "the candidate's process is gone (an earlier call ended it)")
+        start = time.perf_counter()
+        try:
+            wire.send(self.sock, header, fds=fds)
+        except OSError:
+            pass  # the child is gone: the receive says how
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-
-    def start_case(self, inputs):
-        self.holder.start_case(inputs)
-
-    def call(self, send_out=True, updates=None):
-        self.calls += 1
-        return _checked(self._timed(self.holder.call, send_out, updates))
-
-    def call_fresh(self, send_out=False):
-        self.calls += 1
-        return _checked(self._timed(self.holder.call_fresh, send_out))
-
-    def results_changed(self):
-        return self.holder.results_changed()["changed"]
+            for fd in fds:
+                os.close(fd)
+        budget = self.timeout + self.max_slowdown * self.work / limits.dense_rate() if doing.endswith("candidate") \
+            else self.timeout
+        reply = self._receive(limits.Watch(self.process.pid, self.timeout, budget, doing), self._accept)
+        elapsed = time.perf_counter() - start
+        seconds = reply.get("seconds")
+        reply["seconds"] = min(max(float(seconds), 0.0), elapsed) if isinstance(seconds, (int, float)) else elapsed
+        self.transfer_s += elapsed - reply["seconds"]
+        return reply
 
     def close(self):
-        lingering = lingering_threads()
-        if lingering:
-            raise CandidateFailure("hung", f"threads still running after the last call: {', '.join(lingering)}")
+        """Stop the child and everything it started; `exit_note` says what kept it alive, if anything did."""
+        if self.process is None:
+            return
+        lingering = None
+        try:
+            wire.send(self.sock, dict(verb="stop"))
+            reply = wire.receive(self.sock, _no_arrays, _Deadline(EXIT_GRACE_S))[0]
+            lingering = [_text(t) for t in reply.get("lingering", [])][:20] if isinstance(reply.get("lingering"), list) \
+                else None
+        except (OSError, EOFError, wire.WireError, TimeoutError):
+            pass
+        try:
+            self.process.wait(EXIT_GRACE_S)
+            alive = [p for p in limits.tree(self.process.pid)]
+        except subprocess.TimeoutExpired:
+            alive = list(limits.tree(self.process.pid))
+        if alive:
+            threads = f" (threads still running: {', '.join(lingering)})" if lingering else ""
+            self.exit_note = (f"the candidate's process did not exit within {EXIT_GRACE_S:g} s of its last call{threads}: "
+                              "killed with everything it started (not judged)")
+        self._kill()
+
+    def _kill(self):
+        """SIGKILL the candidate's process and every process under it; its exit code (None if unknown)."""
+        if self.process is None:
+            return None
+        for _ in range(50):
+            members = limits.tree(self.process.pid)
+            for pid in members:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            if not members or self.process.poll() is not None and len(members) <= 1:
+                break
+            time.sleep(0.02)
+        code = self.process.wait()
+        self.output.close()
+        self.sock.close()
+        if self.region is not None:
+            self.region.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.process, self.region = None, None
+        return code
+
+    def output_tail(self):
+        return self.output.tail()
 
 
-def _checked(reply):
-    """A returned call's reply, or CandidateFailure for a call that raised (a timeout in-process is 'hung')."""
-    if reply["status"] == "raised":
-        kind = "hung" if reply["type"] == "TimeoutError" and "did not return within" in reply["message"] else "raised"
-        raise CandidateFailure(kind, f"{reply['type']}: {reply['message']}", reply["type"])
-    return reply
+class _Deadline:
+    """An idle callback that gives up after `seconds` of wall time (only for the child's exit, never judged)."""
+
+    def __init__(self, seconds):
+        self.end = time.monotonic() + seconds
+
+    def __call__(self):
+        if time.monotonic() > self.end:
+            raise TimeoutError
+
+
+def _text(value, cap=2000):
+    """A string the candidate's process sent, as a string of at most `cap` characters."""
+    return (value if isinstance(value, str) else repr(value))[:cap]
+
+
+def _walls(walls):
+    """The sandbox the child reported: {'processes': words, 'files': words, 'sandboxed': bool}."""
+    walls = walls if isinstance(walls, dict) else {}
+    words = {part: _text(walls.get(part, "unknown"), 300) for part in ("processes", "files")}
+    return dict(words, sandboxed=not any(w.startswith(("unavailable", "off", "unknown")) for w in words.values()))
+
+
+def _failure(reply):
+    """CandidateFailure('raised') of a 'raised' reply (its strings capped; the candidate wrote them)."""
+    kind = "raised" if reply.get("status") == "raised" else "crashed"
+    return CandidateFailure(kind, f"{_text(reply.get('type'), 200)}: {_text(reply.get('message'))}",
+                            _text(reply.get("type"), 200), _text(reply.get("where", ""), 1000))
+
+
+def _plain_value(value):
+    """A non-tensor argument in its JSON form (a torch dtype as {"torch_dtype": name})."""
+    if isinstance(value, torch.dtype):
+        return {"torch_dtype": str(value).removeprefix("torch.")}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"an input of type {type(value).__name__} cannot be sent to the candidate's process")

@@ -37,6 +37,7 @@ def options_from(args):
                 examples=args.examples or PROFILE_EXAMPLES[args.profile], seed=(args.seeds or (args.seed,))[0],
                 seeds=list(args.seeds or (args.seed,)), domain=domain,
                 designs=args.designs, layout=args.layout, timeout=args.timeout, in_process=args.in_process,
+                max_slowdown=args.max_slowdown, sandbox=not args.no_sandbox,
                 jobs=args.jobs, progress=not args.quiet, checkpoint={},
                 gpus=list(range(torch.cuda.device_count())) if args.device == "cuda" else [])
 

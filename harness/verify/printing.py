@@ -37,10 +37,19 @@ def print_verdict(result):
         say(f"    rank {rank['rank']}: {'PASS' if rank['passed'] else 'FAIL'}  {rank['message']}")
     if result.get("large_tier_skipped"):
         say(f"    note  large tier and probes skipped ({result['large_tier_skipped']}): not a full verdict")
+    walls = result.get("sandbox")
+    if walls and not walls.get("sandboxed"):
+        say(f"    note  unsandboxed: processes {walls.get('processes')}; files {walls.get('files')}")
+    if result.get("exit_note"):
+        say(f"    note  {result['exit_note']}")
     failure = result["failure"]
     if failure:
         if failure["kind"] != "wrong":
             say(f"    the candidate {failure['kind']}: {failure['message']}")
+        if failure.get("where"):
+            say(f"    raised at {failure['where']}")
+        for line in failure.get("output_tail") or []:
+            say(f"    candidate| {line}")
         if failure.get("case") is not None:
             say(f"    minimal case: {json.dumps(failure['case'])}")
         small = {k: v for k, v in (failure.get("values") or {}).items() if isinstance(v, list)}

@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from int4_lora_harness.verify import child
 from int4_lora_harness.verify.cases import TORCH_DTYPES, DequantCase
 from int4_lora_harness.verify.designs import DESIGNS
 from int4_lora_harness.verify.probes import probe_judgement
+from int4_lora_harness.verify.region import tensor_bytes
 from int4_lora_harness.verify.dequantizer import dequant_judgement
 from int4_lora_harness.verify.tolerance import linear_judgement
 
@@ -60,12 +60,14 @@ class CaseRun:
 
 
 def same_bits(a, b):
-    """Bitwise equal tensors on any devices (NaN == NaN, -0 != +0): harness.verify.child.same_bits on the CPU."""
-    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and child.same_bits(a.cpu(), b.cpu())
+    """Bitwise equal tensors on any devices: same dtype and shape, same bytes (NaN == NaN, -0 != +0)."""
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and \
+        a.shape == b.shape and np.array_equal(tensor_bytes(a.cpu()), tensor_bytes(b.cpu()))
 
 
 def same_result(reply, other):
-    """Two calls' replies hold bitwise equal tensor results (their digests, harness.verify.child.digest)."""
+    """Two calls' replies hold bitwise equal tensor results (their digests, computed by the judge on the bytes it
+    received: harness.verify.executor.result_digest)."""
     return reply.get("digest") is not None and reply.get("digest") == other.get("digest")
 
 
@@ -120,12 +122,12 @@ def updated_case(case):
 
 def _shape_outcome(reply, shape, dtype):
     name = PROPERTIES[0]
-    if reply.get("out") is None:
+    if not reply.get("tensor"):
         return Outcome(name, False, f"returned {reply['type']}, expected a torch.Tensor")
     problems = []
     if tuple(reply["shape"]) != tuple(shape):
         problems.append(f"shape {reply['shape']} != {list(shape)}")
-    if reply["dtype"] != str(dtype):
+    if reply["dtype"] != str(dtype).removeprefix("torch."):
         problems.append(f"dtype {reply['dtype']} != {dtype}")
     if not reply["device_ok"]:
         problems.append(f"device {reply['device']} is not the inputs' device")
@@ -172,7 +174,7 @@ def run_properties(executor, case, designs=tuple(DESIGNS), layout="canonical", u
     dequant = isinstance(case, DequantCase)
     shape = case.weights.shape if dequant else (case.x.shape[0], case.weights.shape[0])
     dtype = TORCH_DTYPES[case.output_dtype if dequant else case.x_dtype]
-    executor.start_case(inputs)
+    executor.start_case(inputs, (str(dtype).removeprefix("torch."), shape))
     first = executor.call()
     candidate += first["seconds"]
     outcome = _shape_outcome(first, shape, dtype)
@@ -259,7 +261,7 @@ def assert_holds(outcomes):
 
 def properties_in_process(candidate, case, device="cpu", designs=tuple(DESIGNS), layout="canonical", updates=EACH):
     """Outcomes of `candidate` (a callable) on `case`, run in this process: for tests and a user's own @given."""
-    from int4_lora_harness.verify.executor import InProcessExecutor
+    from int4_lora_harness.verify.in_process import InProcessExecutor
     return run_properties(InProcessExecutor(candidate, device, timeout=600.0), case, designs, layout, updates).outcomes
 
 

@@ -47,7 +47,8 @@ def write_repro(folder, target, contract, case, options):
 
 def replay(path, argv):
     """Replay a saved case; 1 while any property fails or the candidate does not return, else 0."""
-    from int4_lora_harness.verify.executor import CandidateFailure, ChildExecutor, InProcessExecutor
+    from int4_lora_harness.verify.executor import CandidateFailure, ChildExecutor
+    from int4_lora_harness.verify.in_process import InProcessExecutor
     from int4_lora_harness.verify.properties import run_properties
     from int4_lora_harness.verify.targets import load_target, parameters
     saved = pickle.loads(Path(path).read_bytes())

@@ -7,12 +7,16 @@ a thread running), the run ends with a verdict file and exit status 1, never wit
 import concurrent.futures
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
 from int4_lora_harness.progress import bar, say
 from int4_lora_harness.verify import plan, record
-from int4_lora_harness.verify.executor import CandidateFailure, ChildExecutor, InProcessExecutor, TargetRefused
+from int4_lora_harness.verify.executor import CandidateFailure, ChildExecutor, TargetRefused
+from int4_lora_harness.verify.in_process import InProcessExecutor
+from int4_lora_harness.verify.limits import MAX_SLOWDOWN
 from int4_lora_harness.verify.printing import print_summary, print_verdict
 from int4_lora_harness.verify.properties import fitted
 from int4_lora_harness.verify.targets import parameters, repro_target
@@ -35,7 +39,8 @@ def open_executor(candidate, options):
         from int4_lora_harness.verify.targets import load_target, source_of
         function = load_target(candidate.target, names, candidate.contract)
         return InProcessExecutor(function, options["device"], options["timeout"], source_of(function))
-    return ChildExecutor(candidate.target, names, candidate.contract, options["device"], options["timeout"])
+    return ChildExecutor(candidate.target, names, candidate.contract, options["device"], options["timeout"],
+                         options.get("max_slowdown", MAX_SLOWDOWN), options.get("sandbox", True))
 
 
 def explicit_cases(candidate, options):
@@ -54,7 +59,6 @@ def explicit_cases(candidate, options):
 
 def verify_one(candidate, options, progress_enabled=True):
     """The result dict for one candidate and contract (harness.verify.record documents it)."""
-    from int4_lora_harness.verify.engine import batch_invariance, verify_candidate
     base = dict(candidate=candidate.label, target=candidate.target, kind=candidate.kind, contract=candidate.contract,
                 device=options["device"], layout=options["layout"], seed=candidate.seed,
                 domain=options["domain"].describe() or ["full"], accepted_designs=list(options["designs"]),
@@ -63,6 +67,19 @@ def verify_one(candidate, options, progress_enabled=True):
         executor = open_executor(candidate, options)
     except CandidateFailure as failure:  # it ended the process while being imported
         return dict(base, **ended_at_import(failure))
+    try:
+        result, failure = judge_with(executor, candidate, options, progress_enabled)
+    finally:  # an interrupt included: the candidate's processes never outlive the judgement
+        executor.close()
+    result = dict(base, source=executor.source, sandbox=executor.sandbox, exit_note=executor.exit_note, **result)
+    if failure is not None and failure.get("case") is not None:
+        result["repro"] = write_repro(candidate, failure, options)
+    return result
+
+
+def judge_with(executor, candidate, options, progress_enabled):
+    """(result dict, failure | None) of the candidate behind `executor` (harness.verify.engine)."""
+    from int4_lora_harness.verify.engine import batch_invariance, verify_candidate
     begun = time.perf_counter()
     explicit = explicit_cases(candidate, options)
     cases_s = time.perf_counter() - begun
@@ -73,27 +90,20 @@ def verify_one(candidate, options, progress_enabled=True):
                        label=f"{candidate.label} [{candidate.contract}]")
     result, failure = verify_candidate(candidate.contract, executor, explicit, run_options, progress)
     progress.close()
-    result = dict(base, source=executor.source, **result)
     if result["passed"] and candidate.contract == "linear" and options["layout"] == "canonical":
         try:
             result["batch_invariance"] = batch_invariance(executor, options["domain"], candidate.seed)
         except CandidateFailure as error:  # informational only: reported, never failed on
             result["batch_invariance"] = dict(invariant=None, error=f"the candidate {error.kind}: {error.message}")
-    try:
-        executor.close()
-    except CandidateFailure as lingering:
-        if result["passed"]:
-            result.update(passed=False, failure=dict(kind=lingering.kind, message=lingering.message, case=None,
-                                                     values=None, failed=["exits cleanly"], worst=None))
-    if failure is not None and failure.get("case") is not None:
-        result["repro"] = write_repro(candidate, failure, options)
-    return result
+    if failure is not None and failure["kind"] in ("raised", "crashed", "hung", "slow"):
+        result["failure"]["output_tail"] = getattr(executor, "output_tail", list)()
+    return result, failure
 
 
 def ended_at_import(failure):
     return dict(passed=False, fuzzed_cases=0, properties=[], explicit=[], designs={}, samples=[], seconds=0.0,
                 failure=dict(kind=failure.kind, message=failure.message, exception=failure.exception, case=None,
-                             values=None, failed=["imports"], worst=None))
+                             where=failure.where, values=None, failed=["imports"], worst=None))
 
 
 def write_repro(candidate, failure, options):
@@ -113,22 +123,48 @@ def _job(candidate, options):
     return verify_one(candidate, options, progress_enabled=False)
 
 
+def interrupt_on_sigterm():
+    """SIGTERM raises KeyboardInterrupt here, as SIGINT does: the same clean-up (candidates killed, verdict
+    'interrupted') whichever signal ends the run."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, handler)
+
+
 def judge_all(candidates, options):
     """Results in the candidates' order, run `options['jobs']` at a time (concurrent.futures, spawn)."""
     if options["jobs"] <= 1 or len(candidates) <= 1:
-        results = []
         for candidate in candidates:
-            results.append(verify_one(candidate, options))
-            print_verdict(results[-1])
-            yield results[-1]
+            result = verify_one(candidate, options)
+            print_verdict(result)
+            yield result
         return
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(options["jobs"], mp_context=context) as pool:
+    pool = concurrent.futures.ProcessPoolExecutor(options["jobs"], mp_context=context, initializer=interrupt_on_sigterm)
+    try:
         futures = [pool.submit(_job, c, options) for c in candidates]
         for future in futures:
             result = future.result()
             print_verdict(result)
             yield result
+    except BaseException:  # an interrupt: the workers close their candidates (SIGTERM), then go
+        stop_workers(pool)
+        raise
+    pool.shutdown()
+
+
+def stop_workers(pool):
+    """SIGTERM every worker of `pool` (each then kills its candidate's processes), SIGKILL any left after 5 s."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+    deadline = time.monotonic() + 5.0
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            worker.kill()
 
 
 def judge_run(candidates, skipped, options, argv):
@@ -139,6 +175,9 @@ def judge_run(candidates, skipped, options, argv):
                             layout=options["layout"], domain=options["domain"].describe() or ["full"],
                             skipped=[dict(candidate=n, reason=r) for n, r in skipped])
     path = record.write(options["report"], verdict)
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        interrupt_on_sigterm()
     try:
         for result in judge_all(candidates, options):
             verdict["results"].append(result)
@@ -146,7 +185,10 @@ def judge_run(candidates, skipped, options, argv):
     except KeyboardInterrupt:
         record.write(options["report"], record.finish(verdict, "interrupted", 1))
         say(f"interrupted: the verdict so far is in {path}")
-        return 1
+        raise  # the caller stops too (a pytest session under the plugin); the console script exits 1
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
     status = 0 if verdict["results"] and all(r["passed"] for r in verdict["results"]) else 1
     record.write(options["report"], record.finish(verdict, "complete", status))
     print_summary(verdict["results"], skipped, path)

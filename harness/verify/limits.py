@@ -1,0 +1,112 @@
+"""Time limits that measure the candidate, not the machine: its CPU time, never the wall clock alone.
+
+A wait for the candidate's process ends in one of two ways besides an answer:
+  hung  its process tree made no progress: over a window of `stall_s` seconds (--timeout) it used less
+        than PROGRESS_SHARE of one core. A busy machine slows a process, it does not stop it: at load 30
+        on 2 cores a CPU-bound process still gets about 7 % of a core.
+  slow  it used more CPU seconds than the case's budget: stall_s + max_slowdown x what a dense fp32
+        matmul of the case's work costs on this machine, calibrated once per judge process on NumPy (in
+        CPU seconds too, so the calibration does not depend on the load either).
+The process tree is the candidate's process and every process under it, read from /proc (CPU time of
+children that ended and were waited for included).
+"""
+import os
+import time
+from pathlib import Path
+
+POLL_S = 0.25  # how often a waiting judge looks at the candidate's CPU time
+PROGRESS_SHARE = 0.01  # less than 1 % of a core over a whole window is no progress
+MAX_SLOWDOWN = 1000.0  # default: a call may take 1000x a dense fp32 matmul of its work, in CPU seconds
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_rate = None  # flops per CPU second of a dense fp32 matmul here, measured on first use
+
+
+class LimitPassed(Exception):
+    """The candidate passed a limit: kind 'hung' or 'slow', and a message with the numbers and the flag."""
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+
+def _stat(pid):
+    """(ppid, own CPU seconds, waited-for children's CPU seconds) of a process, or None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()  # the name in parentheses may hold spaces
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS, \
+        (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+
+
+def tree(root):
+    """{pid: (ppid, own CPU s, children's CPU s)} of `root` and every live process under it."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (s := _stat(int(entry))) is not None:
+            stats[int(entry)] = s
+    members, frontier = {}, [root]
+    while frontier:
+        pid = frontier.pop()
+        if pid in stats and pid not in members:
+            members[pid] = stats[pid]
+            frontier += [p for p, s in stats.items() if s[0] == pid]
+    return members
+
+
+def cpu_seconds(root):
+    """CPU seconds used so far by `root`'s process tree (0.0 once it is gone)."""
+    members = tree(root)
+    return sum(own for _, own, _ in members.values()) + (members[root][2] if root in members else 0.0)
+
+
+def dense_rate():
+    """Flops per CPU second of a 256 x 512 x 512 fp32 matmul in NumPy here (measured once, in CPU time)."""
+    global _rate
+    if _rate is None:
+        import numpy as np
+        a, b = np.ones((256, 512), np.float32), np.ones((512, 512), np.float32)
+        runs, start = 0, time.process_time()
+        while (spent := time.process_time() - start) < 0.05 or runs < 3:
+            a @ b
+            runs += 1
+        _rate = 2 * 256 * 512 * 512 * runs / max(spent, 1e-6)
+    return _rate
+
+
+def work(expect_shape, inputs):
+    """Flops a dense kernel spends on one call: 2 M N K for a linear (result [M, N], x [M, K]); for a
+    dequantizer (result [N, K]) as for a 16-row matmul of those weights."""
+    if "x" in inputs and len(expect_shape) == 2:
+        return 2.0 * expect_shape[0] * expect_shape[1] * inputs["x"].shape[-1]
+    count = 1
+    for n in expect_shape:
+        count *= n
+    return 2.0 * 16 * count
+
+
+class Watch:
+    """One wait for the candidate: called whenever POLL_S passes with no answer, it raises LimitPassed. It reads
+    /proc only from its first call on (a quick answer costs no scan): the first POLL_S is not counted."""
+
+    def __init__(self, pid, stall_s, budget_s, doing):
+        self.pid, self.stall_s, self.budget_s, self.doing = pid, stall_s, budget_s, doing
+        self.start_cpu = None
+
+    def __call__(self):
+        now, used = time.monotonic(), cpu_seconds(self.pid)
+        if self.start_cpu is None:
+            self.start_cpu = self.window_cpu = used
+            self.window_start = now
+        if used - self.start_cpu > self.budget_s:
+            raise LimitPassed("slow", f"the call used {used - self.start_cpu:.1f} CPU s while {self.doing}, more "
+                                      f"than its budget of {self.budget_s:.1f} CPU s (--timeout plus --max-slowdown "
+                                      "times a dense fp32 matmul of the same work here): raise --max-slowdown if the "
+                                      "kernel is meant to be this slow")
+        if now - self.window_start >= self.stall_s:
+            if used - self.window_cpu < PROGRESS_SHARE * (now - self.window_start):
+                raise LimitPassed("hung", f"no progress for {now - self.window_start:.0f} s while {self.doing}: the "
+                                          f"candidate's processes used {used - self.window_cpu:.2f} CPU s in that time "
+                                          f"(--timeout {self.stall_s:g} s of no progress ends a call)")
+            self.window_cpu, self.window_start = used, now

@@ -1,0 +1,76 @@
+"""A case's input tensors in one sealed memfd: what the judge shares with the candidate's process.
+
+The judge writes the tensors' bytes into a memory file, seals its size (the candidate cannot shrink it
+under the judge's mapping), and sends a duplicate of its descriptor with the layout [(name, dtype name,
+shape, offset)]. The candidate's CPU tensors are views of that memory (harness.verify.child.Region), so the
+judge sees whatever a call wrote into its inputs by reading its own mapping and comparing it, byte for
+byte, with the tensors it sent (`modified`): no check of the candidate's process is trusted for it.
+"""
+import fcntl
+import mmap
+import os
+
+import numpy as np
+import torch
+
+ALIGN = 64  # each tensor starts on a cache line (and a SIMD kernel's alignment)
+
+
+def dtype_name(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
+def tensor_bytes(t):
+    """A CPU tensor's bytes as a flat NumPy uint8 array (a view where it is contiguous)."""
+    flat = t.detach().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy()
+
+
+class Region:
+    """`tensors` ({name: CPU tensor}) in a sealed memfd; `sent` keeps the tensors themselves (the judge's)."""
+
+    def __init__(self, tensors):
+        self.sent, self.layout, offset = dict(tensors), [], 0
+        for name, t in tensors.items():
+            self.layout.append((name, dtype_name(t.dtype), [int(n) for n in t.shape], offset))
+            offset += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
+        self.size = max(offset, ALIGN)
+        self.fd = os.memfd_create("int4-harness-case", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.ftruncate(self.fd, self.size)
+        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+        self.map = mmap.mmap(self.fd, self.size)
+        self.bytes = np.frombuffer(self.map, dtype=np.uint8)
+        for name, *_ in self.layout:
+            self._write(name, self.sent[name])
+
+    def _span(self, name):
+        _, dtype, shape, offset = next(entry for entry in self.layout if entry[0] == name)
+        t = self.sent[name]
+        return self.bytes[offset:offset + t.numel() * t.element_size()]
+
+    def _write(self, name, t):
+        self._span(name)[:] = tensor_bytes(t)
+
+    def update(self, name, t):
+        """New values for input `name` (same dtype and shape), in the shared memory and in `sent`."""
+        old = self.sent[name]
+        if t.dtype != old.dtype or t.shape != old.shape:
+            raise ValueError(f"update of {name}: {t.dtype} {list(t.shape)} is not {old.dtype} {list(old.shape)}")
+        self.sent[name] = t
+        self._write(name, t)
+
+    def modified(self):
+        """Names of the inputs whose shared bytes differ from what the judge sent (NaN == NaN, -0 != +0)."""
+        return [name for name, *_ in self.layout if not np.array_equal(self._span(name), tensor_bytes(self.sent[name]))]
+
+    def descriptor(self):
+        """A new descriptor of the memory file, for sending (the receiver closes it)."""
+        return os.dup(self.fd)
+
+    def close(self):
+        del self.bytes
+        try:
+            self.map.close()
+        except BufferError:  # a view still exported (an in-process candidate kept its input): the GC frees it
+            pass
+        os.close(self.fd)
