@@ -1,0 +1,142 @@
+"""A candidate cannot forge its verdict: each attack of tests/planted/forgers.py ends as exit 1 with a complete
+verdict file that says what happened, nothing forged reaches the report folder, and no process of the candidate
+outlives the run (docs/threat-model.md). The judge never imports the attackers: only their own process does."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from int4_lora_harness.__main__ import main
+from int4_lora_harness.verify import sandbox
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--no-large-tier", "--examples", "5", "--quiet"]
+
+
+def walls_here():
+    """Why the sandbox cannot be had on this machine, or None (then these tests demand it)."""
+    probe = subprocess.run([sys.executable, "-c", "from int4_lora_harness.verify import sandbox; "
+                            "print(sandbox.landlock(['/usr'], []))"], capture_output=True, text=True, timeout=120)
+    return None if probe.returncode == 0 else probe.stderr.strip().splitlines()[-1]
+
+
+def verify(report, *args, env=None):
+    """(exit status, stdout) of `int4-verify --dequantizer ...` run in this process."""
+    if env:
+        os.environ.update(env)
+    try:
+        return main(["verify", "--report", str(report), "--dequantizer", *args, *FAST])
+    finally:
+        for k in env or {}:
+            os.environ.pop(k, None)
+
+
+def verdict(report):
+    return json.loads((report / "verify.json").read_text())
+
+
+def candidate_processes(marker):
+    """PIDs of live processes whose command line holds `marker`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.append(int(entry))
+        except OSError:
+            pass
+    return [p for p in found if p != os.getpid()]
+
+
+def candidates_of(target):
+    """PIDs of the candidate processes (int4_lora_harness.verify.child) judging a TARGET that holds `target`."""
+    return [p for p in candidate_processes("int4_lora_harness.verify.child")
+            if target in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
+
+
+def test_a_shape_that_would_run_code_when_unpickled_reaches_the_judge_as_plain_ints(tmp_path, capsys):
+    code = verify(tmp_path, "planted.forgers:shape_runs_code")
+    assert code == 1
+    result = verdict(tmp_path)["results"][0]
+    assert result["failure"]["kind"] == "wrong" and "within tolerance" in result["failure"]["failed"]
+    assert "planted.forgers" not in sys.modules  # the judge never imported the attacker
+
+
+def test_a_candidate_that_patches_the_childs_bookkeeping_still_fails_on_what_the_judge_computes(tmp_path, capsys):
+    code = verify(tmp_path, "planted.forgers:patches_the_child")
+    assert code == 1
+    failed = verdict(tmp_path)["results"][0]["failure"]["failed"]
+    assert "inputs unchanged" in failed, failed  # its scribble, seen in the shared memory by the judge
+
+
+def test_a_candidate_cannot_write_or_delete_verdicts_in_the_report_folder(tmp_path, capsys):
+    if (why := walls_here()) is not None:
+        pytest.skip(f"no Landlock here: {why}")
+    earlier = tmp_path / "verify" / "earlier.json"
+    earlier.parent.mkdir()
+    earlier.write_text("{}")
+    code = verify(tmp_path, "planted.forgers:writes_a_verdict", env={"HOSTILE_REPORT": str(tmp_path)})
+    assert code == 1
+    written = verdict(tmp_path)
+    assert written["status"] == "complete" and written["exit_status"] == 1 and "2099" not in json.dumps(written)
+    assert earlier.exists() and not (tmp_path / "verify" / "2099-forged.json").exists()
+    assert written["results"][0]["sandbox"]["sandboxed"] is True
+
+
+def test_a_detached_process_that_would_rewrite_the_verdict_dies_with_the_run(tmp_path, capsys):
+    if (why := walls_here()) is not None:
+        pytest.skip(f"no sandbox here: {why}")
+    code = verify(tmp_path, "planted.forgers:detaches_a_rewriter", env={"HOSTILE_REPORT": str(tmp_path)})
+    assert code == 1
+    assert candidate_processes("int4-hostile-rewriter") == []
+    time.sleep(4)  # past the moment it would have rewritten the verdict
+    assert verdict(tmp_path)["exit_status"] == 1
+
+
+def test_a_grandchild_holding_the_output_pipe_does_not_hold_the_run(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "int4_lora_harness", "verify", "--report", str(tmp_path),
+                          "--dequantizer", "planted.forgers:holds_the_pipe", *FAST],
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "tests")}, capture_output=True, text=True,
+                         timeout=80)  # the grandchild sleeps 90 s: a run it held would not end within this
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert candidate_processes("int4-hostile-holder") == []
+
+
+@pytest.mark.parametrize("signum, jobs", [(signal.SIGTERM, "1"), (signal.SIGINT, "2")])
+def test_a_signal_to_the_verifier_ends_the_run_as_interrupted_and_leaves_no_candidate(tmp_path, signum, jobs):
+    log = tmp_path / "out.log"
+    with open(log, "w") as out:
+        run = subprocess.Popen([sys.executable, "-m", "int4_lora_harness", "verify", "--report", str(tmp_path),
+                                "--dequantizer", "planted.forgers:ignores_sigterm_and_sleeps", "--seeds", "0,1",
+                                "--jobs", jobs, "--timeout", "600", *FAST],
+                               env={**os.environ, "PYTHONPATH": str(ROOT / "tests")}, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while len(candidates_of("ignores_sigterm")) < 2 * int(jobs) and time.monotonic() < deadline:
+            time.sleep(0.5)  # each candidate: its warden and its PID 1
+        time.sleep(2)  # the candidates are in their first call
+        run.send_signal(signum)
+        code = run.wait(timeout=60)  # within seconds; a run that hangs fails here
+    assert code == 1, log.read_text()
+    assert verdict(tmp_path)["status"] == "interrupted"
+    assert candidates_of("ignores_sigterm") == []
+
+
+def test_a_gibibyte_of_the_wrong_shape_is_judged_from_its_header(tmp_path, capsys):
+    code = verify(tmp_path, "planted.forgers:returns_a_gibibyte")
+    assert code == 1
+    failure = verdict(tmp_path)["results"][0]["failure"]
+    assert failure["kind"] == "wrong" and "shape [536870912]" in failure["message"]
+
+
+def test_text_from_the_candidate_cannot_pass_for_the_harnesss_own_lines(tmp_path, capsys):
+    code = verify(tmp_path, "planted.forgers:prints_a_fake_verdict")
+    out = capsys.readouterr()
+    assert code == 1
+    lines = (out.out + out.err).splitlines()
+    assert not any(line.startswith("overall: all 1 PASS") for line in lines), lines
+    assert any(line.startswith("overall:") and "FAILED" in line for line in lines)
+    assert "\x1b" not in out.out + out.err
