@@ -1,0 +1,71 @@
+"""No top-level folder of this checkout (kernels/) hides an installed distribution of the same name, however Python
+was started from the repository root."""
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from int4_lora_harness.checkout import root_last
+
+ROOT = Path(__file__).resolve().parents[1]
+# Where `kernels` would be imported from, printed without running it: find_spec imports nothing.
+WHERE = "import importlib.util; print(importlib.util.find_spec('kernels').origin)"
+
+
+def installed_kernels():
+    """The __init__.py of the registry's `kernels` distribution (transformers imports it), or a skip."""
+    try:
+        distribution = importlib.metadata.distribution("kernels")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the registry's `kernels` distribution is not installed (transformers pulls it; "
+                    "requirements/test-lock.txt pins it)")
+    return str(Path(distribution.locate_file("kernels/__init__.py")).resolve())
+
+
+def python(*args, cwd=ROOT):
+    """stdout of this interpreter run with `args` in `cwd`, its lines; the run must exit 0."""
+    run = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout.splitlines()
+
+
+def test_root_last_moves_this_checkouts_root_behind_every_other_entry(monkeypatch):
+    monkeypatch.chdir(ROOT)  # '' is the cwd, so it names the root too
+    path = [str(ROOT), "/site-packages", "", "/other"]
+    root_last(path)
+    assert path == ["/site-packages", "/other", str(ROOT), ""]
+
+
+def test_root_last_leaves_a_path_without_this_checkout_as_it_was(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = ["", str(tmp_path), "/site-packages", str(ROOT / "kernels")]
+    root_last(path)
+    assert path == ["", str(tmp_path), "/site-packages", str(ROOT / "kernels")]
+
+
+def test_importing_the_harness_from_the_root_puts_the_installed_kernels_before_the_folder():
+    expected = installed_kernels()
+    # python -c in the root puts '' (the root) first on sys.path, as python -m does: the folder shadows...
+    before, after = python("-c", f"{WHERE}; import int4_lora_harness; {WHERE}")
+    assert before == str(ROOT / "kernels" / "__init__.py"), "the root was not first on sys.path: nothing to prove"
+    assert after == expected  # ...until the harness is imported
+
+
+def test_python_m_pytest_from_the_root_imports_the_installed_kernels(tmp_path):
+    expected = installed_kernels()
+    test = tmp_path / "test_which_kernels.py"
+    test.write_text(f"import kernels\n\ndef test_which():\n    assert kernels.__file__ == {expected!r}, kernels.__file__\n")
+    # the harness's pytest plugin imports int4_lora_harness before any test module is collected
+    lines = python("-m", "pytest", "-p", "no:cacheprovider", "-q", str(test))
+    assert lines[-1].startswith("1 passed"), lines
+
+
+def test_a_target_looked_up_from_the_root_leaves_the_installed_kernels_first():
+    expected = installed_kernels()
+    # -I: the root is not on sys.path until import_module puts the cwd there, as for int4-verify --linear mod:fn;
+    # examples/ is a folder only the checkout has: found from the cwd, behind the installed distributions
+    code = f"from int4_lora_harness.verify.targets import import_module; import_module('examples'); {WHERE}"
+    assert python("-I", "-c", code) == [expected]
+
