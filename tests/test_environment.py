@@ -1,6 +1,7 @@
-"""No top-level folder of this checkout (kernels/) hides an installed distribution of the same name, however Python
-was started from the repository root."""
+"""What the suite runs on: the environment the lock pins, and no top-level folder of this checkout (kernels/)
+hiding an installed distribution of the same name, however Python was started from the repository root."""
 import importlib.metadata
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from int4_lora_harness.checkout import root_last
 
 ROOT = Path(__file__).resolve().parents[1]
+LOCK = ROOT / "requirements" / "test-lock.txt"
 # Where `kernels` would be imported from, printed without running it: find_spec imports nothing.
 WHERE = "import importlib.util; print(importlib.util.find_spec('kernels').origin)"
 
@@ -29,6 +31,21 @@ def python(*args, cwd=ROOT):
     run = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     return run.stdout.splitlines()
+
+
+def pins(path):
+    """{normalized name: version} of a requirements file's 'name==version' lines (comments skipped)."""
+    found = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert re.fullmatch(r"[A-Za-z0-9._-]+==[A-Za-z0-9.]+", line), f"{path.name}: not an exact pin: {line!r}"
+            name, version = line.split("==")
+            found[normalized(name)] = version
+    return found
+
+
+def normalized(name):
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503: Jinja2 == jinja2, huggingface_hub == huggingface-hub
 
 
 def test_root_last_moves_this_checkouts_root_behind_every_other_entry(monkeypatch):
@@ -69,3 +86,16 @@ def test_a_target_looked_up_from_the_root_leaves_the_installed_kernels_first():
     code = f"from int4_lora_harness.verify.targets import import_module; import_module('examples'); {WHERE}"
     assert python("-I", "-c", code) == [expected]
 
+
+def test_the_lock_pins_torch_and_triton_as_constraints_txt_does():
+    locked, constrained = pins(LOCK), pins(ROOT / "constraints.txt")
+    assert {name: locked.get(name) for name in constrained} == constrained
+
+
+def test_every_locked_distribution_installed_here_is_at_its_locked_version():
+    if f"# python {sys.version_info.major}.{sys.version_info.minor}" not in LOCK.read_text().splitlines():
+        pytest.skip("the lock was resolved on another Python (tools/shared_env.py installs with constraints.txt alone)")
+    installed = {normalized(d.metadata["Name"]): d.version.split("+")[0] for d in importlib.metadata.distributions()}
+    differ = {name: (installed[name], version) for name, version in pins(LOCK).items()
+              if name in installed and installed[name] != version}
+    assert not differ, f"(installed, locked): {differ}; rebuild: python tools/shared_env.py .tox/shared"
