@@ -99,3 +99,9 @@ def test_every_locked_distribution_installed_here_is_at_its_locked_version():
     differ = {name: (installed[name], version) for name, version in pins(LOCK).items()
               if name in installed and installed[name] != version}
     assert not differ, f"(installed, locked): {differ}; rebuild: python tools/shared_env.py .tox/shared"
+
+
+def test_ci_runs_the_readmes_test_command_and_the_readme_has_its_two_setup_commands():
+    setup = re.search(r"## Set-up.*?```\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL).group(1).splitlines()
+    assert setup == ["pip install tox && tox -e verify", "pip install tox && tox -e test"]
+    assert setup[1] in (ROOT / ".ci" / "run").read_text().splitlines()
