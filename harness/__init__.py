@@ -12,6 +12,12 @@ Installed as one namespace, `int4_lora_harness` (this folder, harness/ in the re
 | int4_lora_harness.checkpoints    | harness/checkpoints/ | safetensors layers, real weights                   |
 
 The judge (verify/) never imports kernels/: what it judges comes in as a TARGET.
+
+Importing it moves this checkout's root to the end of sys.path (checkout.py), where `python -m` from the root put
+it first: the folder kernels/ must not hide the registry's `kernels` that transformers imports.
 """
+from int4_lora_harness.checkout import root_last
+
+root_last()
 __version__ = "0.2.0"
 __all__ = ["__version__"]  # the subpackages are the surface: verify, bench, report, checkpoints, serving, testing

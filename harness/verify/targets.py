@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from int4_lora_harness.checkout import root_last
+
 
 class UsageError(Exception):
     """A problem with how verify was called: one line, exit status 2."""
@@ -39,6 +41,7 @@ def import_module(module_name):
         return module
     if os.getcwd() not in sys.path:  # as `python -m` does, so `int4-verify --linear mypkg.ops:fn` finds mypkg
         sys.path.insert(0, os.getcwd())
+        root_last()  # unless the cwd is this checkout: its kernels/ must not hide an installed kernels
     return importlib.import_module(module_name)
 
 
