@@ -23,6 +23,7 @@ import os
 
 import torch
 
+from int4_lora_harness.kernels import triton_interpreter
 from int4_lora_harness.kernels.checks import (integer_zeros_within, validate_linear, validate_output_dtype,
                                              validate_scaling, validate_weights)
 
@@ -33,6 +34,10 @@ except ImportError as exc:  # no triton here: the module still imports, and says
     _IMPORT_ERROR = f"triton is not importable ({exc})"
 else:
     _IMPORT_ERROR = None
+try:  # under TRITON_INTERPRET=1, bf16 computed as on a GPU; elsewhere a no-op
+    triton_interpreter.fix_bf16()
+except RuntimeError as exc:  # this Triton's interpreter gets bf16 wrong and cannot be corrected: refuse to run
+    _IMPORT_ERROR = str(exc)
 
 # Largest |z| for which v - z (v in [-8, 7]) is an integer that fp16 (<= 2048) / bf16 (<= 256) holds exactly.
 EXACT_ZERO_LIMIT = {torch.float16: 2040, torch.bfloat16: 248}
