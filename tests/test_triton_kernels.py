@@ -288,6 +288,18 @@ def test_prepare_linear_launches_what_linear_computes():
 interpreter_only = pytest.mark.skipif(DEVICE == "cuda", reason="checks the interpreter's corrected bf16 arithmetic; "
                                       "a GPU's is its own (its tl.sum adds in another order)")
 
+@pytest.mark.parametrize("m, scales_dtype, zero_kind", [
+    (1, "bf16", "int"),  # decode: v - z in bf16, tile products scaled in fp32 after the dot
+    (33, "bf16", "int"),  # prefill: W = (v - z) * s rounded once in bf16 (bf16 scales)
+    (5, "fp32", "float"),  # fractional zero points: W in fp32, rounded once to bf16
+])
+def test_bf16_designs_match_the_reference(m, scales_dtype, zero_kind):
+    # Under the interpreter too, bf16 runs the GPU's bf16 designs (bf16 unpack, bf16 dots), not an fp32 stand-in.
+    case = make_linear_case(m, 40, 256, m, "bf16", rank=8, num_loras=3, group_size=128, zero_granularity="grouped",
+                            zero_kind=zero_kind, scales_dtype=scales_dtype)
+    assert_within_tolerance(run_case(case)[1])
+
+
 # A fresh process (this one was corrected when triton_int4 was imported): the raw interpreter's bf16, then fix_bf16.
 RAW_BF16 = """
 import json
