@@ -14,7 +14,9 @@ Which numerics a call gets (each a design of harness/tolerance.py):
       v - z in x's dtype (exact); decode multiplies the tile products by s in fp32 ("w in fp32"),
       prefill rounds W = (v - z) * s once to x's dtype ("w in x.dtype").
   other zero points: W = (v - z) * s in fp32, rounded once to x's dtype ("w in x.dtype").
-  fp32 x (and bf16 under the interpreter): W kept in fp32, fp32 products, no TF32 ("w in fp32").
+  fp32 x: W kept in fp32, fp32 products, no TF32 ("w in fp32").
+Under Triton's CPU interpreter bf16 runs these same designs: importing this module corrects the
+interpreter's bf16 arithmetic (kernels/triton_interpreter.py), which would otherwise blame the kernels.
 
 Nibbles are unpacked with portable tl.* bit tricks; `ptx_unpack=True` (the `triton-ptx` backend,
 kernels/triton_ptx.py) swaps in hand-written PTX that only a CUDA machine can run and check.
@@ -23,6 +25,7 @@ import os
 
 import torch
 
+from int4_lora_harness.kernels import triton_interpreter
 from int4_lora_harness.kernels.checks import (integer_zeros_within, validate_linear, validate_output_dtype,
                                              validate_scaling, validate_weights)
 
@@ -33,6 +36,10 @@ except ImportError as exc:  # no triton here: the module still imports, and says
     _IMPORT_ERROR = f"triton is not importable ({exc})"
 else:
     _IMPORT_ERROR = None
+try:  # under TRITON_INTERPRET=1, bf16 computed as on a GPU; elsewhere a no-op
+    triton_interpreter.fix_bf16()
+except RuntimeError as exc:  # this Triton's interpreter gets bf16 wrong and cannot be corrected: refuse to run
+    _IMPORT_ERROR = str(exc)
 
 # Largest |z| for which v - z (v in [-8, 7]) is an integer that fp16 (<= 2048) / bf16 (<= 256) holds exactly.
 EXACT_ZERO_LIMIT = {torch.float16: 2040, torch.bfloat16: 248}
@@ -221,8 +228,7 @@ def launch_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lo
     config["BLOCK_K"] = pick_block_k(config["BLOCK_K"], (scales, zero_points), kinds, group_size)
     (s, s_sn, s_sg, s_chunks), (z, z_sn, z_sg, z_chunks) = weight_args(scales, zero_points, kinds, group_size,
                                                                        config["BLOCK_K"])
-    # The interpreter's tl.dot multiplies bf16 bit patterns as integers: there bf16 runs the fp32 design.
-    fp32_dot = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and interpreting())
+    fp32_dot = x.dtype == torch.float32
     if zero_is_exact is None:
         zero_is_exact = exact_zero(x.dtype, zero_points)
     native_v = not fp32_dot and zero_is_exact

@@ -4,9 +4,11 @@ Runs on CUDA natively, or on CPU under Triton's interpreter (TRITON_INTERPRET=1,
 triton is imported), which costs ~0.1 s per program instance: shapes here stay within a few tiles.
 Every comparison uses int4_lora_harness.verify.tolerance, the repo's error model of SPEC §5 (one bound per
 correct design, derived from unit roundoffs, K and sum |x||w|), except the one test that
-compares with reference.linear directly and states its own bound.
+compares with reference.linear directly and states its own bound, and the tests of the interpreter's
+bf16 correction (kernels/triton_interpreter.py), which expect GPU arithmetic bit for bit.
 """
 import dataclasses
+import json
 import math
 import os
 import subprocess
@@ -21,10 +23,14 @@ from int4_lora_harness import reference
 from int4_lora_harness.verify.cases import make_linear_case, make_weights, tensor
 from int4_lora_harness.verify.dequantizer import dequant_error
 from int4_lora_harness.verify.tolerance import linear_error
-from int4_lora_harness.kernels import triton_int4
+from int4_lora_harness.kernels import triton_int4, triton_interpreter
+from fresh_interpreter import run_fresh
 
+triton_interpreter.fix_bf16()  # where the interpreter's bf16 cannot be corrected: an error here, not a skip below
 if triton_int4.unavailable_reason() is not None:
     pytest.skip(f"Triton backend cannot run here: {triton_int4.unavailable_reason()}", allow_module_level=True)
+import triton  # noqa: E402  (only where the backend runs: the skip above)
+import triton.language as tl  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu only under the interpreter (checked above)
 pytestmark = pytest.mark.interpreter
@@ -275,3 +281,161 @@ def test_prepare_linear_launches_what_linear_computes():
                             zero_granularity="grouped").torch_args(DEVICE)
     launch = triton_int4.prepare_linear(*args)
     assert torch.equal(launch(), triton_int4.linear(*args))
+
+
+# --- bf16 under Triton's interpreter: kernels/triton_interpreter.py ------------------------------------
+
+interpreter_only = pytest.mark.skipif(DEVICE == "cuda", reason="checks the interpreter's corrected bf16 arithmetic; "
+                                      "a GPU's is its own (its tl.sum adds in another order)")
+
+@pytest.mark.parametrize("m, scales_dtype, zero_kind", [
+    (1, "bf16", "int"),  # decode: v - z in bf16, tile products scaled in fp32 after the dot
+    (33, "bf16", "int"),  # prefill: W = (v - z) * s rounded once in bf16 (bf16 scales)
+    (5, "fp32", "float"),  # fractional zero points: W in fp32, rounded once to bf16
+])
+def test_bf16_designs_match_the_reference(m, scales_dtype, zero_kind):
+    # Under the interpreter too, bf16 runs the GPU's bf16 designs (bf16 unpack, bf16 dots), not an fp32 stand-in.
+    case = make_linear_case(m, 40, 256, m, "bf16", rank=8, num_loras=3, group_size=128, zero_granularity="grouped",
+                            zero_kind=zero_kind, scales_dtype=scales_dtype)
+    assert_within_tolerance(run_case(case)[1])
+
+
+# A fresh process (this one was corrected when triton_int4 was imported): the raw interpreter's bf16, then fix_bf16.
+RAW_BF16 = """
+import json
+import torch, triton, triton.language as tl
+from int4_lora_harness.kernels import triton_interpreter
+
+@triton.jit
+def dot_kernel(a_ptr, b_ptr, c_ptr, N: tl.constexpr):
+    tiles = tl.arange(0, N)[:, None] * N + tl.arange(0, N)[None, :]
+    tl.store(c_ptr + tiles, tl.dot(tl.load(a_ptr + tiles), tl.load(b_ptr + tiles)))
+
+def dot_error():  # small integers: the fp32 sums are exact, so a correct dot has error 0
+    a = (torch.arange(256.0).reshape(16, 16) % 7 - 3).bfloat16()
+    c = torch.empty(16, 16)
+    dot_kernel[(1,)](a, a.T.contiguous(), c, 16)
+    return (c - a.float() @ a.float().T).abs().max().item()
+
+raw = dict(defects=triton_interpreter.defects(), dot_error=dot_error())
+corrected = list(triton_interpreter.fix_bf16())
+print(json.dumps(dict(raw=raw, corrected=corrected, dot_error=dot_error(), version=triton.__version__)))
+"""
+
+
+def test_the_raw_interpreter_gets_bf16_wrong_and_fix_bf16_corrects_it(tmp_path):
+    script = tmp_path / "raw_bf16.py"
+    script.write_text(RAW_BF16)
+    run = subprocess.run([sys.executable, str(script)], env={**os.environ, "TRITON_INTERPRET": "1"},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.splitlines()[-1])
+    raw = result["raw"]
+    assert raw["defects"], (f"Triton {result['version']}'s interpreter computes bf16 right now: the correction "
+                            "kernels/triton_interpreter.fix_bf16 is no longer needed (remove it and its calls)")
+    assert raw["dot_error"] > 0, f"the raw bf16 tl.dot is right now; defects left: {raw['defects']}"
+    assert result["corrected"] == raw["defects"] and result["dot_error"] == 0, result
+
+
+@interpreter_only
+def test_fix_bf16_is_idempotent_and_leaves_no_defect():
+    assert triton_interpreter.defects() == []  # corrected when triton_int4 was imported
+    assert triton_interpreter.fix_bf16() == ()
+
+
+def test_fix_bf16_is_a_no_op_that_imports_nothing_without_the_interpreter(tmp_path):
+    code = ("import sys; from int4_lora_harness.kernels import triton_interpreter as t; "
+            "print(t.fix_bf16(), 'triton' in sys.modules)")
+    assert run_fresh(code, tmp_path, TRITON_INTERPRET="0")[0].split() == ["()", "False"]
+
+
+def test_a_triton_the_correction_does_not_fit_is_refused_in_one_line(tmp_path):
+    code = ("from int4_lora_harness.kernels import triton_interpreter as t; t._patch = lambda interpreter: None; "
+            "from int4_lora_harness.kernels import triton_int4; print(triton_int4.unavailable_reason())")
+    reason = run_fresh(code, tmp_path, TRITON_INTERPRET="1")[0].strip()
+    assert "cannot correct" in reason and "bf16 1 + 1 gives" in reason and "on a GPU" in reason, reason
+    assert "\n" not in reason
+
+
+@triton.jit
+def bf16_ops_kernel(a_ptr, b_ptr, out_ptr, N: tl.constexpr):
+    """out [7, N] bf16 from a, b bf16 [N]: + - * /, fma, a compare and Python numbers (rounded once to bf16)."""
+    offs = tl.arange(0, N)
+    a = tl.load(a_ptr + offs)
+    b = tl.load(b_ptr + offs)
+    tl.store(out_ptr + offs, a + b)
+    tl.store(out_ptr + N + offs, a - b)
+    tl.store(out_ptr + 2 * N + offs, a * b)
+    tl.store(out_ptr + 3 * N + offs, a / b)
+    tl.store(out_ptr + 4 * N + offs, tl.fma(a, b, a))
+    tl.store(out_ptr + 5 * N + offs, tl.where(a < b, a, b))
+    tl.store(out_ptr + 6 * N + offs, a * 3.0 - 0.1)
+
+
+@triton.jit
+def to_bf16_kernel(x_ptr, out_ptr, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(out_ptr + offs, tl.load(x_ptr + offs).to(tl.bfloat16))
+
+
+@triton.jit
+def bf16_sum_dot_kernel(a_ptr, b_ptr, sum_ptr, dot_ptr, N: tl.constexpr):
+    """sum: bf16 [1], tl.sum of a's first row; dot: fp32 [N, N] = a @ b, a and b bf16 [N, N]."""
+    tiles = tl.arange(0, N)[:, None] * N + tl.arange(0, N)[None, :]
+    a = tl.load(a_ptr + tiles)
+    tl.store(sum_ptr, tl.sum(tl.load(a_ptr + tl.arange(0, N)), 0))
+    tl.store(dot_ptr + tiles, tl.dot(a, tl.load(b_ptr + tiles)))
+
+
+def bf16_bits(t):
+    """A bf16 tensor's bits as int16, NaNs made one pattern (bitwise comparison that counts NaN == NaN)."""
+    return torch.where(t.isnan(), torch.tensor(float("nan"), dtype=torch.bfloat16), t).view(torch.int16)
+
+
+@interpreter_only
+def test_the_corrected_interpreter_computes_bf16_as_a_gpu_does():
+    # GPU bf16: exact fp32 widening, fp32 arithmetic, one rounding to nearest even; torch's CPU bf16 ops are the
+    # oracle (they compute just so). Negative values catch compares of bit patterns; specials stay special.
+    a = (torch.randn(64, generator=torch.Generator().manual_seed(0)) * 4).bfloat16()
+    b = (torch.randn(64, generator=torch.Generator().manual_seed(1)) * 4).bfloat16()
+    a[:3], b[3:6] = torch.tensor([float("nan"), float("inf"), -0.0]), torch.tensor([0.0, -0.0, 1e-40])
+    out = torch.empty(7, 64, dtype=torch.bfloat16)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # x / 0, inf - inf: as intended
+        bf16_ops_kernel[(1,)](a, b, out, 64)
+    x, y = a.float(), b.float()
+    expected = torch.stack([x + y, x - y, x * y, x / y, x * y + x, torch.where(x < y, x, y),
+                            (x * 3).bfloat16().float() - torch.tensor(0.1).bfloat16().float()]).bfloat16()
+    assert torch.equal(bf16_bits(out), bf16_bits(expected)), (out != expected).nonzero()[:5]
+
+
+@interpreter_only
+@pytest.mark.parametrize("values, dtype, expected", [
+    # fp32: ties to even (1 + 2**-8 -> 1, 1 + 3 * 2**-8 -> 1 + 2**-6), above a tie, overflow to inf, NaN
+    ([1 + 2**-8, 1 + 3 * 2**-8, 1 + 3 * 2**-9, -(1 + 3 * 2**-9), 3.4e38, 2**-133 * 1.5], torch.float32, None),
+    # fp64 and int32: one rounding (torch's own conversion goes through fp32 and rounds twice: 1 + 2**-8 + 2**-40 -> 1)
+    ([1 + 2**-8 + 2**-40, -(1 + 2**-8 + 2**-40), 2**-134 + 2**-160, 1e300], torch.float64,
+     [1 + 2**-7, -(1 + 2**-7), 2**-133, float("inf")]),
+    ([257, 259, 2**24 + 2**16 + 1, -(2**31 - 1)], torch.int32, [256, 260, 2**24 + 2**17, -(2**31)]),
+])
+def test_the_corrected_interpreter_rounds_to_bf16_once_to_nearest_even(values, dtype, expected):
+    x = torch.tensor(values + [0] * (8 - len(values)), dtype=dtype)
+    out = torch.empty(8, dtype=torch.bfloat16)
+    to_bf16_kernel[(1,)](x, out, 8)
+    want = x.bfloat16() if expected is None else torch.tensor(expected + [0] * (8 - len(expected))).bfloat16()
+    assert torch.equal(out.view(torch.int16), want.view(torch.int16)), (out, want)
+
+
+@interpreter_only
+def test_the_corrected_interpreter_sums_and_dots_bf16():
+    # tl.sum of bf16 rounds each partial sum to bf16 (in index order here); tl.dot's products are exact and its
+    # sums fp32: on small integers the result is exact.
+    a = (torch.randn(16, 16, generator=torch.Generator().manual_seed(2)) * 3).round().bfloat16()
+    b = (torch.randn(16, 16, generator=torch.Generator().manual_seed(3)) * 3).round().bfloat16()
+    a[0] = torch.randn(16, generator=torch.Generator().manual_seed(4)).bfloat16()
+    total, dot = torch.empty(1, dtype=torch.bfloat16), torch.empty(16, 16)
+    bf16_sum_dot_kernel[(1,)](a, b, total, dot, 16)
+    expected = a[0, 0]
+    for value in a[0, 1:]:
+        expected = (expected.float() + value.float()).bfloat16()
+    assert total.view(torch.int16).item() == expected.view(torch.int16).item(), (total, expected)
+    assert torch.equal(dot[1:], (a.float() @ b.float())[1:])  # row 0 holds non-integers: fp32 rounding order
