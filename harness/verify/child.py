@@ -209,10 +209,12 @@ def main(argv):
             walls[part] = f"unavailable: {why}"
     from int4_lora_harness.verify import wire
     try:
+        from int4_lora_harness.kernels.triton_interpreter import fix_bf16
         from int4_lora_harness.verify.targets import UsageError, load_target, source_of
         try:
+            fix_bf16()  # under TRITON_INTERPRET=1, the interpreter's bf16 computed as a GPU does; elsewhere a no-op
             function = load_target(config["target"], config["parameters"], config["contract"])
-        except UsageError as error:
+        except (UsageError, RuntimeError) as error:  # RuntimeError: a Triton whose interpreter fix_bf16 cannot mend
             return wire.send(sock, dict(status="usage", message=str(error)[:TEXT_CAP], sandbox=walls))
     except BaseException as error:  # SystemExit or worse while importing: the candidate ended the run
         return wire.send(sock, dict(raised(error, message=f"while importing {config['target']}: {error}"),
