@@ -1,0 +1,132 @@
+"""The report against files planted to attack it: the page reads only regular files inside the reports folder,
+each up to its cap, links only to files inside it, draws data as literal text, and caps what it draws.
+
+Each test plants one attack that worked on the page before (a `javascript:` repro, a `$...$` dtype, a FIFO,
+300 dtypes, ...) and checks the page is written, says what it left out and why, and that the hostile
+content is inert in the HTML. A planted hang would stop the test run rather than fail it, so those tests
+run under `no_hang`: past its deadline the test fails (the deadline bounds a hang, it times nothing).
+"""
+import contextlib
+import json
+import os
+import signal
+
+import pytest
+from test_report import RUN_A, result, section, synthetic_rows, verdict_file
+
+from int4_lora_harness.bench import store as perf_store
+from int4_lora_harness.report import files
+from int4_lora_harness.report.page import build_report
+
+RUN = "20261201T120000Z-dddddd"
+HANG_DEADLINE_S = 120  # far past the few seconds these pages take: only a hang reaches it
+
+
+@contextlib.contextmanager
+def no_hang(seconds=HANG_DEADLINE_S):
+    """Fail the test (TimeoutError) when its body is still running after `seconds`: a blocked open() or a
+    chart that draws for minutes is interrupted instead of holding the test run."""
+    def interrupt(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: the page hung")
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def plant(folder, results, name=f"{RUN}.json", **changes):
+    """A verdict file of `results` in folder/verify."""
+    (folder / "verify").mkdir(parents=True, exist_ok=True)
+    path = folder / "verify" / name
+    path.write_text(json.dumps(verdict_file(RUN, results, **changes)))
+    return path
+
+
+# --- files that are not regular files inside the folder ------------------------------------------------------
+
+def test_a_fifo_in_verify_is_named_and_never_opened(tmp_path):
+    plant(tmp_path, [result("c:f", "linear")])
+    os.mkfifo(tmp_path / "verify" / "fifo.json")
+    os.mkfifo(tmp_path / "verify.json")
+    with no_hang():
+        html = build_report(tmp_path).read_text()
+    problems = section(html, "summary")
+    assert f"{tmp_path / 'verify' / 'fifo.json'}: a FIFO, not a regular file: not read: left out" in problems
+    assert f"{tmp_path / 'verify.json'}: a FIFO, not a regular file: not read: left out" in problems
+    assert '<span class="badge PASS">PASS</span>' in problems  # the regular file beside them is read
+
+
+def test_a_fifo_among_the_benchmark_files_is_named_and_never_opened(tmp_path):
+    perf_store.write_rows(synthetic_rows(RUN_A), tmp_path / "bench" / f"{RUN_A}.parquet")
+    os.mkfifo(tmp_path / "bench" / "fifo.parquet")
+    with no_hang():
+        html = build_report(tmp_path).read_text()
+    assert "fifo.parquet: a FIFO, not a regular file: not read: left out" in section(html, "summary")
+    assert f"Run <code>{RUN_A}</code>" in section(html, "performance")
+
+
+def test_links_out_of_the_folder_are_named_and_never_read(tmp_path):
+    reports, outside = tmp_path / "reports", tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "secret.json").write_text(json.dumps(verdict_file(RUN, [result("secret:f", "linear")])))
+    (reports / "verify").mkdir(parents=True)
+    (reports / "verify" / "secret.json").symlink_to(outside / "secret.json")
+    (reports / "verify" / "null.json").symlink_to(os.devnull)  # a device (not /dev/zero: the old page read it whole)
+    (reports / "real_weights.json").symlink_to(outside / "secret.json")
+    html = build_report(reports).read_text()
+    assert "secret:f" not in html
+    problems = section(html, "summary")
+    for name in ("verify/secret.json", "verify/null.json", "real_weights.json"):
+        assert f"{reports / name}: a link out of {reports}" in problems, name
+
+
+def test_a_verify_folder_that_links_out_is_not_listed(tmp_path):
+    reports, outside = tmp_path / "reports", tmp_path / "elsewhere"
+    (outside / "verify").mkdir(parents=True)
+    (outside / "verify" / f"{RUN}.json").write_text(json.dumps(verdict_file(RUN, [result("secret:f", "linear")])))
+    reports.mkdir()
+    (reports / "verify").symlink_to(outside / "verify")
+    html = build_report(reports).read_text()
+    assert "secret:f" not in html
+    assert f"{reports / 'verify'}: a link out of {reports} (to {outside / 'verify'}): not read" in html
+
+
+def test_a_link_planted_at_the_page_is_replaced_not_followed(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "index.html").symlink_to(victim)
+    out = build_report(tmp_path / "reports")
+    assert victim.read_text() == "keep me\n"
+    assert not out.is_symlink() and "</html>" in out.read_text()
+
+
+# --- sizes ---------------------------------------------------------------------------------------------
+
+def test_a_verdict_file_past_the_cap_is_named_and_never_read(tmp_path):
+    plant(tmp_path, [result("c:f", "linear")])
+    huge = tmp_path / "verify" / "huge.json"
+    with open(huge, "wb") as f:  # sparse, one byte past the cap: no disk used
+        f.truncate(files.MAX_JSON_BYTES + 1)
+    html = build_report(tmp_path).read_text()
+    assert f"{huge}: {files.MAX_JSON_BYTES + 1} bytes, over the cap of {files.MAX_JSON_BYTES} bytes" in html
+    assert '<span class="badge PASS">PASS</span>' in section(html, "summary")
+
+
+def test_an_integer_of_5000_digits_is_a_note_not_a_crash(tmp_path):
+    (tmp_path / "verify").mkdir()
+    (tmp_path / "verify" / "digits.json").write_text('{"seed": ' + "9" * 5000 + "}")
+    html = build_report(tmp_path).read_text()
+    assert "digits.json: not readable JSON (ValueError: Exceeds the limit" in html
+
+
+def test_a_benchmark_file_declaring_too_many_rows_is_named_and_not_decoded(tmp_path, monkeypatch):
+    from int4_lora_harness.report import inputs
+    perf_store.write_rows(synthetic_rows(RUN_A), tmp_path / "bench" / f"{RUN_A}.parquet")
+    monkeypatch.setattr(inputs, "MAX_BENCH_ROWS", 10)  # the file holds 18 rows
+    html = build_report(tmp_path, want_performance=True).read_text()
+    assert f"{RUN_A}.parquet: 18 rows" in html and "over the cap of 10 rows" in html
+    assert "No benchmark runs" in section(html, "performance")
