@@ -9,6 +9,7 @@ run under `no_hang`: past its deadline the test fails (the deadline bounds a han
 import contextlib
 import json
 import os
+import re
 import signal
 
 import pytest
@@ -43,6 +44,20 @@ def plant(folder, results, name=f"{RUN}.json", **changes):
     path = folder / "verify" / name
     path.write_text(json.dumps(verdict_file(RUN, results, **changes)))
     return path
+
+
+def links(html):
+    """Every href and src of the page."""
+    return re.findall(r'(?:href|src)\s*=\s*["\']([^"\']*)["\']', html, re.I)
+
+
+def assert_links_stay_in_the_folder(html):
+    """Each link is an anchor, or a relative path with no scheme, no leading '/' and no '..'."""
+    for link in links(html):
+        if link.startswith("#"):
+            continue
+        assert ":" not in link and not link.startswith(("/", "\\")), link
+        assert ".." not in link.split("/"), link
 
 
 # --- files that are not regular files inside the folder ------------------------------------------------------
@@ -130,3 +145,38 @@ def test_a_benchmark_file_declaring_too_many_rows_is_named_and_not_decoded(tmp_p
     html = build_report(tmp_path, want_performance=True).read_text()
     assert f"{RUN_A}.parquet: 18 rows" in html and "over the cap of 10 rows" in html
     assert "No benchmark runs" in section(html, "performance")
+
+
+# --- links --------------------------------------------------------------------------------------------
+
+def test_a_javascript_repro_is_never_a_live_link(tmp_path):
+    (tmp_path / "javascript:alert(document.domain)").write_text("print('repro')\n")  # a file of that name exists
+    plant(tmp_path, [result("c:f", "linear", failed=["within tolerance"], repro="javascript:alert(document.domain)")])
+    html = build_report(tmp_path).read_text()
+    assert not re.search(r'href\s*=\s*["\']?\s*javascript:', html, re.I)
+    assert_links_stay_in_the_folder(html)
+    assert '<a href="javascript%3Aalert%28document.domain%29">' in section(html, "verification")  # a file here
+
+
+def test_a_repro_outside_the_folder_is_text_not_a_link(tmp_path):
+    reports, outside = tmp_path / "reports", tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "repro_evil.py").write_text("import os\n")
+    reports.mkdir()
+    (reports / "repro_link.py").symlink_to(outside / "repro_evil.py")
+    plant(reports, [result("a:f", "linear", failed=["within tolerance"], repro=str(outside / "repro_evil.py")),
+                    result("b:f", "linear", failed=["within tolerance"], repro=str(reports / "repro_link.py"))])
+    html = build_report(reports).read_text()
+    assert_links_stay_in_the_folder(html)
+    assert "repro_evil.py" not in "".join(links(html)) and "repro_link.py" not in "".join(links(html))
+    assert section(html, "verification").count(f"(outside {reports}: not linked)") == 2
+
+
+def test_a_repro_is_not_linked_from_a_page_written_outside_the_reports_folder(tmp_path):
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "repro_x.py").write_text("print('repro')\n")
+    plant(reports, [result("c:f", "linear", failed=["within tolerance"], repro=str(reports / "repro_x.py"))])
+    html = build_report(reports, out=tmp_path / "site" / "index.html").read_text()
+    assert_links_stay_in_the_folder(html)
+    assert "(not below the page&#39;s folder: not linked)" in section(html, "verification")
