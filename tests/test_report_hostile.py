@@ -16,7 +16,8 @@ import pytest
 from test_report import RUN_A, result, section, synthetic_rows, verdict_file
 
 from int4_lora_harness.bench import store as perf_store
-from int4_lora_harness.report import files
+from int4_lora_harness.report import accuracy, charts, files
+from int4_lora_harness.report.charts import MAX_SAMPLE_KINDS
 from int4_lora_harness.report.page import build_report
 
 RUN = "20261201T120000Z-dddddd"
@@ -58,6 +59,15 @@ def assert_links_stay_in_the_folder(html):
             continue
         assert ":" not in link and not link.startswith(("/", "\\")), link
         assert ".." not in link.split("/"), link
+
+
+def svgs(html):
+    return re.findall(r"<svg.*?</svg>", html, re.S)
+
+
+def panels(svg):
+    """How many axes (panels) a chart drew."""
+    return len(re.findall(r'<g id="[^"]*-axes_\d+"', svg))
 
 
 # --- files that are not regular files inside the folder ------------------------------------------------------
@@ -180,3 +190,76 @@ def test_a_repro_is_not_linked_from_a_page_written_outside_the_reports_folder(tm
     html = build_report(reports, out=tmp_path / "site" / "index.html").read_text()
     assert_links_stay_in_the_folder(html)
     assert "(not below the page&#39;s folder: not linked)" in section(html, "verification")
+
+
+# --- math text ------------------------------------------------------------------------------------------
+
+DOLLARS = r"$\notacommand{x}$"  # matplotlib's math text raises on it: the page once crashed on this dtype
+
+
+def test_a_dollar_dtype_is_drawn_as_literal_text(tmp_path):
+    sample = dict(dtype=DOLLARS, granularity="$grouped$", elements_seen=4, ulps=[0.0, 1.0], ratio=[0.0, 0.5])
+    plant(tmp_path, [result("c:f", "dequantizer", samples=[sample]), result("d:f", "linear", samples=[sample])])
+    html = build_report(tmp_path).read_text()
+    error = section(html, "error")
+    charts = svgs(error)
+    assert len(charts) == 2 and "Chart not drawn" not in error
+    assert f"dequantizer, {DOLLARS}" in charts[0] and f"linear, {DOLLARS}" in charts[1]  # the panels' titles
+    assert all("$grouped$" in chart for chart in charts)  # the legends
+
+
+def test_a_dollar_backend_and_layer_are_drawn_as_literal_text(tmp_path):
+    rows = [{**row, "backend": "$\\oops{$", "layer": "$x^{$"} for row in synthetic_rows(RUN_A)]
+    perf_store.write_rows(rows, tmp_path / "bench" / f"{RUN_A}.parquet")
+    html = build_report(tmp_path).read_text()
+    performance = section(html, "performance")
+    assert "$x^{$" in performance and "$\\oops{$ gemm_lora" in performance
+    assert len(svgs(performance)) == 3  # latency, roofline, overhead: drawn, with the names as they are
+
+
+# --- how much is drawn -----------------------------------------------------------------------------------
+
+def test_300_dtypes_draw_at_most_the_panel_cap_and_count_the_rest(tmp_path):
+    samples = [dict(dtype=f"dtype{i}", granularity=g, elements_seen=2, ulps=[0.0, 1.0], ratio=[0.0, 0.5])
+               for i in range(300) for g in ("grouped", "per-channel")]
+    plant(tmp_path, [result("c:f", "dequantizer", samples=samples)])
+    with no_hang():
+        html = build_report(tmp_path).read_text()
+    error = section(html, "error")
+    (chart,) = svgs(error)
+    assert panels(chart) == MAX_SAMPLE_KINDS
+    assert f"{300 - MAX_SAMPLE_KINDS} more dtypes not drawn (at most {MAX_SAMPLE_KINDS} per chart)" in chart
+    assert "100 more dtype and granularity rows not shown" in error  # 600 rows, the table keeps 500
+
+
+def test_many_granularities_draw_at_most_the_series_cap(tmp_path):
+    samples = [dict(dtype="fp16", granularity=f"g{i}", elements_seen=2, ulps=[0.0, 1.0], ratio=[0.0, 0.5])
+               for i in range(40)]
+    plant(tmp_path, [result("c:f", "linear", samples=samples)])
+    (chart,) = svgs(section(build_report(tmp_path).read_text(), "error"))
+    assert f"{40 - MAX_SAMPLE_KINDS} more granularities not drawn" in chart
+    drawn = set(re.findall(r">(g\d+)(?::|<)", chart))  # legend entries and the 'exact' notes
+    assert drawn == {f"g{i}" for i in range(MAX_SAMPLE_KINDS)}, drawn
+
+
+def test_many_backends_and_layers_draw_at_most_the_caps(tmp_path, monkeypatch):
+    monkeypatch.setattr(charts, "MAX_PANELS", 3)  # small caps: 24 panels of three charts would take a minute here
+    monkeypatch.setattr(charts, "MAX_SERIES", 4)
+    rows = [{**row, "backend": f"b{i}", "layer": f"layer{j}", "test_id": f"{row['test_id']}-{i}-{j}"}
+            for i in range(5) for j in range(7) for row in synthetic_rows(RUN_A) if row["backend"] == "torch"]
+    perf_store.write_rows(rows, tmp_path / "bench" / f"{RUN_A}.parquet")
+    performance = section(build_report(tmp_path).read_text(), "performance")
+    latency, roofline = svgs(performance)[:2]
+    assert panels(latency) == 3 and "4 more layers not drawn (at most 3 per chart)" in latency
+    assert "6 more backend and operation pairs not drawn" in latency  # 5 backends x (gemm, gemm_lora)
+    assert "11 more backend and operation pairs not drawn" in roofline  # and dequantize
+
+
+def test_a_chart_matplotlib_cannot_draw_is_named_in_its_place(tmp_path, monkeypatch):
+    def broken(samples, title, name):
+        raise ValueError("cannot draw this")
+    monkeypatch.setattr(accuracy, "ratio_chart", broken)
+    plant(tmp_path, [result("c:f", "linear", samples=[dict(dtype="fp16", granularity="grouped", elements_seen=1,
+                                                            ulps=[0.0], ratio=[0.0])])])
+    error = section(build_report(tmp_path).read_text(), "error")
+    assert "Chart not drawn: ValueError: cannot draw this" in error and not svgs(error)
