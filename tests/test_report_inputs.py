@@ -161,8 +161,8 @@ def test_the_power_table_is_read_from_its_file_and_a_broken_row_is_a_note(tmp_pa
              shape="out 1 x in 2", failed=["within tolerance"], seconds=3.1),
         dict(name="torch_path", contract="linear", expected="pass", passed=True, bound_used={"all": 7e-4},
              designs=["w in x.dtype"], seconds=20.0), "not a row"])))
-    power, notes = inputs.load_power(tmp_path / "power.json")
+    power, notes = inputs.load_power(tmp_path / "power.json", tmp_path)
     assert [r["name"] for r in power["killed"]] == ["swapped_nibbles"] and not power["killed"][0]["passed"]
     assert power["correct"][0]["bound_used"]["all"] == 7e-4
     assert notes and "not objects" in notes[0]
-    assert inputs.load_power(tmp_path / "absent.json") == (None, [])
+    assert inputs.load_power(tmp_path / "absent.json", tmp_path) == (None, [])

@@ -55,15 +55,26 @@ def latest_results(runs):
     return out
 
 
+def draw(result, name):
+    """(the SVG of a result's error-sample chart | None, why it was not drawn | None).
+
+    The samples come from a file someone else wrote: a chart matplotlib cannot draw from them is named
+    in the page in its place (with the error), and the rest of the page renders."""
+    chart = ulps_chart if result["contract"] == "dequantizer" else ratio_chart
+    try:
+        return chart(sample_frame(result), result["contract"], name), None
+    except (ValueError, TypeError, ArithmeticError, RuntimeError) as error:
+        return None, f"not drawn: {type(error).__name__}: {str(error)[:300]}"
+
+
 def accuracy_panels(runs, max_charts):
-    """(one panel per latest candidate and contract with samples: candidate, contract, run_id, svg, summary,
-    max_ratio, worst; how many were left out over `max_charts`)."""
+    """(one panel per latest candidate and contract with samples: candidate, contract, run_id, svg, not_drawn,
+    summary, max_ratio, worst; how many were left out over `max_charts`)."""
     panels = []
     with_samples = [(run, r) for run, r in latest_results(runs) if r["samples"]]
     for i, (run, result) in enumerate(with_samples[:max_charts]):
-        frame = sample_frame(result)
-        chart = ulps_chart if result["contract"] == "dequantizer" else ratio_chart
+        svg, not_drawn = draw(result, f"accuracy{i}")
         panels.append(dict(candidate=result["candidate"], contract=result["contract"], run_id=run["run_id"],
-                           path=run["path"], svg=chart(frame, result["contract"], f"accuracy{i}"),
-                           summary=sample_summary(result), max_ratio=result["max_ratio"], worst=result["worst"]))
+                           path=run["path"], svg=svg, not_drawn=not_drawn, summary=sample_summary(result),
+                           max_ratio=result["max_ratio"], worst=result["worst"]))
     return panels, max(0, len(with_samples) - max_charts)

@@ -3,6 +3,11 @@
 Figures come from matplotlib.figure.Figure, never pyplot: no GUI backend and no global figure
 state (headless, like Agg). Text stays text in the SVG, and the output carries no date, so the
 same data gives the same bytes.
+
+The names drawn (dtypes, granularities, layers, backends) come from files someone else wrote: every
+text from data is drawn LITERAL (no LaTeX, no math text: '$x$' is drawn as the four characters), and
+a chart draws at most MAX_PANELS panels and MAX_SERIES series (an error-sample chart MAX_SAMPLE_KINDS of
+each); the rest are counted above it.
 """
 import io
 import math
@@ -21,7 +26,7 @@ def svg(fig, name):
     data gives the same SVG.
     """
     buffer = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "harness-report"}):
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "harness-report", "text.usetex": False}):
         fig.savefig(buffer, format="svg", bbox_inches="tight",
                     metadata={"Date": None, "Creator": None, "Type": None, "Format": None})
     text = buffer.getvalue()
@@ -37,6 +42,34 @@ def _figure(panels, ncols=3, width=3.6, height=2.7):
     for ax in axes[panels:]:
         ax.set_visible(False)
     return fig, list(axes[:panels])
+
+
+LITERAL = dict(usetex=False, parse_math=False)  # text from data is drawn as it is: never LaTeX, never math text
+# A panel costs ~1 s to draw on a shared CPU: 300 dtypes once kept the page drawing for 400 s.
+MAX_PANELS = 24  # layer panels per chart: every layer of shapes.LAYER_SHAPES (18) fits
+MAX_SERIES = 24  # backend and operation pairs per chart: 6 backends x 3 operations fit
+MAX_SAMPLE_KINDS = 6  # dtypes (panels) and granularities (series) per error-sample chart: verify records 3 of each
+
+
+def literal(legend):
+    """`legend` with its labels drawn LITERAL (a legend takes no text properties of its own)."""
+    for text in legend.get_texts():
+        text.update(LITERAL)
+    return legend
+
+
+def capped(names, limit, what):
+    """(the first `limit` of `names`, '<n> more <what> not drawn' | None)."""
+    names = list(names)
+    return names[:limit], (f"{len(names) - limit} more {what} not drawn (at most {limit} per chart)"
+                           if len(names) > limit else None)
+
+
+def say_left_out(fig, *notes):
+    """The notes of what a chart left out, as one line above it (none when nothing was left out)."""
+    notes = [note for note in notes if note]
+    if notes:
+        fig.suptitle("; ".join(notes), fontsize=8, color="0.35", **LITERAL)
 
 
 OPERATION_STYLE = {"gemm_lora": "-", "gemm": "--", "dequantize": ":"}
@@ -71,8 +104,13 @@ def small_multiples(rows, y, ylabel, name, log_y=True, reference=None, noise=Non
     rows = drawable(rows[rows["m"].notna()], y, log_y)
     if rows.empty:
         return None
-    layers = sorted(rows["layer"].unique())
+    layers, layers_left_out = capped(sorted(rows["layer"].unique()), MAX_PANELS, "layers")
+    pairs, pairs_left_out = capped(sorted(set(zip(rows["backend"], rows["operation"]))), MAX_SERIES,
+                                   "backend and operation pairs")
+    drawn = set(pairs)
+    rows = rows[[pair in drawn for pair in zip(rows["backend"], rows["operation"])]]
     fig, axes = _figure(len(layers))
+    say_left_out(fig, layers_left_out, pairs_left_out)
     for ax, layer in zip(axes, layers):
         for (backend, operation), line in rows[rows["layer"] == layer].groupby(["backend", "operation"]):
             line = line.sort_values("m")
@@ -88,7 +126,7 @@ def small_multiples(rows, y, ylabel, name, log_y=True, reference=None, noise=Non
         ax.set_xscale("log", base=2)
         if log_y:
             ax.set_yscale("log")
-        ax.set_title(layer, fontsize=9)
+        ax.set_title(layer, fontsize=9, **LITERAL)
         ax.set_xlabel("M (tokens)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="major", alpha=0.3)
@@ -96,8 +134,8 @@ def small_multiples(rows, y, ylabel, name, log_y=True, reference=None, noise=Non
     for ax in axes:
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(4, len(handles)),
-               fontsize=8, frameon=False)
+    literal(fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+                       ncols=max(1, min(4, len(handles))), fontsize=8, frameon=False))
     return svg(fig, name)
 
 
@@ -111,7 +149,9 @@ def roofline_chart(rows):
     intensity = rows["flops"] / rows["bytes_moved"]
     fig = Figure(figsize=(9.5, 4.5), layout="constrained")
     ax = fig.subplots()
-    for (backend, operation), points in rows.groupby(["backend", "operation"]):
+    groups, left_out = capped(rows.groupby(["backend", "operation"]), MAX_SERIES, "backend and operation pairs")
+    say_left_out(fig, left_out)
+    for (backend, operation), points in groups:
         ax.scatter(intensity[points.index], points["achieved_tflops"], s=18, color=backend_colour(backend),
                    marker=OPERATION_MARKER.get(operation, "x"), label=f"{backend} {operation}", alpha=0.8)
     peak_gbps, peak_tflops = rows["peak_gbps"].max(), rows["peak_tflops"].max()
@@ -127,8 +167,18 @@ def roofline_chart(rows):
     ax.set_xlabel("arithmetic intensity (FLOP per byte moved)")
     ax.set_ylabel("achieved TFLOP/s")
     ax.grid(True, which="major", alpha=0.3)
-    fig.legend(fontsize=7, loc="outside right upper", frameon=False)
+    literal(fig.legend(fontsize=7, loc="outside right upper", frameon=False))
     return svg(fig, "roofline")
+
+
+def _sample_figure(samples):
+    """(dtypes, granularities, Figure, axes) of an error-sample chart: one panel per dtype (at most
+    MAX_SAMPLE_KINDS), one series per granularity (at most MAX_SAMPLE_KINDS); what is left out is said above it."""
+    dtypes, dtypes_left_out = capped(dict.fromkeys(samples["dtype"]), MAX_SAMPLE_KINDS, "dtypes")
+    granularities, left_out = capped(dict.fromkeys(samples["granularity"]), MAX_SAMPLE_KINDS, "granularities")
+    fig, axes = _figure(len(dtypes), width=3.4, height=2.6)
+    say_left_out(fig, dtypes_left_out, left_out)
+    return dtypes, granularities, fig, axes
 
 
 ULP_BINS = ["0", "1", "2", "3+", "NaN"]
@@ -144,8 +194,7 @@ def ulp_shares(ulps):
 def ulps_chart(samples, title, name):
     """Dequantizer: share of sampled elements 0, 1, 2, 3+ ulps from the correctly rounded value, one panel per
     dtype, one bar per granularity. samples: rows of dtype, granularity, ulps (one per element)."""
-    dtypes, granularities = list(dict.fromkeys(samples["dtype"])), list(dict.fromkeys(samples["granularity"]))
-    fig, axes = _figure(len(dtypes), width=3.4, height=2.6)
+    dtypes, granularities, fig, axes = _sample_figure(samples)
     width = 0.8 / max(1, len(granularities))
     for ax, dtype in zip(axes, dtypes):
         for j, granularity in enumerate(granularities):
@@ -160,10 +209,10 @@ def ulps_chart(samples, title, name):
         ax.set_xticks(range(len(ULP_BINS)), ULP_BINS)
         ax.set_yscale("log")
         ax.set_ylim(1e-4, 2)
-        ax.set_title(f"{title}, {dtype}", fontsize=9)
+        ax.set_title(f"{title}, {dtype}", fontsize=9, **LITERAL)
         ax.set_xlabel("ulps from RN(exact)")
         ax.set_ylabel("share of sampled elements")
-        ax.legend(fontsize=7, frameon=False)
+        literal(ax.legend(fontsize=7, frameon=False))
     return svg(fig, name)
 
 
@@ -173,8 +222,7 @@ RATIO_EDGES = np.arange(-8.0, 1.01, 0.25)  # log10(error / allowed); 0 is the bo
 def ratio_chart(samples, title, name):
     """Linear (and layer): histogram of error / allowed on a log axis, one panel per dtype, one step line per
     granularity; the bound at 1. samples: rows of dtype, granularity, ratio (one per element)."""
-    dtypes, granularities = list(dict.fromkeys(samples["dtype"])), list(dict.fromkeys(samples["granularity"]))
-    fig, axes = _figure(len(dtypes), width=3.4, height=2.6)
+    dtypes, granularities, fig, axes = _sample_figure(samples)
     for ax, dtype in zip(axes, dtypes):
         notes = []
         for granularity in granularities:
@@ -187,14 +235,14 @@ def ratio_chart(samples, title, name):
             ax.stairs(counts / ratio.size, 10 ** RATIO_EDGES, color=granularity_colour(granularity), label=granularity)
             notes.append(f"{granularity}: {100 * (ratio == 0).mean():.1f}% exact*")
         ax.axvline(1.0, color="C3", linewidth=1, linestyle="--")
-        ax.text(0.97, 0.97, "\n".join(notes), fontsize=6, ha="right", va="top", transform=ax.transAxes)
+        ax.text(0.97, 0.97, "\n".join(notes), fontsize=6, ha="right", va="top", transform=ax.transAxes, **LITERAL)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_ylim(1e-4, 2)
-        ax.set_title(f"{title}, {dtype}", fontsize=9)
+        ax.set_title(f"{title}, {dtype}", fontsize=9, **LITERAL)
         ax.set_xlabel("error / allowed (bound at 1)")
         ax.set_ylabel("share of sampled elements")
-        ax.legend(fontsize=7, frameon=False, loc="upper left")
+        literal(ax.legend(fontsize=7, frameon=False, loc="upper left"))
     return svg(fig, name)
 
 
@@ -205,7 +253,7 @@ def memory_chart(per_layer):
     y = np.arange(len(per_layer))
     ax.barh(y + 0.2, per_layer["fp16_bytes"] / 2**20, 0.4, color="C3", label="materialized fp16")
     ax.barh(y - 0.2, per_layer["packed_bytes"] / 2**20, 0.4, color="C0", label="packed INT4 + fp16 scales (g128)")
-    ax.set_yticks(y, per_layer["layer"])
+    ax.set_yticks(y, per_layer["layer"], **LITERAL)
     ax.invert_yaxis()
     ax.set_xlabel("MiB per layer")
     ax.legend(fontsize=8, frameon=False, loc="lower right")

@@ -6,39 +6,49 @@
     REPORTS/real_weights.json      `python -m int4_lora_harness real-weights` (docs/real_weights.md)
 
 Each loader returns (what it read, notes): one line per file that could not be read, or read only in part,
-naming the file and what was wrong with it.
+naming the file and what was wrong with it. Every file is read through report.files: only regular files
+inside the reports folder, each up to a cap of bytes (a FIFO, a device or a link out is named, never opened).
 """
 import datetime
 import json
 import math
+import os
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from int4_lora_harness.bench import store as perf_store
-from int4_lora_harness.report import verdicts
+from int4_lora_harness.report import files, verdicts
 from int4_lora_harness.report.fields import Notes, dicts, read
 
+MAX_BENCH_ROWS = 1_000_000  # rows per benchmark file; a full grid is a few thousand
+MAX_BENCH_DECODED = 1024 * 2**20  # bytes of a benchmark file once decoded, as its footer declares them
 RUN_ID = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]+$")  # verify's and the benchmarks' run ids start with the UTC time
 
 
-def read_json(path):
-    """(the parsed JSON | None, note | None) of one file: unreadable files and invalid JSON are a note."""
+def read_json(path, root):
+    """(the parsed JSON | None, note | None) of one file inside the folder `root`, read by files.read_capped (a
+    regular file of at most MAX_JSON_BYTES): a file not read, not UTF-8 or not valid JSON is a note."""
+    data, why = files.read_capped(path, root, files.MAX_JSON_BYTES)
+    if why:
+        return None, f"{path}: {why}: left out"
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8")), None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        return json.loads(data.decode("utf-8")), None
+    except (ValueError, RecursionError) as error:  # ValueError: bad UTF-8, bad JSON, an integer of 5000 digits
         return None, f"{path}: not readable JSON ({type(error).__name__}: {str(error)[:200]}): left out"
 
 
 def verify_files(reports_dir):
-    """Every REPORTS/verify/*.json, and REPORTS/verify.json (checked against them by run id in load_verify_runs)."""
+    """(every REPORTS/verify/*.json and REPORTS/verify.json, notes on what was not listed). verify.json is
+    checked against the others by run id in load_verify_runs."""
     folder = Path(reports_dir)
-    files = sorted((folder / "verify").glob("*.json")) if (folder / "verify").is_dir() else []
+    paths, notes = files.listing(folder / "verify", "*.json", folder)
     latest = folder / "verify.json"
-    return files + ([latest] if latest.is_file() else [])
+    return paths + ([latest] if os.path.lexists(latest) else []), notes
 
 
 def started(run, path):
@@ -55,9 +65,10 @@ def started(run, path):
 def load_verify_runs(reports_dir):
     """(runs newest first, as report.verdicts.run makes them; notes). REPORTS/verify.json is left out when a
     file of the verify/ folder holds the same run id (it is that run's copy)."""
-    runs, notes = [], []
-    for path in verify_files(reports_dir):
-        obj, note = read_json(path)
+    runs = []
+    paths, notes = verify_files(reports_dir)
+    for path in paths:
+        obj, note = read_json(path, reports_dir)
         if note:
             notes.append(note)
             continue
@@ -77,21 +88,42 @@ def load_verify_runs(reports_dir):
     return runs, notes
 
 
-def load_bench(folder):
-    """(every benchmark row in `folder` as one DataFrame of perf_store.SCHEMA, notes).
+def read_parquet(path, root):
+    """(one benchmark file's rows as a DataFrame of perf_store.SCHEMA's columns and `file` | None, notes).
 
-    Rows that cannot be drawn are kept and named: a null backend or operation reads as '?'; median_s that
-    is not a positive number is NaN (left out of the charts and comparisons, counted in a note).
+    Read from its bytes (files.read_capped: a regular file inside `root` of at most MAX_PARQUET_BYTES), and only
+    when its footer declares at most MAX_BENCH_ROWS rows and MAX_BENCH_DECODED bytes once decoded."""
+    data, why = files.read_capped(path, root, files.MAX_PARQUET_BYTES)
+    if why:
+        return None, [f"benchmark file {path}: {why}: left out"]
+    try:
+        parquet = pq.ParquetFile(pa.BufferReader(data))
+        meta = parquet.metadata
+        decoded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        if meta.num_rows > MAX_BENCH_ROWS or decoded > MAX_BENCH_DECODED:
+            return None, [f"benchmark file {path}: {meta.num_rows} rows, {decoded / 2**20:.0f} MiB decoded: over the "
+                          f"cap of {MAX_BENCH_ROWS} rows and {MAX_BENCH_DECODED / 2**20:.0f} MiB: left out"]
+        table, filled = perf_store.with_schema_columns(parquet.read(), path)
+        return table.to_pandas().assign(file=path.name), [f"benchmark file {filled}"] if filled else []
+    except (OSError, ValueError, pa.ArrowException) as error:
+        return None, [f"benchmark file {path}: unreadable ({type(error).__name__}: {str(error)[:200]})"]
+
+
+def load_bench(folder, root):
+    """(every benchmark row in `folder` (REPORTS/bench) as one DataFrame of perf_store.SCHEMA, notes).
+
+    root: the reports folder no file is read outside of. Rows that cannot be drawn are kept and named: a
+    null backend or operation reads as '?'; median_s that is not a positive number is NaN (left out of the
+    charts and comparisons, counted in a note).
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return perf_store.SCHEMA.empty_table().to_pandas().assign(file=pd.Series(dtype=str)), []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # load_runs warns about what it skipped or filled; the page names them
-        df = perf_store.load_runs(folder)
-    notes = [f"benchmark file {line}" for line in df.attrs.get("skipped_files", []) + df.attrs.get("filled", [])]
-    if "file" not in df.columns:
-        df["file"] = "?"
+    paths, notes = files.listing(folder, "*.parquet", root)
+    frames = []
+    for path in paths:
+        frame, file_notes = read_parquet(path, root)
+        notes += file_notes
+        frames += [] if frame is None else [frame]
+    empty = perf_store.SCHEMA.empty_table().to_pandas().assign(file=pd.Series(dtype=str))
+    df = pd.concat(frames, ignore_index=True) if frames else empty
     for column in ("run_id", "backend", "operation", "layer", "device_name", "dtype", "cache_mode", "popularity"):
         missing = df[column].isna()
         for file, count in df.loc[missing, "file"].value_counts().items():
@@ -109,12 +141,13 @@ REAL_WEIGHTS_ROW = [("group_size", "int", None), ("symmetric", "bool", None), ("
                     ("sqnr_db_min", "float", None), ("sqnr_db_median", "float", None)]
 
 
-def load_real_weights(path):
-    """({generated, package, blocks, rows}, notes) of the file `real-weights` wrote; (None, []) when absent."""
+def load_real_weights(path, root):
+    """({generated, package, blocks, rows}, notes) of the file `real-weights` wrote, read only inside the folder
+    `root`; (None, []) when absent."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None, []
-    obj, note = read_json(path)
+    obj, note = read_json(path, root)
     if note or not isinstance(obj, dict):
         return None, [note or f"{path}: not a JSON object: left out"]
     notes = Notes(path)
@@ -128,15 +161,16 @@ def load_real_weights(path):
     return table, notes.lines()
 
 
-def load_power(path):
-    """({profile, killed, correct}, notes) of the power table benchmarks/power.py wrote; (None, []) when absent.
+def load_power(path, root):
+    """({profile, killed, correct}, notes) of the power table benchmarks/power.py wrote, read only inside the
+    folder `root`; (None, []) when absent.
 
     killed: rows of planted defects (name, contract, passed, killed_by, shape, failed, seconds); correct: rows
     of correct candidates (name, contract, passed, bound_used, designs, seconds)."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None, []
-    obj, note = read_json(path)
+    obj, note = read_json(path, root)
     if note or not isinstance(obj, dict) or not isinstance(obj.get("rows"), list):
         return None, [note or f"{path}: no 'rows' list: the power table is left out"]
     rows = [r for r in obj["rows"] if isinstance(r, dict) and isinstance(r.get("name"), str)]

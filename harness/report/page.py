@@ -14,6 +14,8 @@ A missing, old or broken input becomes a line in the page naming the file and wh
 and the rest renders. Every table and list is capped (Caps); the page says what it left out.
 """
 import dataclasses
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,10 +84,10 @@ def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=No
     reports_dir = Path(reports_dir)
     out = Path(out) if out else reports_dir / "index.html"
     runs, notes = inputs.load_verify_runs(reports_dir)
-    bench, bench_notes = inputs.load_bench(reports_dir / "bench")
+    bench, bench_notes = inputs.load_bench(reports_dir / "bench", reports_dir)
     real_path = Path(real_weights) if real_weights else reports_dir / "real_weights.json"
-    real, real_notes = inputs.load_real_weights(real_path)
-    power, power_notes = inputs.load_power(reports_dir / "power.json")
+    real, real_notes = inputs.load_real_weights(real_path, real_path.parent if real_weights else reports_dir)
+    power, power_notes = inputs.load_power(reports_dir / "power.json", reports_dir)
     show_performance = (not bench.empty) if want_performance is None else want_performance
     perf = performance.performance(bench, run, caps.rows) if show_performance else None
     compared, compare_notes = (comparison.compare_section(bench, run_a, run_b, threshold, caps.rows)
@@ -105,6 +107,20 @@ def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=No
         memory_layers=per_layer.to_dict("records"), memory_models=memory.memory_per_model().to_dict("records"),
         memory_svg=memory_chart(per_layer) if show_performance else None, models=memory.MODELS,
         group_size=memory.MEMORY_GROUP_SIZE))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html, encoding="utf-8")
+    write_page(out, html)
     return out
+
+
+def write_page(out, html):
+    """Write `html` to `out` through a new file beside it and os.replace: a link planted at `out` is replaced,
+    never followed (the page never writes outside its folder), and a reader never sees half a page."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, prefix=f".{out.name}.", suffix=".tmp",
+                                     delete=False) as temp:
+        temp.write(html)
+    try:
+        os.chmod(temp.name, 0o644)  # as a plain write would leave it (the temp file is 0600)
+        os.replace(temp.name, out)
+    finally:
+        if os.path.exists(temp.name):
+            os.unlink(temp.name)

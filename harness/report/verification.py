@@ -5,10 +5,11 @@ file recorded; the words of a design are the ones verify wrote next to it.
 """
 import os
 import shlex
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
-from int4_lora_harness.report import verdicts
+from int4_lora_harness.report import files, verdicts
 from int4_lora_harness.report.accuracy import latest_results
 
 INCOMPLETE_WORDS = {"running": "the run had not finished when this file was written (still running, or killed)",
@@ -45,16 +46,28 @@ def overall(runs, limit):
 
 
 def repro_link(repro, reports_dir, page_dir):
-    """(href relative to the page | None, text) for a result's `repro` path (as verify wrote it)."""
+    """(href relative to the page | None, text) for a result's `repro` path (as verify wrote it).
+
+    A link only to a regular file inside the reports folder, and below the page's folder: a relative path
+    with no '..', every character but letters, digits and '_.-~/' percent-encoded, so that no text in a
+    verdict file becomes a scheme ('javascript:'), an absolute path or a way out of the folder. Any other
+    repro is shown as text, with the reason it is not a link.
+    """
     if not repro:
         return None, None
-    path = Path(repro)
-    for candidate in (path, Path(reports_dir) / path.name):
+    for candidate in (Path(repro), Path(reports_dir) / Path(repro).name):
         try:
-            if candidate.is_file():
-                return Path(os.path.relpath(candidate.resolve(), Path(page_dir).resolve())).as_posix(), str(repro)
+            if not candidate.is_file():
+                continue
+            real = files.inside(candidate, reports_dir)
+            if real is None or not os.path.isfile(real):
+                return None, f"{repro} (outside {reports_dir}: not linked)"
+            relative = Path(os.path.relpath(real, os.path.realpath(page_dir)))
         except (OSError, ValueError):  # a path this system cannot resolve: shown as text
             break
+        if ".." in relative.parts:
+            return None, f"{repro} (not below the page's folder: not linked)"
+        return urllib.parse.quote(relative.as_posix()), str(repro)
     return None, f"{repro} (file not found)"
 
 
