@@ -166,3 +166,13 @@ def test_the_power_table_is_read_from_its_file_and_a_broken_row_is_a_note(tmp_pa
     assert power["correct"][0]["bound_used"]["all"] == 7e-4
     assert notes and "not objects" in notes[0]
     assert inputs.load_power(tmp_path / "absent.json", tmp_path) == (None, [])
+
+
+def test_flagged_bench_rows_are_named_and_never_drawn_or_compared(tmp_path):
+    write_bench(tmp_path)
+    rows = [{**row, "impossible": True, "floor_s": 1.0} for row in synthetic_rows("20250103T000000Z-zzzzzz", day=3)]
+    perf_store.write_rows(rows, tmp_path / "bench" / "fast.parquet")
+    html = build_report(tmp_path).read_text()
+    assert "flagged, not a result: impossible" in html
+    assert "No gemm / gemm_lora rows with a usable median in this run." in section(html, "performance")
+    assert "0 regression(s)" in section(html, "comparison")

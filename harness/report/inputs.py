@@ -133,6 +133,10 @@ def load_bench(folder, root):
     bad = ~(seconds > 0) | ~np.isfinite(seconds)
     for file, count in df.loc[bad, "file"].value_counts().items():
         notes.append(f"{file}: {count} row(s) whose median_s is 0, negative or NaN: left out of charts and comparisons")
+    flags = perf_store.flags(df)  # an impossible time or a result that differs: no timing (harness.bench.honesty)
+    for file, flag in zip(df.loc[(flags != "") & ~bad, "file"], flags[(flags != "") & ~bad]):
+        notes.append(f"{file}: a row flagged, not a result: {flag}")
+    bad = bad | (flags != "")
     df["median_s"] = seconds.where(~bad, math.nan)
     return df, notes
 
