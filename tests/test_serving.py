@@ -1,17 +1,24 @@
 """The layer contract of SPEC §7: the reference's slices, slots and shards, the all-reduce's tolerance, the torch
 layer at tp 1 / 2 / 4 under gloo, and the verifier's teeth (every planted layer bug of tests/planted/layers.py
-is killed; a rank that raises, dies or hangs becomes a verdict)."""
+is killed; a rank that raises, dies, hangs or computes forever becomes a verdict), and its boundary with the ranks
+(tests/planted/layer_forgers.py: nothing a rank sends runs code in the judge, nothing a rank starts outlives it)."""
+import json
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from int4_lora_harness.kernels import torch_layer
 from int4_lora_harness.reference import layer as R
 from int4_lora_harness.reference.linear import linear_exact
-from int4_lora_harness.serving.cases import make_layer_case
+from int4_lora_harness.serving import ranks, replies
+from int4_lora_harness.serving.cases import case_from_wire, case_to_wire, make_layer_case
 from int4_lora_harness.serving.ranks import RankPool
 from int4_lora_harness.serving.strategies import misaligned_row_case
 from int4_lora_harness.serving.tolerance import allreduce_error, layer_error
 from int4_lora_harness.serving.verify_layer import verify_layer
+from int4_lora_harness.verify import wire
 from int4_lora_harness.verify.targets import UsageError
 from int4_lora_harness.verify.tolerance import linear_error
 from planted.layers import CORRECT_LAYERS, LAYER_BUGS
@@ -223,3 +230,150 @@ def test_torch_layer_passes_every_style_at_tp4():
     results = verify_layer(TORCH_LAYER, 4, R.STYLES, max_examples=6, seed=1, timeout=60.0)
     assert [(r["style"], r["passed"]) for r in results] == [(s, True) for s in R.STYLES], \
         [r["failure"] for r in results]
+
+
+# ---- the boundary: what crosses between judge and ranks, and what a rank leaves behind ---------------------
+
+def test_a_case_crosses_to_the_ranks_as_json_and_raw_arrays_bitwise():
+    case = qkv_case(seed=4, dtype="bf16", zero_kind="float")
+    tree, arrays = wire.pack(case_to_wire(case))
+    back = case_from_wire(wire.unpack(json.loads(json.dumps(tree)), [a.copy() for _, a in arrays]))
+    for a, b in zip(back.reference_args(), case.reference_args()):
+        for x, y in zip(*(v if isinstance(v, tuple) else (v,) for v in (a, b))):
+            assert type(x) is type(y) and (np.array_equal(x, y) and x.dtype == y.dtype if hasattr(x, "dtype") else
+                                           x == y), (x, y)
+    assert back.weights.scales_dtype == "fp16" and back.weights.zero_points_dtype == "fp16"
+
+
+@pytest.mark.parametrize("tree, count, rule", [
+    ({"__array__": 1}, 1, "names no array of the 1 sent"),
+    ({"__array__": 0, "also": 1}, 1, "names no array"),
+    ({"__array__": True}, 1, "names no array"),
+    ([{"__array__": 0}, {"__array__": 0}], 1, "or one named before"),
+    ({"a": 1}, 1, "1 of the 1 arrays sent are named nowhere"),
+    (json.loads("[" * 20 + "]" * 20), 0, "nested deeper than 16")])
+def test_unpack_refuses_a_tree_that_does_not_name_each_array_once(tree, count, rule):
+    with pytest.raises(wire.WireError, match=rule):
+        wire.unpack(tree, [np.zeros(1)] * count)
+
+
+def test_a_header_of_thousands_of_nested_lists_is_a_wire_error_not_a_recursion_error_in_the_judge():
+    import socket
+    import struct
+    judge, rank = socket.socketpair()
+    with judge, rank:
+        text = b"[" * 100_000 + b"]" * 100_000
+        rank.sendall(struct.pack("<Q", len(text)) + text)
+        with pytest.raises(wire.WireError, match="the header is not JSON"):
+            wire.receive(judge)
+
+
+@pytest.mark.parametrize("tree, rule", [
+    ({"x": object()}, "a object cannot travel"),
+    ({"x": np.zeros(2, bool)}, "dtype bool does not travel as itself"),
+    ({"x": np.zeros(2, ">f4")}, "dtype float32 does not travel as itself"),
+    ({1: np.zeros(2)}, "key that is not a string")])
+def test_pack_takes_only_plain_values_and_arrays_whose_bytes_travel_as_they_are(tree, rule):
+    with pytest.raises(wire.WireError, match=rule):
+        wire.pack(tree)
+
+
+def test_the_judge_accepts_only_the_arrays_a_case_reply_may_hold():
+    """Column at tp 2, three calls: rank 0 sends its [M, out / 2] and the two gathered blocks per call, rank 1 its
+    own; row: a partial in x.dtype or fp32, rank 0's all-reduced sum in x.dtype. Anything else, before allocation."""
+    own = dict(dtype="float16", shape=[6, 24])
+    column = replies.Expected.case(qkv_case(), "column", 2, 3)
+    column.accept(0)([own] * 9)
+    column.accept(1)([own] * 2)
+    for rank, metas, rule in [(0, [own] * 12, "12 arrays where 3 per call, for at most 3 calls"),
+                              (0, [own] * 2, "2 arrays where 3 per call"),
+                              (1, [own, dict(own, dtype="float32")], "array 1 as float32 .6, 24. where float16"),
+                              (1, [dict(own, shape=[6, 48])], r"array 0 as float16 \[6, 48\] where float16 \[6, 24\]")]:
+        with pytest.raises(wire.WireError, match=rule):
+            column.accept(rank)(metas)
+    row = replies.Expected.case(qkv_case(), "row", 2, 2)
+    partial, total = dict(dtype="float32", shape=[6, 48]), dict(dtype="float16", shape=[6, 48])
+    row.accept(0)([partial, total, partial, total])
+    with pytest.raises(wire.WireError, match="array 1 as float32 .6, 48. where float16"):
+        row.accept(0)([partial, partial])
+
+
+@pytest.fixture
+def marker(tmp_path, monkeypatch):
+    """The file the hostile layers name (HOSTILE_MARKER): set before their ranks start, so they see it."""
+    path = tmp_path / "marker"
+    monkeypatch.setenv("HOSTILE_MARKER", str(path))
+    return path
+
+
+def test_a_result_subclass_whose_pickling_runs_code_fails_and_runs_nothing_in_the_judge(marker):
+    """The rank's harness patched to send the subclass, and RunsCode in every dict it pickles: a judge that
+    unpickled anything of the rank would create the marker."""
+    [result] = verify_layer("planted.layer_forgers:subclass_runs_code", 1, ("column",), max_examples=1, timeout=30.0)
+    assert not result["passed"]
+    assert "within tolerance" in result["failure"]["failed"], result["failure"]  # its zeros judged, nothing else
+    assert not marker.exists()
+
+
+def test_a_reply_claiming_arrays_the_judge_did_not_expect_is_refused_before_allocation_as_crashed(marker):
+    [result] = verify_layer("planted.layer_forgers:claims_a_huge_result", 1, ("column",), max_examples=1,
+                            timeout=30.0)
+    assert result["failure"]["kind"] == "crashed"
+    message = result["ranks"][0]["message"]
+    assert "broke the wire format" in message and "float64 [1048576, 1048576]" in message, message
+    assert "where float16 [8, 24] was expected" in message  # the first named case: QKV 4:1:1, 4 columns a unit
+
+
+def _running(pids):
+    """The pids among `pids` of processes still running (a zombie is not), after at most ~2 s for SIGKILLs to land."""
+    def state(pid):
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            return "gone"
+    for _ in range(40):
+        running = [pid for pid in pids if state(pid) not in ("gone", "Z", "X")]
+        if not running:
+            break
+        time.sleep(0.05)
+    return running
+
+
+def test_nothing_a_rank_started_outlives_the_run(marker):
+    [result] = verify_layer("planted.layer_forgers:starts_a_process", 1, ("column",), max_examples=1, timeout=30.0)
+    assert not result["passed"]
+    pids = [int(p) for p in marker.read_text().split()]
+    assert len(pids) == 2 and not _running(pids)
+
+
+def test_a_keyboard_interrupt_mid_case_kills_every_rank_and_what_it_started(marker, monkeypatch):
+    def interrupt(wait, rank, header):  # Ctrl-C as the first progress note arrives
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ranks._Wait, "_note", interrupt)
+    pool = RankPool(1, "cpu", timeout=30.0)
+    with pytest.raises(KeyboardInterrupt):
+        verify_layer("planted.layer_forgers:starts_a_process", 1, ("column",), max_examples=1, pool=pool)
+    pids = [int(p) for p in marker.read_text().split()]
+    assert pool.processes == [] and len(pids) == 2 and not _running(pids)
+
+
+def test_a_rank_that_computes_forever_is_slow_not_hung(pool2):
+    pool2.timeout = 1.0
+    try:
+        [result] = verify_layer("planted.layer_forgers:spins_on_rank_one", 2, ("column",), pool=pool2)
+    finally:
+        pool2.timeout = 30.0
+    assert result["failure"]["kind"] == "slow"
+    assert "more than its budget" in result["ranks"][1]["message"]
+    assert "waited for the other ranks" in result["ranks"][0]["message"]
+
+
+def test_a_rank_that_progresses_slowly_for_longer_than_the_timeout_is_not_hung(pool2):
+    """Rank 1's first call takes 3 s at a tenth of a core, with --timeout 1 s: slow, never stopped, so it passes."""
+    pool2.timeout = 1.0
+    try:
+        [result] = verify_layer("planted.layer_forgers:progresses_slowly_on_rank_one", 2, ("column",),
+                                max_examples=1, pool=pool2)
+    finally:
+        pool2.timeout = 30.0
+    assert result["passed"], result["failure"]

@@ -110,6 +110,22 @@ class LayerCase:
         return LayerCase(weights, x, self.x_dtype, a, b, slices, indices, scaling, bias, None, self.notes)
 
 
+def case_to_wire(case):
+    """The parts of `case` a rank needs, as a tree for harness.verify.wire.pack (NumPy arrays, plain values)."""
+    w = case.weights
+    return dict(weights=dict(packed=w.packed, scales=w.scales, scales_dtype=w.scales_dtype, zero_points=w.zero_points,
+                             zero_points_dtype=w.zero_points_dtype, group_size=w.group_size),
+                x=case.x, x_dtype=case.x_dtype, lora_a_stacked=case.lora_a_stacked, lora_b_stacked=case.lora_b_stacked,
+                output_slices=case.output_slices, lora_indices=case.lora_indices, scaling=case.scaling, bias=case.bias)
+
+
+def case_from_wire(tree):
+    """The LayerCase (without rewrite or notes) of case_to_wire's tree, as harness.verify.wire.unpack gave it."""
+    return LayerCase(Weights(**tree["weights"]), tree["x"], tree["x_dtype"], tuple(tree["lora_a_stacked"]),
+                     tuple(tree["lora_b_stacked"]), tuple(tree["output_slices"]), tree["lora_indices"],
+                     tree["scaling"], tree["bias"])
+
+
 def _adapter(rng, rank, in_features, width, w_scale, x_dtype):
     """One slice's adapter: A [rank, in] ~ w_scale, B [width, rank] ~ 1 / sqrt(rank), values of x_dtype."""
     a = round_to(rng.standard_normal((rank, in_features)) * w_scale, x_dtype)

@@ -1,192 +1,59 @@
-"""tp rank processes in one torch.distributed group, each calling the candidate as rank r of a serving engine would.
+"""The judge's side of the tp rank processes (serving.rank runs in them): start them, ask them, judge how they end.
 
-The harness starts the ranks itself (torch.multiprocessing, spawn); they meet on loopback (init_method
-tcp://127.0.0.1:<free port>; gloo on CPU, NCCL on CUDA when every rank has its own GPU, else gloo) and
-load the TARGET themselves, so the judge never imports it. Per case every rank:
-  1. builds the case's tensors on its device (the full tensors: the candidate shards them) and calls the
-     candidate by keyword with tp_rank=r, tp_size=tp, style;
-  2. agrees with its peers that every rank returned a tensor of the contract's shape and dtype (one
-     all_reduce of a flag), else every rank leaves the case;
-  3. combines with the collective the style implies, in the harness's own code so it can be modelled
-     (serving.tolerance): column styles all_gather the blocks (reassembled slice by slice by
-     reference.layer.combine), row all_reduces the partial sums (SUM, in the partials' dtype: x.dtype
-     or fp32; an fp32 sum is then rounded once to x.dtype);
-  4. calls again (deterministic), writes the case's rewrite into the adapter stacks in place (the same
-     tensors, as an engine's set_lora does), and calls and combines again (slot rewrite).
-Each rank replies with its own results (rank 0 also with the combined ones). The judge waits at most
-`timeout` seconds per case: a rank that raises, hangs or dies becomes a RankFailure with a kind
-('raised', 'hung', 'crashed') and a line per rank; where a rank hung or died every process is killed
-and a fresh group starts with the next case. Tensors travel as pickled bytes over pipes (no shared memory).
+RankPool starts tp processes `python -m int4_lora_harness.serving.rank`, each in a new session with a socket of
+its own and the candidate's environment (verify.executor.candidate_env); they meet on loopback and load the
+TARGET themselves, so the judge never imports it. Every rank process is the candidate's: it can patch anything
+in it and send anything. So everything between judge and ranks is harness.verify.wire's format (a JSON header,
+then raw bytes) and nothing is deserialized as an object:
+  to a rank     a JSON header; a case's arrays (wire.pack) lie in a sealed memfd sent beside it
+                (harness.verify.region), so a rank that stops reading cannot block the judge
+  from a rank   a JSON header and the raw bytes of its results; the judge reads only arrays of the dtypes,
+                shapes and count that reply may hold (`Expected`: [M, out / tp] or [M, out] per style, and on
+                rank 0 the combined output), checked before anything is allocated. A reply that breaks the
+                format ends its rank as 'crashed'.
+Limits are the candidate's CPU progress (harness.verify.limits.Watch on each rank's process tree):
+  hung   no rank still owing a reply made progress for `timeout` s (a rank that waits in a collective for a
+         peer uses no CPU; a busy machine slows the ranks, it does not stop them)
+  slow   a rank used more CPU seconds on one case than its budget (timeout + max_slowdown x a dense fp32
+         matmul of the case's calls)
+Once a rank raised or died, the others have GRACE_S s of no progress to leave the case. A rank that raises,
+hangs, passes its budget, dies or breaks the format becomes a RankFailure with a kind and a line per rank; where
+a rank did not answer, every rank's process tree is killed and a fresh group starts with the next case. close()
+(also on KeyboardInterrupt) kills each rank's process tree; the ranks die with the judge (PR_SET_PDEATHSIG).
 """
-import pickle
+import json
+import os
+import select
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
-from datetime import timedelta
-from multiprocessing.connection import wait
 
 import torch
-import torch.multiprocessing
 
-from int4_lora_harness.verify.executor import exit_words
+from int4_lora_harness.serving.cases import case_to_wire
+from int4_lora_harness.serving.replies import Expected, read_case, read_plain, text
+from int4_lora_harness.verify import limits, wire
+from int4_lora_harness.verify.executor import EXIT_GRACE_S, IMPORT_BUDGET_S, IMPORT_STALL_S, candidate_env, exit_words
+from int4_lora_harness.verify.output import CandidateOutput
+from int4_lora_harness.verify.region import Region
 from int4_lora_harness.verify.targets import UsageError
 
-START_TIMEOUT_S = 300.0  # importing torch and the TARGET in tp processes on a busy machine
-GRACE_S = 3.0  # after one rank raised or died, how long the others may take to leave the case
+GRACE_S = 3.0  # after one rank raised or died: how long the others may make no progress before they are killed
+STEPS = ("first", "again", "rewritten")  # a case's calls, in order (serving.rank)
 
 
 class RankFailure(Exception):
-    """The candidate did not return on every rank: kind 'raised' | 'hung' | 'crashed'; ranks: a line per rank.
-
-    fatal: not worth shrinking (the group was killed, or the ranks did not fail alike)."""
+    """The candidate did not return on every rank: kind 'raised' | 'hung' | 'slow' | 'crashed'; ranks: a line per
+    rank. fatal: not worth shrinking (the group was killed, or the ranks did not fail alike)."""
 
     def __init__(self, kind, message, ranks, fatal):
         super().__init__(f"{kind}: {message}")
         self.kind, self.message, self.ranks, self.fatal = kind, message, ranks, fatal
 
-
-# --- a rank's side ---------------------------------------------------------------------------------
-
-def _plain_cpu(t):
-    """A plain CPU copy of a tensor result (a subclass's data, not its view of it)."""
-    return torch.Tensor.as_subclass(t, torch.Tensor).detach().to("cpu", copy=True)
-
-
-def _named_tensors(kwargs):
-    """(name, tensor) for every tensor argument, stack entries as 'lora_a_stacked[s]'."""
-    for name, value in kwargs.items():
-        if isinstance(value, torch.Tensor):
-            yield name, value
-        elif isinstance(value, tuple):
-            yield from ((f"{name}[{s}]", t) for s, t in enumerate(value) if isinstance(t, torch.Tensor))
-
-
-def _shape_problem(out, shape, dtypes, device):
-    """None, or what is wrong with a rank's result (the contract's shape, one of `dtypes`, on `device`)."""
-    if not isinstance(out, torch.Tensor):
-        return f"returned {type(out).__name__}, expected a torch.Tensor"
-    problems = []
-    if tuple(out.shape) != tuple(shape):
-        problems.append(f"shape {list(out.shape)} != {list(shape)}")
-    if out.dtype not in dtypes:
-        problems.append(f"dtype {out.dtype} not in {[str(d) for d in dtypes]}")
-    if out.device.type != device.type:
-        problems.append(f"device {out.device} != {device}")
-    return "; ".join(problems) or None
-
-
-class _Rank:
-    """One rank's state: its place in the group, its device, the TARGETs it has loaded."""
-
-    def __init__(self, rank, tp, device, collective_device):
-        self.rank, self.tp, self.device, self.collective_device = rank, tp, device, collective_device
-        self.functions = {}
-
-    def function(self, target):
-        from int4_lora_harness.serving.cases import LAYER_PARAMETERS
-        from int4_lora_harness.verify.targets import load_target
-        if target not in self.functions:
-            self.functions[target] = load_target(target, LAYER_PARAMETERS, "layer")
-        return self.functions[target]
-
-    def agree(self, ok, dtype_code=0):
-        """(every rank says ok, every rank's result has the same dtype code): one all_reduce MIN of 3 ints."""
-        import torch.distributed as dist
-        flags = torch.tensor([1 if ok else 0, dtype_code, -dtype_code], device=self.collective_device)
-        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
-        return bool(flags[0].item()), int(flags[1].item()) == -int(flags[2].item())
-
-    def combine(self, out, style, x_dtype):
-        """Rank 0: the all_gather'ed blocks (column styles) or the all_reduce'd sum in x_dtype (row); else None."""
-        import torch.distributed as dist
-        t = out.detach().to(self.collective_device).clone().contiguous()
-        if style == "row":
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)  # in the partials' dtype
-            return t.to(x_dtype).cpu() if self.rank == 0 else None
-        parts = [torch.empty_like(t) for _ in range(self.tp)]
-        dist.all_gather(parts, t)
-        return [p.cpu() for p in parts] if self.rank == 0 else None
-
-    def run_case(self, conn, target, style, case, rewritten):
-        """The steps of the module docstring; returns the reply, or None after sending a 'raised' reply early."""
-        function = self.function(target)
-        kwargs = dict(case.torch_kwargs(self.device), tp_rank=self.rank, tp_size=self.tp, style=style)
-        x_dtype, m, out_features = kwargs["x"].dtype, case.x.shape[0], sum(case.output_slices)
-        shape = (m, out_features) if style == "row" else (m, out_features // self.tp)
-        dtypes = (x_dtype, torch.float32) if style == "row" else (x_dtype,)
-        before = {name: t.clone() for name, t in _named_tensors(kwargs)}
-        calls, modified = [], []
-        for step in ("first", "again", "rewritten")[:3 if rewritten is not None else 2]:
-            if step == "rewritten":
-                _write_stacks(kwargs, rewritten)
-            try:
-                out = function(**kwargs)
-            except BaseException as error:  # SystemExit and the rest: each is a verdict
-                conn.send_bytes(pickle.dumps(dict(status="raised", rank=self.rank, step=step,
-                                                  message=f"{type(error).__name__}: {str(error)[:1000]}")))
-                self.agree(False)  # let the peers leave the case too
-                return None
-            conn.send_bytes(pickle.dumps(dict(status="returned", rank=self.rank, step=step)))  # progress, for the judge
-            problem = _shape_problem(out, shape, dtypes, self.device)
-            all_ok, same_dtype = self.agree(problem is None, 0 if problem else dtypes.index(out.dtype))
-            if all_ok and not same_dtype:  # an all_reduce of mixed dtypes is no collective at all
-                problem = f"returned {out.dtype}, and the other ranks' partial sums are not all {out.dtype}"
-            if problem or not all_ok:
-                return dict(status="wrong" if problem else "aborted", rank=self.rank, step=step, calls=calls,
-                            message=problem or "left the case: another rank raised or returned a wrong result")
-            calls.append(dict(out=_plain_cpu(out), combined=self.combine(out, style, x_dtype)))
-            if step == "first":
-                from int4_lora_harness.verify.properties import same_bits
-                modified = [name for name, t in _named_tensors(kwargs) if not same_bits(t, before[name])]
-        return dict(status="ok", rank=self.rank, calls=calls, modified=modified)
-
-    def refuse(self, target, style, case):
-        """Call once on a layer the contract refuses; reply with what was raised (no collectives)."""
-        kwargs = dict(case.torch_kwargs(self.device), tp_rank=self.rank, tp_size=self.tp, style=style)
-        try:
-            self.function(target)(**kwargs)
-        except BaseException as error:
-            return dict(status="ok", rank=self.rank, raised=isinstance(error, ValueError),
-                        message=f"{type(error).__name__}: {str(error)[:1000]}")
-        return dict(status="ok", rank=self.rank, raised=False, message="returned a result")
-
-
-def _write_stacks(kwargs, rewritten):
-    """Copy the rewritten case's adapter stacks into the held tensors, in place (an engine's set_lora)."""
-    for name in ("lora_a_stacked", "lora_b_stacked"):
-        for t, values in zip(kwargs[name], getattr(rewritten, name)):
-            t.copy_(torch.from_numpy(values).to(t.dtype))
-
-
-def _rank_main(rank, tp, init_method, backend, device_type, timeout, conn):
-    """A rank process: join the group, then answer the judge's messages until 'stop'."""
-    import torch.distributed as dist
-    torch.set_num_threads(1)  # tp ranks share the machine's cores
-    device = torch.device("cpu")
-    if device_type == "cuda":
-        device = torch.device("cuda", rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=tp,
-                            timeout=timedelta(seconds=max(timeout, 30.0)))
-    state = _Rank(rank, tp, device, device if backend == "nccl" else torch.device("cpu"))
-    conn.send_bytes(pickle.dumps(dict(status="ready", rank=rank)))
-    while True:
-        verb, payload = pickle.loads(conn.recv_bytes())
-        if verb == "stop":
-            break
-        try:
-            reply = state.run_case(conn, *payload) if verb == "case" else state.refuse(*payload)
-        except UsageError as error:
-            reply = dict(status="usage", rank=rank, message=str(error))
-        except Exception as error:  # one of the harness's collectives failed: a peer died, the group is gone
-            first_line = (str(error).splitlines() or [""])[0][:200]
-            return conn.send_bytes(pickle.dumps(dict(status="aborted", rank=rank, message=(
-                f"left the case: a collective failed, the group is gone ({type(error).__name__}: {first_line})"))))
-        if reply is not None:
-            conn.send_bytes(pickle.dumps(reply))
-    dist.destroy_process_group()
-
-
-# --- the judge's side ------------------------------------------------------------------------------
 
 def free_port():
     """A TCP port on loopback that nothing listens on now (the rendezvous of the next group)."""
@@ -200,134 +67,278 @@ def backend_for(device, tp):
     return "nccl" if device == "cuda" and torch.cuda.device_count() >= tp else "gloo"
 
 
+def kill_tree(process):
+    """SIGKILL a rank's process, every process under it and its process group; its exit code (as executor._kill)."""
+    if process.returncode is not None:  # reaped already (killed before): its pid may be another process's now
+        return process.returncode
+    for _ in range(50):
+        members = limits.tree(process.pid)
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        if not members or process.poll() is not None and len(members) <= 1:
+            break
+        time.sleep(0.02)
+    return process.wait()
+
+
+def _exited(process):
+    """Whether a rank's process has ended, without reaping it (its pid stays its own until kill_tree)."""
+    try:
+        return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+class _Wait:
+    """Every rank's reply to one message, or how each rank that did not reply ended (see the module docstring)."""
+
+    def __init__(self, pool, doing, stall_s, budget_s, expected, read):
+        self.pool, self.doing, self.budget_s, self.expected, self.read = pool, doing, budget_s, expected, read
+        self.pending = set(range(pool.tp))
+        self.replies, self.lost, self.progress, self.limit, self.graced = {}, {}, {}, None, False
+        self.stalls = {rank: stall_s for rank in self.pending}
+        self.watches = {r: limits.Watch(p.pid, stall_s, budget_s, doing) for r, p in enumerate(pool.processes)}
+        self.checked = time.monotonic()
+
+    def run(self):
+        try:
+            while self.pending:
+                socks = {self.pool.socks[rank]: rank for rank in self.pending}
+                for sock in select.select(list(socks), [], [], limits.POLL_S)[0]:
+                    if socks[sock] in self.pending:
+                        self._read(socks[sock])
+                self._reap()
+                if time.monotonic() - self.checked >= limits.POLL_S:
+                    self._check()
+        except limits.LimitPassed:
+            pass  # self.limit says which, and the ranks still pending are killed by the caller
+        return self
+
+    def _check(self):
+        """Every pending rank's Watch: LimitPassed when one is slow, or when none made progress (all hung)."""
+        self.checked, hung = time.monotonic(), []
+        for rank in sorted(self.pending):
+            try:
+                self.watches[rank]()
+            except limits.LimitPassed as passed:
+                if passed.kind == "slow":
+                    self.limit = dict(kind="slow", rank=rank, message=passed.message)
+                    raise
+                hung.append(passed)
+        if self.pending and len(hung) == len(self.pending):
+            self.limit = dict(kind="hung", rank=None, message=hung[0].message)
+            raise hung[0]
+
+    def _read(self, rank):
+        sock = self.pool.socks[rank]
+        try:
+            header, arrays, _ = wire.receive(sock, self.expected.accept(rank), self._check)
+            if header.get("status") == "returned":
+                return self._note(rank, header)
+            reply = self.read(rank, header, arrays)
+        except wire.WireError as error:
+            return self._lose(rank, f"broke the wire format while {self.doing}: {error} (killed)")
+        except (EOFError, OSError):
+            return self._lose(rank, None)
+        self.replies[rank] = reply
+        self.pending.discard(rank)
+        if reply["status"] == "raised":
+            self._grace()
+
+    def _note(self, rank, header):
+        """A progress note: the rank returned from its next call (the final reply is still to come)."""
+        done = STEPS.index(self.progress[rank]) + 1 if rank in self.progress else 0
+        if done >= self.expected.steps or header.get("step") != STEPS[done] or header["arrays"]:
+            raise wire.WireError(f"sent a progress note for {text(header.get('step'), 40)!r} after "
+                                 f"{done} of {self.expected.steps} calls")
+        self.progress[rank] = STEPS[done]
+
+    def _reap(self):
+        """Ranks whose process ended with nothing left to read are lost."""
+        for rank in sorted(self.pending):
+            if _exited(self.pool.processes[rank]) and not select.select([self.pool.socks[rank]], [], [], 0)[0]:
+                self._lose(rank, None)
+
+    def _lose(self, rank, why):
+        """Kill `rank`'s process tree; `why` it is lost (None: how its process ended)."""
+        process, end = self.pool.processes[rank], time.monotonic() + EXIT_GRACE_S
+        while why is None and not _exited(process) and time.monotonic() < end:  # how it ends is a note, not a verdict
+            time.sleep(0.02)
+        ended = _exited(process)
+        code = kill_tree(process)
+        self.lost[rank] = why or (f"the rank's process {exit_words(code)}" if ended else
+                                  "closed its connection to the judge (killed)")
+        self.pending.discard(rank)
+        self._grace()
+
+    def _grace(self):
+        """After a rank raised or died: the others have GRACE_S s of no progress to leave the case."""
+        if not self.graced:
+            self.graced = True
+            for rank in self.pending:
+                self.stalls[rank] = min(self.stalls[rank], GRACE_S)
+                self.watches[rank] = limits.Watch(self.pool.processes[rank].pid, self.stalls[rank], self.budget_s,
+                                                  self.doing)
+
+    def lines(self):
+        """dict(rank, passed, message) for every rank of a message not every rank answered well."""
+        lines = []
+        for rank in range(self.pool.tp):
+            reply = self.replies.get(rank)
+            if rank in self.lost:
+                message = self.lost[rank]
+            elif reply is None and self.limit["rank"] == rank:
+                message = f"{self.limit['message']} (killed)"
+            elif reply is None and rank in self.progress:
+                message = f"returned from its {self.progress[rank]} call, then waited for the other ranks (killed)"
+            elif reply is None:
+                message = f"no progress for {self.stalls[rank]:g} s: still in its candidate call (killed)"
+            elif reply["status"] == "raised":
+                message = f"raised in its {reply['step']} call: {reply['message']}"
+            else:
+                message = reply["message"] or "returned"
+            lines.append(dict(rank=rank, passed=reply is not None and reply["status"] == "ok", message=message))
+        return lines
+
+
 class RankPool:
     """tp rank processes and their process group, started on first use and after a rank hung or died."""
 
-    def __init__(self, tp, device="cpu", timeout=60.0):
+    def __init__(self, tp, device="cpu", timeout=60.0, max_slowdown=limits.MAX_SLOWDOWN):
         if tp < 1:
             raise ValueError(f"tp must be >= 1, got {tp}")
-        self.tp, self.device, self.timeout = tp, device, timeout
-        self.processes, self.conns = [], []
+        self.tp, self.device, self.timeout, self.max_slowdown = tp, device, timeout, max_slowdown
+        self.processes, self.socks, self.outputs, self.loaded, self.scratch = [], [], [], set(), None
 
     def _start(self, attempts=2):
-        """Spawn the ranks and wait for their process group; a second rendezvous port if the first was taken."""
-        context = torch.multiprocessing.get_context("spawn")
-        for attempt in range(attempts):
-            init_method, backend = f"tcp://127.0.0.1:{free_port()}", backend_for(self.device, self.tp)
-            for rank in range(self.tp):
-                parent, child = context.Pipe()
-                process = context.Process(target=_rank_main, args=(rank, self.tp, init_method, backend, self.device,
-                                                                    self.timeout, child), daemon=True,
-                                          name=f"int4-harness-rank-{rank}")
-                process.start()
-                child.close()
-                self.processes.append(process)
-                self.conns.append(parent)
-            replies, missing, dead, _ = self._collect(time.monotonic() + START_TIMEOUT_S)
-            if not (missing or dead):
+        """Start the ranks and wait for their process group; a second rendezvous port if the first was taken."""
+        for _ in range(attempts):
+            self._spawn(f"tcp://127.0.0.1:{free_port()}", backend_for(self.device, self.tp))
+            wait = _Wait(self, "starting the process group", max(self.timeout, IMPORT_STALL_S), IMPORT_BUDGET_S,
+                         Expected(), read_plain("ready")).run()
+            if not (wait.pending or wait.lost):
                 return
-            self.close(kill=True)
-        raise RankFailure("crashed" if dead else "hung", f"the {self.tp} ranks did not start a process group",
-                          _rank_lines(replies, missing, dead, {}, START_TIMEOUT_S), True)
+            self.close()
+        raise RankFailure("crashed" if wait.lost else wait.limit["kind"], f"the {self.tp} ranks did not start a "
+                          "process group", wait.lines(), True)
 
-    def _collect(self, deadline):
-        """(replies, ranks that did not answer, {rank: exit code} of ranks that died, {rank: last call returned})."""
-        replies, dead, progress, pending = {}, {}, {}, set(range(self.tp))
-        while pending and time.monotonic() < deadline:
-            waiting = {self.conns[r]: r for r in pending}
-            waiting.update({self.processes[r].sentinel: r for r in pending})
-            for ready in wait(list(waiting), timeout=max(0.0, deadline - time.monotonic())):
-                rank = waiting[ready]
-                if rank not in pending:
-                    continue
-                reply = self._receive(rank)
-                if reply is None:
-                    dead[rank] = self.processes[rank].exitcode
-                elif reply["status"] == "returned":  # a progress note: the final reply is still to come
-                    progress[rank] = reply["step"]
-                    continue
-                else:
-                    replies[rank] = reply
-                pending.discard(rank)
-                if reply is None or reply["status"] == "raised":  # the others get a grace period, not the timeout
-                    deadline = min(deadline, time.monotonic() + GRACE_S)
-        return replies, pending, dead, progress
+    def _spawn(self, init_method, backend):
+        self.scratch = tempfile.mkdtemp(prefix="int4-ranks-")
+        env, cache = candidate_env(self.scratch)
+        cache.mkdir(parents=True, exist_ok=True)
+        for rank in range(self.tp):
+            mine, theirs = socket.socketpair()
+            config = dict(rank=rank, tp=self.tp, init_method=init_method, backend=backend, device=self.device,
+                          timeout=self.timeout, judge_pid=os.getpid(), sys_path=sys.path, own_pids=backend == "gloo")
+            process = subprocess.Popen(
+                [sys.executable, "-m", "int4_lora_harness.serving.rank", str(theirs.fileno()), json.dumps(config)],
+                pass_fds=[theirs.fileno()], start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, env=env)
+            theirs.close()
+            mine.settimeout(limits.POLL_S)
+            self.processes.append(process)
+            self.socks.append(mine)
+            self.outputs.append(CandidateOutput(process.stdout))
 
-    def _receive(self, rank):
-        """The next message from `rank`, or None when its process has died."""
+    def _send(self, header, payload):
+        """`header` to every rank; `payload` (a tree for wire.pack) as JSON, its arrays in a sealed memfd."""
+        region = None
+        if payload is not None:
+            tree, arrays = wire.pack(payload)
+            region = Region({str(i): torch.from_numpy(a) for i, (_, a) in enumerate(arrays)})
+            header = dict(header, payload=tree, layout=region.layout)
         try:
-            if self.conns[rank].poll():
-                return pickle.loads(self.conns[rank].recv_bytes())
-        except (EOFError, OSError):
-            pass
-        self.processes[rank].join(1.0)
-        return None
+            for sock in self.socks:
+                fds = [region.descriptor()] if region is not None else []
+                try:
+                    wire.send(sock, header, fds=fds)
+                except OSError:
+                    pass  # the rank is gone: the wait says how
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+        finally:
+            if region is not None:
+                region.close()
 
-    def _ask(self, verb, payload):
-        """Send one message to every rank; their replies in rank order, or RankFailure / UsageError."""
-        if not self.processes:
-            self._start()
-        data = pickle.dumps((verb, payload), protocol=pickle.HIGHEST_PROTOCOL)
-        for conn in self.conns:
-            try:
-                conn.send_bytes(data)
-            except (BrokenPipeError, OSError):
-                pass  # the rank is gone: _collect says how
-        replies, missing, dead, progress = self._collect(time.monotonic() + self.timeout)
+    def _ask(self, header, doing, expected, read, payload=None, stall_s=None, budget_s=None):
+        """Every rank's reply (in rank order) to one message, or RankFailure / UsageError."""
+        try:
+            if not self.processes:
+                self._start()
+            self._send(header, payload)
+            wait = _Wait(self, doing, stall_s or self.timeout, budget_s or self.timeout, expected, read).run()
+        except BaseException:  # KeyboardInterrupt (or a failure half way): no rank outlives it
+            self.close()
+            raise
+        return self._verdict(wait)
+
+    def _verdict(self, wait):
+        """The replies in rank order where every rank answered and none raised; else UsageError or RankFailure."""
+        replies = wait.replies
+        statuses = [replies[rank]["status"] for rank in sorted(replies)]
         usage = [r["message"] for r in replies.values() if r["status"] == "usage"]
-        raised = [r for r in sorted(replies) if replies[r]["status"] == "raised"]
-        if not (missing or dead or raised or usage):
-            return [replies[r] for r in range(self.tp)]
-        fatal = bool(missing or dead)  # a rank hung or died: the group cannot be trusted, start a new one
+        raised = statuses.count("raised")
+        unblamed = "aborted" in statuses and "wrong" not in statuses  # ranks left the case, and none says why
+        if not (wait.pending or wait.lost or raised or usage or unblamed):
+            return [replies[rank] for rank in range(self.tp)]
+        fatal = bool(wait.pending or wait.lost or unblamed)  # a group that cannot be trusted: start a new one
         if fatal:
-            self.close(kill=True)
+            self.close()
         if usage:
             raise UsageError(usage[0])
-        lines = _rank_lines(replies, missing, dead, progress, self.timeout)
-        kind = "raised" if raised else "crashed" if dead else "hung"
+        lines = wait.lines()
+        kind = "raised" if raised else "crashed" if wait.lost or unblamed else wait.limit["kind"]
         blamed = [line for line in lines if not line["passed"] and "left the case" not in line["message"]
                   and "waited for the other ranks" not in line["message"]]
         first = (blamed or lines)[0]
-        raise RankFailure(kind, f"rank {first['rank']}: {first['message']}", lines, fatal or len(raised) < self.tp)
+        raise RankFailure(kind, f"rank {first['rank']}: {first['message']}", lines, fatal or raised < self.tp)
+
+    def _load(self, target):
+        """Every rank imports TARGET (once per group), with the time an import may take."""
+        if target not in self.loaded:
+            self._ask(dict(verb="load", target=target), "importing the TARGET", Expected(),
+                      read_plain("ok", "usage", "raised"), stall_s=max(self.timeout, IMPORT_STALL_S),
+                      budget_s=IMPORT_BUDGET_S)
+            self.loaded.add(target)
+
+    def _budget(self, case, calls):
+        """CPU seconds a rank may use on `calls` calls of `case` (timeout + max_slowdown x a dense matmul)."""
+        work = limits.work((case.x.shape[0], sum(case.output_slices)), {"x": case.x})
+        return self.timeout + self.max_slowdown * calls * work / limits.dense_rate()
 
     def run_case(self, target, style, case):
-        """Every rank's reply to one LayerCase (see the module docstring)."""
-        return self._ask("case", (target, style, case, case.rewritten() if case.rewrite else None))
+        """Every rank's reply to one LayerCase (serving.rank): dict(status, rank, step, message, calls, modified)."""
+        self._load(target)
+        rewritten = case.rewritten() if case.rewrite is not None else None
+        stacks = None if rewritten is None else dict(lora_a_stacked=rewritten.lora_a_stacked,
+                                                     lora_b_stacked=rewritten.lora_b_stacked)
+        steps = 2 if rewritten is None else 3
+        expected = Expected.case(case, style, self.tp, steps)
+        return self._ask(dict(verb="case", target=target, style=style), "calling the candidate", expected,
+                         read_case(expected), dict(case=case_to_wire(case), rewritten=stacks),
+                         budget_s=self._budget(case, steps))
 
     def refuse(self, target, style, case):
         """Every rank's reply to a layer the contract refuses: dict(raised=ValueError or not, message)."""
-        return self._ask("refuse", (target, style, case))
+        self._load(target)
+        return self._ask(dict(verb="refuse", target=target, style=style), "calling the candidate", Expected(),
+                         read_plain("ok", "usage"), dict(case=case_to_wire(case)), budget_s=self._budget(case, 1))
 
-    def close(self, kill=False):
-        """Stop the ranks (kill: at once, for ranks that hung or whose peers died)."""
-        for conn in self.conns if not kill else []:
-            try:
-                conn.send_bytes(pickle.dumps(("stop", None)))
-            except (BrokenPipeError, OSError):
-                pass
+    def close(self):
+        """Kill every rank's process tree (how a rank ends after its last case is not judged)."""
         for process in self.processes:
-            process.join(0 if kill else GRACE_S)
-            if process.is_alive():
-                process.kill()
-            process.join()
-        for conn in self.conns:
-            conn.close()
-        self.processes, self.conns = [], []
-
-
-def _rank_lines(replies, missing, dead, progress, timeout):
-    """dict(rank, passed, message) for every rank of a case that did not complete."""
-    lines = []
-    for rank in sorted([*replies, *missing, *dead]):
-        if rank in dead:
-            message = f"the rank's process {exit_words(dead[rank])}"
-        elif rank in missing and rank in progress:
-            message = f"returned from its {progress[rank]} call, then waited for the other ranks (killed)"
-        elif rank in missing:
-            message = f"no answer within {timeout:g} s: still in its candidate call (killed)"
-        elif replies[rank]["status"] == "raised":
-            message = f"raised in its {replies[rank]['step']} call: {replies[rank]['message']}"
-        else:
-            message = replies[rank].get("message", "returned")
-        lines.append(dict(rank=rank, passed=rank in replies and replies[rank]["status"] == "ok", message=message))
-    return lines
+            kill_tree(process)
+        for sock, output in zip(self.socks, self.outputs):
+            sock.close()
+            output.close()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        self.processes, self.socks, self.outputs, self.loaded, self.scratch = [], [], [], set(), None

@@ -4,8 +4,8 @@ For each style, verify_layer examines the named merged layers of serving.strateg
 one slice), then layers Hypothesis draws, until a property fails (Hypothesis then shrinks the case,
 unless a rank hung or died or the ranks failed unalike) or max_examples cases passed; for a row-parallel
 layer at tp > 1 it then checks that a shard splitting a quantization group is refused. The ranks are
-processes of its own (serving.ranks.RankPool), which load TARGET themselves; a rank that raises, hangs or
-dies is a verdict with a kind, and every verdict has a line per rank.
+processes of its own (serving.ranks.RankPool), which load TARGET themselves; a rank that raises, hangs, passes
+its CPU budget, dies or breaks the wire format is a verdict with a kind, and every verdict has a line per rank.
 """
 import time
 from collections import Counter
@@ -16,16 +16,19 @@ from int4_lora_harness.reference.layer import STYLES
 from int4_lora_harness.serving.properties import LAYER_PROPERTIES, REFUSES, layer_outcomes, refusal_outcome
 from int4_lora_harness.serving.ranks import RankFailure, RankPool
 from int4_lora_harness.serving.strategies import layer_cases, misaligned_row_case, named_cases
+from int4_lora_harness.verify.limits import MAX_SLOWDOWN
 from int4_lora_harness.verify.strategies import QUIET
 from int4_lora_harness.verify.targets import UsageError
 
 
 def verify_layer(target, tp, styles=STYLES, device="cpu", max_examples=20, seed=0, timeout=60.0, *, pool=None,
-                 named=True):
+                 named=True, max_slowdown=MAX_SLOWDOWN):
     """[result dict] per style for TARGET ('pkg.module:function' or 'path/file.py:function') on tp ranks.
 
-    styles: a subset of reference.layer.STYLES; device: 'cpu' or 'cuda'; timeout: seconds every rank may take
-    for one case. pool: a RankPool of tp ranks on `device` to reuse (tests); by default one is started here.
+    styles: a subset of reference.layer.STYLES; device: 'cpu' or 'cuda'; timeout: seconds of no progress (CPU
+    time of the ranks' processes) that end a case as hung; max_slowdown: a rank's CPU budget per case, in dense
+    fp32 matmuls of its work (serving.ranks). pool: a RankPool of tp ranks on `device` to reuse (tests); by
+    default one is started here (and killed on the way out, KeyboardInterrupt included).
     named: examine serving.strategies.named_cases before the fuzzed ones (False: the fuzzer alone).
     UsageError (verify.targets) when the ranks cannot load TARGET or call it with the contract's arguments.
     """
@@ -35,7 +38,7 @@ def verify_layer(target, tp, styles=STYLES, device="cpu", max_examples=20, seed=
     if pool is not None and (pool.tp != tp or pool.device != device):
         raise ValueError(f"pool runs tp={pool.tp} on {pool.device}, not tp={tp} on {device}")
     own = pool is None
-    pool = RankPool(tp, device, timeout) if own else pool
+    pool = RankPool(tp, device, timeout, max_slowdown) if own else pool
     try:
         return [_verify_style(pool, target, style, max_examples, seed, named) for style in styles]
     finally:

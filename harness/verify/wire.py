@@ -71,7 +71,7 @@ def receive(sock, accept=None, idle=None, with_fds=False):
         raise WireError(f"a header of {size} bytes (at most {MAX_HEADER})")
     try:
         header = json.loads(bytes(_read(sock, size, idle)[0]))
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: a header of thousands of nested lists
         raise WireError(f"the header is not JSON: {error}") from None
     if not isinstance(header, dict) or not isinstance(header.get("arrays", []), list):
         raise WireError("the header is not a JSON object with a list of arrays")
@@ -86,6 +86,63 @@ def receive(sock, accept=None, idle=None, with_fds=False):
             _read_into(sock, memoryview(a.reshape(-1)).cast("B"), idle)
         arrays.append(a)
     return header, arrays, fds
+
+
+ARRAY_KEY = "__array__"  # {"__array__": i} in a packed tree stands for the i-th array of its message
+MAX_DEPTH = 16  # a packed tree nested deeper is not one
+
+
+def pack(tree):
+    """(a JSON-able tree, [(dtype name, array)] for `send`) of `tree`: nested dicts (str keys), lists, tuples
+    (sent as lists) and plain values, each NumPy array in it replaced by {"__array__": its index}. Arrays must be
+    of a dtype whose bytes travel as themselves (float16/32/64, int8/16/32/64, uint8): WireError otherwise."""
+    arrays = []
+
+    def walk(node, depth):
+        if depth > MAX_DEPTH:
+            raise WireError(f"a tree nested deeper than {MAX_DEPTH}")
+        if isinstance(node, np.ndarray):
+            name = node.dtype.name
+            if CARRIERS.get(name) is None or np.dtype(CARRIERS[name]) != node.dtype:
+                raise WireError(f"an array of dtype {name} does not travel as itself (pack takes "
+                                f"{', '.join(n for n, c in CARRIERS.items() if np.dtype(c).name == n)})")
+            arrays.append((name, np.ascontiguousarray(node)))
+            return {ARRAY_KEY: len(arrays) - 1}
+        if isinstance(node, dict):
+            if not all(isinstance(k, str) and k != ARRAY_KEY for k in node):
+                raise WireError(f"a dict with a key that is not a string, or is {ARRAY_KEY!r}")
+            return {k: walk(v, depth + 1) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [walk(v, depth + 1) for v in node]
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        raise WireError(f"a {type(node).__name__} cannot travel in a packed tree")
+    return walk(tree, 0), arrays
+
+
+def unpack(tree, arrays):
+    """`tree` (JSON a `receive` returned) with each {"__array__": i} replaced by arrays[i]: every array used exactly
+    once, nesting at most MAX_DEPTH; WireError otherwise. Builds only dicts, lists and the values already there."""
+    used = set()
+
+    def walk(node, depth):
+        if depth > MAX_DEPTH:
+            raise WireError(f"a tree nested deeper than {MAX_DEPTH}")
+        if isinstance(node, dict) and ARRAY_KEY in node:
+            index = node[ARRAY_KEY]
+            if len(node) != 1 or type(index) is not int or not 0 <= index < len(arrays) or index in used:
+                raise WireError(f"{str(node)[:80]} names no array of the {len(arrays)} sent, or one named before")
+            used.add(index)
+            return arrays[index]
+        if isinstance(node, dict):
+            return {k: walk(v, depth + 1) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, depth + 1) for v in node]
+        return node
+    out = walk(tree, 0)
+    if len(used) != len(arrays):
+        raise WireError(f"{len(arrays) - len(used)} of the {len(arrays)} arrays sent are named nowhere")
+    return out
 
 
 def _read(sock, n, idle, fds=None):
