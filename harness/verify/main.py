@@ -99,7 +99,7 @@ def layer_results(args, options):
     split_target(args.layer)
     for seed in options["seeds"]:
         for result in verify_layer(args.layer, args.tp, args.styles or STYLES, options["device"], options["examples"],
-                                   seed, options["timeout"]):
+                                   seed, options["timeout"], max_slowdown=options["max_slowdown"]):
             yield dict(result, kind="third-party", layout="canonical", domain=["full"], explicit=[], seed=seed)
 
 

@@ -171,46 +171,44 @@ def stop_workers(pool):
 
 def judge_run(candidates, skipped, options, argv):
     """Judge every candidate, writing the verdict before, during and after; the exit status (0 or 1)."""
+    return record_run(judge_all(candidates, options), skipped, options, argv, layout=options["layout"],
+                      domain=options["domain"].describe() or ["full"], printed=True)
+
+
+def run_layer(results, options, argv):
+    """Like `judge_run`, for the --layer results (one per style), which harness.serving computes itself."""
+    return record_run(results, [], options, argv, layout="canonical", domain=["full"], printed=False)
+
+
+def record_run(results, skipped, options, argv, layout, domain, printed):
+    """Write the verdict before, during and after `results` (an iterator that judges as it goes); an interrupt
+    (SIGINT, or SIGTERM made one) writes 'interrupted' and propagates. The exit status: 0 all passed, else 1.
+    printed: the iterator prints each verdict itself."""
     verdict = record.header(options["run_id"], argv, device=options["device"], profile=options["profile"],
                             examples=options["examples"], seed=options["seed"], seeds=options["seeds"],
-                            designs=list(options["designs"]),
-                            layout=options["layout"], domain=options["domain"].describe() or ["full"],
+                            designs=list(options["designs"]), layout=layout, domain=domain,
                             skipped=[dict(candidate=n, reason=r) for n, r in skipped])
     path = record.write(options["report"], verdict)
+    main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is threading.main_thread():
+    if main_thread:
         interrupt_on_sigterm()
     try:
-        for result in judge_all(candidates, options):
+        for result in results:
             verdict["results"].append(result)
             record.write(options["report"], verdict)
+            if not printed:
+                print_verdict(result)
     except KeyboardInterrupt:
         record.write(options["report"], record.finish(verdict, "interrupted", 1))
         say(f"interrupted: the verdict so far is in {path}")
         raise  # the caller stops too (a pytest session under the plugin); the console script exits 1
     finally:
-        if threading.current_thread() is threading.main_thread():
+        if main_thread:
             signal.signal(signal.SIGTERM, previous)
     status = 0 if verdict["results"] and all(r["passed"] for r in verdict["results"]) else 1
     record.write(options["report"], record.finish(verdict, "complete", status))
     print_summary(verdict["results"], skipped, path)
-    return status
-
-
-def run_layer(results, options, argv):
-    """Like `run`, for the --layer results (one per style), which harness.serving computes itself."""
-    verdict = record.header(options["run_id"], argv, device=options["device"], profile=options["profile"],
-                            examples=options["examples"], seed=options["seed"], seeds=options["seeds"],
-                            designs=list(options["designs"]),
-                            layout="canonical", domain=["full"], skipped=[])
-    path = record.write(options["report"], verdict)
-    for result in results:
-        verdict["results"].append(result)
-        record.write(options["report"], verdict)
-        print_verdict(result)
-    status = 0 if verdict["results"] and all(r["passed"] for r in verdict["results"]) else 1
-    record.write(options["report"], record.finish(verdict, "complete", status))
-    print_summary(verdict["results"], [], path)
     return status
 
 
