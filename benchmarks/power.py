@@ -64,12 +64,13 @@ def bound_used(result):
     return used
 
 
-def run_one(name, contract, target, expected, profile):
+def run_one(name, contract, target, expected, profile, extra=(), env=None):
+    """The row of one `int4-verify` run (in a process of its own, flags `extra`, environment changes `env`)."""
     with tempfile.TemporaryDirectory() as report:
         start = time.perf_counter()
         run = subprocess.run([sys.executable, "-m", "int4_lora_harness", "verify", f"--{contract}", target, "--profile",
-                              profile, "--report", report, "--quiet"], cwd=ROOT, capture_output=True, text=True,
-                             env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "tests")})
+                              profile, "--report", report, "--quiet", *extra], cwd=ROOT, capture_output=True, text=True,
+                             env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "tests"), **(env or {})})
         seconds = time.perf_counter() - start
         result = json.loads((Path(report) / "verify.json").read_text())["results"][0]
     row = dict(name=name, contract=contract, target=target, expected=expected, exit_status=run.returncode,
