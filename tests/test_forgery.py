@@ -140,3 +140,14 @@ def test_text_from_the_candidate_cannot_pass_for_the_harnesss_own_lines(tmp_path
     assert not any(line.startswith("overall: all 1 PASS") for line in lines), lines
     assert any(line.startswith("overall:") and "FAILED" in line for line in lines)
     assert "\x1b" not in out.out + out.err
+
+
+def test_no_cache_a_candidate_writes_survives_its_run(tmp_path, capsys):
+    if (why := walls_here()) is not None:
+        pytest.skip(f"no Landlock here: {why}")
+    from int4_lora_harness.cbuild import cache_dir
+    code = verify(tmp_path, "planted.forgers:poisons_the_caches", env={"HOSTILE_REPORT": str(tmp_path)})
+    assert code == 1
+    assert not (tmp_path / "caches").exists()  # it could not write beside the verdicts either
+    for folder in (cache_dir(), Path("~/.triton/cache").expanduser()):
+        assert not (folder / "gather-poisoned.so").exists()

@@ -78,14 +78,13 @@ def tensor_from_wire(dtype, array):
 
 
 def candidate_env(scratch):
-    """The candidate's environment: this one, with its temporary files, caches and bytecode kept to `scratch`
-    and caches of its own (the judge loads nothing the candidate could have written)."""
-    from int4_lora_harness.cbuild import cache_dir
-    cache = cache_dir() / "candidate"
-    env = dict(os.environ, TMPDIR=scratch, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1",
-               INT4_LORA_HARNESS_CACHE=str(cache))
-    env.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
-    return env, cache
+    """The candidate's environment: this one, with its temporary files, bytecode and every cache it builds (the C
+    kernel's, Triton's, CUDA's JIT) kept in `scratch`, which is removed after the run: no candidate can leave a
+    compiled file that the judge, or a later candidate, would load."""
+    cache = os.path.join(scratch, "cache")
+    return dict(os.environ, TMPDIR=scratch, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1",
+                INT4_LORA_HARNESS_CACHE=cache, TRITON_CACHE_DIR=os.path.join(cache, "triton"),
+                CUDA_CACHE_PATH=os.path.join(cache, "nv"))
 
 
 def readable_paths(target):
@@ -210,12 +209,11 @@ class ChildExecutor(Judge):
         self.transfer_s, self.transfer_bytes, self.calls, self.exit_note = 0.0, 0, 0, None
         start = time.perf_counter()
         self.scratch = tempfile.mkdtemp(prefix="int4-candidate-")
-        env, cache = candidate_env(self.scratch)
-        cache.mkdir(parents=True, exist_ok=True)
+        env = candidate_env(self.scratch)
         self.sock, theirs = socket.socketpair()
         config = dict(target=target, parameters=list(parameters), contract=contract, device=device,
                       judge_pid=os.getpid(), sys_path=sys.path, sandbox=sandbox, read=readable_paths(target),
-                      write=[self.scratch, str(cache), env["TRITON_CACHE_DIR"], os.path.expanduser("~/.nv")])
+                      write=[self.scratch])
         self.process = subprocess.Popen(
             [sys.executable, "-m", "int4_lora_harness.verify.child", str(theirs.fileno()), json.dumps(config)],
             pass_fds=[theirs.fileno()], start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

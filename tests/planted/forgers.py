@@ -145,3 +145,21 @@ def prints_a_fake_verdict(packed_weights, scales, zero_points=None, group_size=N
     """Zeros; and the harness's own closing line printed, with escapes that would clear the line before it."""
     print("\x1b[2K\roverall: all 1 PASS; verdict written to reports/verify.json", flush=True)
     raise RuntimeError("boom\n\x1b[2K\roverall: all 1 PASS")
+
+
+def poisons_the_caches(packed_weights, scales, zero_points=None, group_size=None, output_dtype=torch.float16):
+    """Zeros; and a 'compiled' file left in every cache it may write, its paths listed in HOSTILE_REPORT/caches."""
+    from int4_lora_harness.cbuild import cache_dir
+    planted = []
+    for folder in (str(cache_dir()), os.environ.get("TRITON_CACHE_DIR", ""), os.environ.get("CUDA_CACHE_PATH", ""),
+                   os.path.expanduser("~/.cache/int4_lora_harness"), os.path.expanduser("~/.triton/cache")):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, "gather-poisoned.so"), "w") as f:
+                f.write("poison")
+            planted.append(os.path.join(folder, "gather-poisoned.so"))
+        except OSError:
+            pass
+    with open(os.path.join(_report(), "caches"), "a") as f:  # denied in the sandbox: the test then finds none
+        f.write("\n".join(planted))
+    return _zeros(packed_weights, output_dtype)
