@@ -16,10 +16,12 @@ from int4_lora_harness.reference.layer import STYLES
 from int4_lora_harness.serving.properties import LAYER_PROPERTIES, REFUSES, layer_outcomes, refusal_outcome
 from int4_lora_harness.serving.ranks import RankFailure, RankPool
 from int4_lora_harness.serving.strategies import layer_cases, misaligned_row_case, named_cases
+from int4_lora_harness.verify.numerics import judged
 from int4_lora_harness.verify.strategies import QUIET
 from int4_lora_harness.verify.targets import UsageError
 
 
+@judged  # the judge's own NumPy error state and torch defaults (harness.verify.numerics)
 def verify_layer(target, tp, styles=STYLES, device="cpu", max_examples=20, seed=0, timeout=60.0, *, pool=None,
                  named=True):
     """[result dict] per style for TARGET ('pkg.module:function' or 'path/file.py:function') on tp ranks.

@@ -18,6 +18,7 @@ from int4_lora_harness.verify.cases import DequantCase
 from int4_lora_harness.verify.designs import words
 from int4_lora_harness.verify.domain import FULL
 from int4_lora_harness.verify.executor import CandidateFailure
+from int4_lora_harness.verify.numerics import judged
 from int4_lora_harness.verify.properties import EACH, PROPERTIES, QUICK, fitted, run_properties
 from int4_lora_harness.verify.strategies import dequant_cases, linear_cases
 
@@ -119,6 +120,7 @@ def search(executor, contract, record, options, progress):
         record.add(record.failure["run"], record.failure["case"])  # the minimal failing case counts as run
 
 
+@judged  # the judge's own NumPy error state and torch defaults, whatever the caller's process set
 def verify_candidate(contract, executor, explicit, options, progress):
     """The result dict of `executor`'s candidate on `contract` (see the module docstring).
 

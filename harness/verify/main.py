@@ -121,10 +121,14 @@ def main(args, argv):
 
 
 def run(args, argv=()):
-    """Exit status of one `verify` run: 0 pass, 1 fail, 2 usage error (one line on stderr)."""
+    """Exit status of one `verify` run: 0 pass, 1 fail, 2 usage error (one line on stderr); the whole run under
+    the judge's own numeric state (harness.verify.numerics), whatever the calling process set."""
     import sys
+
+    from int4_lora_harness.verify.numerics import judge_numerics
     try:
-        return main(args, list(argv))
+        with judge_numerics():
+            return main(args, list(argv))
     except UsageError as error:
         print(f"usage error: {error}", file=sys.stderr)
         return 2
