@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 import numpy as np
 from hypothesis import Phase, given, seed, settings
 
+from int4_lora_harness.verify.candidate_text import raised_at
 from int4_lora_harness.verify.cases import DequantCase
 from int4_lora_harness.verify.designs import words
 from int4_lora_harness.verify.domain import FULL
@@ -87,7 +88,7 @@ def attempt(executor, case, record, options):
         run = run_properties(executor, case, options["designs"], options["layout"], options["updates"])
     except CandidateFailure as failure:
         record.failure = dict(kind=failure.kind, message=failure.message, exception=failure.exception, case=case,
-                              outcomes=None)
+                              where=raised_at(getattr(failure, "traceback", None), failure.message), outcomes=None)
         return record.failure
     record.last_run = run
     failed = [o for o in run.outcomes if o.passed is False]
@@ -215,7 +216,7 @@ def _failure(failure):
     outcomes = failure.get("outcomes") or []
     worst = next((o.worst for o in outcomes if o.worst and o.passed is False), None)
     return dict(kind=failure["kind"], message=failure["message"], exception=failure.get("exception"),
-                case=failure["case"].describe(), values=case_values(failure["case"]),
+                where=failure.get("where"), case=failure["case"].describe(), values=case_values(failure["case"]),
                 failed=[o.name for o in outcomes if o.passed is False] or [f"a call ({failure['kind']})"],
                 worst=worst, design_words=worst and words(worst.get("design", "")))
 
