@@ -131,6 +131,17 @@ def test_every_bad_flag_is_a_one_line_usage_error(tmp_path, flags, message):
     assert message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
 
 
+def test_a_file_target_imports_the_modules_beside_it_as_python_file_py_would(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "neighbour_of_mine.py").write_text("from planted.bugs import correct_dequantize_fp64_expand\n")
+    (folder / "mine.py").write_text("from neighbour_of_mine import correct_dequantize_fp64_expand as dequantize\n")
+    code, out, err = verify(tmp_path, capsys, "--dequantizer", f"{folder / 'mine.py'}:dequantize", "--no-large-tier",
+                            "--examples", "2", "--quiet")
+    assert code == 0, out + err
+    assert verdict(tmp_path)["results"][0]["passed"]
+
+
 def test_seeds_from_zero_each_give_their_own_judgement_named_by_seed(tmp_path, capsys):
     code, out, err = verify(tmp_path, capsys, "--dequantizer", "planted.bugs:missing_offset", "--seeds", "0,3",
                             "--no-large-tier", "--quiet", "--examples", "2")
