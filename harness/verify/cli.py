@@ -74,8 +74,8 @@ def positive_seconds(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
     if not (0 < value <= MAX_TIMEOUT_S):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0 and at most {MAX_TIMEOUT_S:g} (a day), "
-                                         f"got {text}")
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0 and at most {MAX_TIMEOUT_S:g} "
+                                         f"(a day), got {text}")
     return value
 
 
