@@ -21,6 +21,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from int4_lora_harness import environment
+
 FLAGS = ["-O3", "-std=c11", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared"]  # no FMA; selects vectorize
 NATIVE_FLAGS = ["-march=native"]  # tried first; dropped where the compiler refuses it
 
@@ -89,7 +91,7 @@ def load(source, switch, what, instead):
     switch: an environment variable that, set to 0, turns the library off (no warning); otherwise a
     library that cannot be built or loaded warns once per call here: "{what} is not available, {instead}".
     """
-    if os.environ.get(switch, "1") == "0":
+    if environment.switch(switch) == "0":  # ValueError naming the variable for a value other than 0 or 1
         return Missing(f"{switch}=0")
     path, why = build(source)
     if path is not None:

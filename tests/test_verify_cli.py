@@ -122,6 +122,11 @@ def test_usage_errors_exit_2_with_one_line_and_no_traceback(tmp_path, capsys, ta
     (["--designs", "fused"], "--designs: takes all, single-rounding, unfused"),
     (["--in-multiple-of", "3"], "in_multiple_of must be even"),
     (["--tp", "2"], "--tp N needs --layer TARGET"),
+    (["--timeout", "1e7"], "--timeout: must be a finite number of seconds > 0 and at most 86400 (a day)"),
+    (["--jobs", "65"], "--jobs: must be at most 64"),
+    (["--max-rank", "513"], "--max-rank: must be at most 512"),
+    (["--max-loras", "1000"], "--max-loras: must be at most 256"),
+    (["--out-multiple-of", "4096"], "--out-multiple-of: must be at most 1024"),
 ])
 def test_every_bad_flag_is_a_one_line_usage_error(tmp_path, flags, message):
     run = subprocess.run([sys.executable, "-m", "int4_lora_harness", "verify", "--report", str(tmp_path),
@@ -129,6 +134,45 @@ def test_every_bad_flag_is_a_one_line_usage_error(tmp_path, flags, message):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stdout + run.stderr
     assert message in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("HYPOTHESIS_PROFILE", "junk", "HYPOTHESIS_PROFILE='junk': must be one of ci, thorough"),
+    ("INT4_LORA_HARNESS_NATIVE", "no", "INT4_LORA_HARNESS_NATIVE='no': must be 0 or 1 (unset means 1)"),
+    ("INT4_LORA_HARNESS_JUDGE_NATIVE", "2", "INT4_LORA_HARNESS_JUDGE_NATIVE='2': must be 0 or 1"),
+    ("TRITON_INTERPRET", "true", "TRITON_INTERPRET='true': must be 0 or 1 (unset means 0)"),
+    ("INT4_LORA_HARNESS_CACHE", "{file}", "is a file; it must name a folder"),
+])
+def test_every_environment_variable_that_picks_behaviour_is_checked_as_a_one_line_usage_error(
+        tmp_path, capsys, monkeypatch, variable, value, message):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv(variable, value.format(file=tmp_path / "a_file"))
+    code, out, err = verify(tmp_path / "reports", capsys, "--dequantizer", "planted.bugs:missing_offset", "--quiet")
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in out + err
+
+
+def test_hypothesis_profile_picks_the_profile_and_the_profile_flag_overrides_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HYPOTHESIS_PROFILE", "thorough")
+    flags = ["--dequantizer", "planted.bugs:correct_dequantize_fp64_expand", "--no-large-tier", "--quiet"]
+    code, out, err = verify(tmp_path, capsys, *flags, "--examples", "1")
+    assert code == 0, out + err
+    assert verdict(tmp_path)["profile"] == "thorough"
+    monkeypatch.setenv("HYPOTHESIS_PROFILE", "a profile of the user's own")
+    code, out, err = verify(tmp_path, capsys, *flags, "--examples", "1", "--profile", "ci")
+    assert code == 0, out + err
+    assert verdict(tmp_path)["profile"] == "ci"
+
+
+def test_a_file_target_imports_the_modules_beside_it_as_python_file_py_would(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "neighbour_of_mine.py").write_text("from planted.bugs import correct_dequantize_fp64_expand\n")
+    (folder / "mine.py").write_text("from neighbour_of_mine import correct_dequantize_fp64_expand as dequantize\n")
+    code, out, err = verify(tmp_path, capsys, "--dequantizer", f"{folder / 'mine.py'}:dequantize", "--no-large-tier",
+                            "--examples", "2", "--quiet")
+    assert code == 0, out + err
+    assert verdict(tmp_path)["results"][0]["passed"]
 
 
 def test_seeds_from_zero_each_give_their_own_judgement_named_by_seed(tmp_path, capsys):

@@ -17,10 +17,12 @@ from int4_lora_harness.serving.properties import LAYER_PROPERTIES, REFUSES, laye
 from int4_lora_harness.serving.ranks import RankFailure, RankPool
 from int4_lora_harness.serving.strategies import layer_cases, misaligned_row_case, named_cases
 from int4_lora_harness.verify.limits import MAX_SLOWDOWN
+from int4_lora_harness.verify.numerics import judged
 from int4_lora_harness.verify.strategies import QUIET
 from int4_lora_harness.verify.targets import UsageError
 
 
+@judged  # the judge's own NumPy error state and torch defaults (harness.verify.numerics)
 def verify_layer(target, tp, styles=STYLES, device="cpu", max_examples=20, seed=0, timeout=60.0, *, pool=None,
                  named=True, max_slowdown=MAX_SLOWDOWN):
     """[result dict] per style for TARGET ('pkg.module:function' or 'path/file.py:function') on tp ranks.

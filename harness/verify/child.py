@@ -40,16 +40,10 @@ def plain_data(out):
         return torch.Tensor.as_subclass(out, torch.Tensor).detach(), subclass
 
 
-def where(error):
-    """'file:line in function' of the innermost frame of `error`'s traceback ('' if it has none)."""
-    frames = traceback.extract_tb(error.__traceback__)
-    return f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
-
-
 def raised(error, seconds=0.0, message=None):
     """The reply for a call (or an import) that raised `error` (any BaseException)."""
     return dict(status="raised", type=type(error).__name__[:200], message=(message or str(error))[:TEXT_CAP],
-                where=where(error)[:1000], traceback="".join(traceback.format_exception(error)[-6:])[-4000:],
+                traceback="".join(traceback.format_exception(error)[-6:])[-4000:],
                 seconds=seconds)
 
 

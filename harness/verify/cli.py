@@ -16,8 +16,6 @@ Exit status: 0 every property held, 1 a property failed or the candidate raised,
 2 usage error (bad flag, bad TARGET, import failure, signature that cannot take the contract's keywords).
 """
 import argparse
-import math
-import os
 
 from int4_lora_harness.verify.designs import SETS, parse_designs
 from int4_lora_harness.verify.domain import (DTYPES, FULL, GRANULARITIES, LAYOUT_NAMES, OUTPUT, POPULARITIES,
@@ -42,6 +40,23 @@ def non_negative_int(text):
     return value
 
 
+def at_most(maximum, why, minimum=1):
+    """argparse type: an int from `minimum` (0 or 1) to `maximum` (why: the reason for the bound, said in the error)."""
+    def parse(text):
+        value = positive_int(text) if minimum else non_negative_int(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum} ({why}), got {text}")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+MAX_PROCESSES = 64  # --jobs, --tp: each is a process (with its candidate's own) on this one machine
+MAX_RANK = 512  # the largest LoRA rank vLLM serves (--max-lora-rank)
+MAX_LORAS = 256  # adapters in one call: lora_a alone is then up to 256 x 512 x 4096 values
+MAX_UNIT = 1024  # --in/--out-multiple-of: every layer drawn is at least one unit wide
+
+
 def _int(text):
     try:
         return int(text)
@@ -49,14 +64,18 @@ def _int(text):
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
 
 
+MAX_TIMEOUT_S = 86400.0  # a day for one call: past that a kernel is hung, and the pipe's poll overflows near 25 days
+
+
 def positive_seconds(text):
-    """argparse type: a finite number of seconds > 0."""
+    """argparse type: a number of seconds > 0 and at most MAX_TIMEOUT_S."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    if not (0 < value <= MAX_TIMEOUT_S):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0 and at most {MAX_TIMEOUT_S:g} "
+                                         f"(a day), got {text}")
     return value
 
 
@@ -101,13 +120,13 @@ def add_arguments(v):
     target.add_argument("--dequantizer", metavar="TARGET", help="a dequantizer (SPEC §3): pkg.module:function or file.py:function")
     target.add_argument("--layer", metavar="TARGET",
                         help="a serving layer (SPEC §7, docs/serving.md), run on --tp ranks over torch.distributed")
-    v.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel ranks for --layer (gloo on CPU, NCCL on CUDA)")
+    v.add_argument("--tp", type=at_most(MAX_PROCESSES, "a process each"), default=1, help="tensor-parallel ranks for --layer (gloo on CPU, NCCL on CUDA)")
     v.add_argument("--styles", type=listed(("column", "row", "column-fully-sharded")), default=None,
                    help="--layer sharding styles (default all three)")
     v.add_argument("--layout", choices=LAYOUT_NAMES, default="canonical",
                    help="the weight layout the TARGET takes (docs/layouts/); its own domain limits apply")
-    v.add_argument("--profile", choices=sorted(PROFILE_EXAMPLES), default=os.environ.get("HYPOTHESIS_PROFILE", "ci"),
-                   help="how hard to search: ci (40 fuzzed cases) or thorough (600)")
+    v.add_argument("--profile", choices=sorted(PROFILE_EXAMPLES), default=None,
+                   help="how hard to search: ci (40 fuzzed cases) or thorough (600); default $HYPOTHESIS_PROFILE, else ci")
     v.add_argument("--examples", type=positive_int, default=None, help="fuzzed cases per contract (overrides --profile)")
     seeds = v.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=non_negative_int, default=0, help="same seed, same cases, same verdict")
@@ -125,11 +144,11 @@ def add_arguments(v):
     domain.add_argument("--no-zero-points", action="store_true", help="the same as --zero-points none")
     domain.add_argument("--same-granularity", action="store_true", help="zero points always have the scales' granularity")
     domain.add_argument("--no-ragged", action="store_true", help="in_features always a multiple of the group size")
-    domain.add_argument("--in-multiple-of", type=positive_int, default=2, help="in_features a multiple of this (even)")
-    domain.add_argument("--out-multiple-of", type=positive_int, default=1, help="out_features a multiple of this")
+    domain.add_argument("--in-multiple-of", type=at_most(MAX_UNIT, "the narrowest layer drawn"), default=2, help="in_features a multiple of this (even)")
+    domain.add_argument("--out-multiple-of", type=at_most(MAX_UNIT, "the narrowest layer drawn"), default=1, help="out_features a multiple of this")
     domain.add_argument("--lora-patterns", type=listed(POPULARITIES), help="how tokens pick adapters")
-    domain.add_argument("--max-rank", type=positive_int, default=64, help="largest LoRA rank drawn")
-    domain.add_argument("--max-loras", type=non_negative_int, default=8, help="most adapters in one call")
+    domain.add_argument("--max-rank", type=at_most(MAX_RANK, "vLLM's largest LoRA rank"), default=64, help="largest LoRA rank drawn")
+    domain.add_argument("--max-loras", type=at_most(MAX_LORAS, "memory: up to 256 x 512 x 4096 LoRA values", 0), default=8, help="most adapters in one call")
     domain.add_argument("--no-bias", action="store_true", help="never pass a bias")
     v.add_argument("--no-large-tier", action="store_true", help="skip the real layer shapes and probes (not a full verdict)")
     v.add_argument("--timeout", type=positive_seconds, default=60.0,
@@ -142,7 +161,7 @@ def add_arguments(v):
     v.add_argument("--in-process", action="store_true",
                    help="run the TARGET in this process (debugging: a crash or a swallowed timeout then ends the run)")
     v.add_argument("--isolate", action="store_true", help=argparse_suppress())
-    v.add_argument("--jobs", type=positive_int, default=1, help="candidates, contracts and seeds judged at once")
+    v.add_argument("--jobs", type=at_most(MAX_PROCESSES, "a process each"), default=1, help="candidates, contracts and seeds judged at once")
     v.add_argument("--quiet", action="store_true", help="no progress bars")
     v.add_argument("--report", default="reports", help="folder for verify/<run>.json, verify.json and repro scripts")
     v.add_argument("--checkpoint", metavar="FILE.safetensors",

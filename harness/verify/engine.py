@@ -14,10 +14,12 @@ from collections import Counter, defaultdict
 import numpy as np
 from hypothesis import Phase, given, seed, settings
 
+from int4_lora_harness.verify.candidate_text import raised_at
 from int4_lora_harness.verify.cases import DequantCase
 from int4_lora_harness.verify.designs import words
 from int4_lora_harness.verify.domain import FULL
 from int4_lora_harness.verify.executor import CandidateFailure
+from int4_lora_harness.verify.numerics import judged
 from int4_lora_harness.verify.properties import EACH, PROPERTIES, QUICK, fitted, run_properties
 from int4_lora_harness.verify.strategies import dequant_cases, linear_cases
 
@@ -86,7 +88,7 @@ def attempt(executor, case, record, options):
         run = run_properties(executor, case, options["designs"], options["layout"], options["updates"])
     except CandidateFailure as failure:
         record.failure = dict(kind=failure.kind, message=failure.message, exception=failure.exception, case=case,
-                              outcomes=None, where=failure.where)
+                              where=raised_at(failure.traceback, failure.message), outcomes=None)
         return record.failure
     record.last_run = run
     failed = [o for o in run.outcomes if o.passed is False]
@@ -119,6 +121,7 @@ def search(executor, contract, record, options, progress):
         record.add(record.failure["run"], record.failure["case"])  # the minimal failing case counts as run
 
 
+@judged  # the judge's own NumPy error state and torch defaults, whatever the caller's process set
 def verify_candidate(contract, executor, explicit, options, progress):
     """The result dict of `executor`'s candidate on `contract` (see the module docstring).
 

@@ -39,9 +39,9 @@ EXIT_GRACE_S = 5.0  # after 'stop', how long the process may take to exit before
 class CandidateFailure(Exception):
     """The candidate did not return: kind is 'raised', 'hung', 'slow' or 'crashed'."""
 
-    def __init__(self, kind, message, exception=None, where=None):
+    def __init__(self, kind, message, exception=None, traceback=None):
         super().__init__(f"{kind}: {message}")
-        self.kind, self.message, self.exception, self.where = kind, message, exception, where
+        self.kind, self.message, self.exception, self.traceback = kind, message, exception, traceback
 
 
 class TargetRefused(Exception):
@@ -353,7 +353,7 @@ def _failure(reply):
     """CandidateFailure('raised') of a 'raised' reply (its strings capped; the candidate wrote them)."""
     kind = "raised" if reply.get("status") == "raised" else "crashed"
     return CandidateFailure(kind, f"{_text(reply.get('type'), 200)}: {_text(reply.get('message'))}",
-                            _text(reply.get("type"), 200), _text(reply.get("where", ""), 1000))
+                            _text(reply.get("type"), 200), _text(reply.get("traceback", ""), 4000))
 
 
 def _plain_value(value):

@@ -1,6 +1,7 @@
 """`verify` from parsed flags to an exit status: options, candidates, the verdict file, harness.verify.run."""
 from pathlib import Path
 
+from int4_lora_harness import environment
 from int4_lora_harness.progress import say
 from int4_lora_harness.verify import record
 from int4_lora_harness.verify.cli import parse_domain
@@ -14,6 +15,7 @@ INTERPRETED = "Triton's CPU interpreter would take hours on layer shapes; verify
 
 def options_from(args):
     """The run's options (a plain dict, picklable for --jobs); UsageError naming the flag for what is wrong."""
+    profile = checked_environment(args.profile)
     import torch
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: CUDA is not available on this machine")
@@ -33,13 +35,24 @@ def options_from(args):
     domain = parse_domain(args)
     if args.layout != "canonical":
         domain = layout_domain(args.layout, domain)
-    return dict(run_id=record.new_run_id(), report=str(folder), device=args.device, profile=args.profile,
-                examples=args.examples or PROFILE_EXAMPLES[args.profile], seed=(args.seeds or (args.seed,))[0],
+    return dict(run_id=record.new_run_id(), report=str(folder), device=args.device, profile=profile,
+                examples=args.examples or PROFILE_EXAMPLES[profile], seed=(args.seeds or (args.seed,))[0],
                 seeds=list(args.seeds or (args.seed,)), domain=domain,
                 designs=args.designs, layout=args.layout, timeout=args.timeout, in_process=args.in_process,
                 max_slowdown=args.max_slowdown, sandbox=not args.no_sandbox,
                 jobs=args.jobs, progress=not args.quiet, checkpoint={},
                 gpus=list(range(torch.cuda.device_count())) if args.device == "cuda" else [])
+
+
+def checked_environment(profile_flag):
+    """The run's profile (--profile, else $HYPOTHESIS_PROFILE, else ci), once every variable that picks behaviour
+    holds to its rule (harness.environment); UsageError naming the variable otherwise."""
+    try:
+        environment.check()
+        from_environment = environment.profile(PROFILE_EXAMPLES) if profile_flag is None else None
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return profile_flag or from_environment or "ci"
 
 
 def layout_domain(layout, domain):
@@ -122,10 +135,14 @@ def main(args, argv):
 
 
 def run(args, argv=()):
-    """Exit status of one `verify` run: 0 pass, 1 fail, 2 usage error (one line on stderr)."""
+    """Exit status of one `verify` run: 0 pass, 1 fail, 2 usage error (one line on stderr); the whole run under
+    the judge's own numeric state (harness.verify.numerics), whatever the calling process set."""
     import sys
+
+    from int4_lora_harness.verify.numerics import judge_numerics
     try:
-        return main(args, list(argv))
+        with judge_numerics():
+            return main(args, list(argv))
     except UsageError as error:
         print(f"usage error: {error}", file=sys.stderr)
         return 2

@@ -1,9 +1,20 @@
-"""What verify prints: one block per candidate and contract, one summary line each, one overall line."""
+"""What verify prints: one block per candidate and contract, one summary line each, one overall line.
+
+Every line goes out through `say` here, escaped (harness.verify.candidate_text.escaped): text the candidate
+controls (its exception's type and message, a traceback, a repr) stays on its line and cannot print a line
+that passes for the harness's own.
+"""
 import json
 
-from int4_lora_harness.progress import say
+from int4_lora_harness import progress
+from int4_lora_harness.verify.candidate_text import escaped
 
 STATUS = {"passed": "PASS", "failed": "FAIL", "not judged": "----", "not run": "----"}
+
+
+def say(line):
+    """Print one line of the verdict, its control characters and ANSI escapes made visible."""
+    progress.say(escaped(line))
 
 
 def counts(result):
@@ -47,7 +58,7 @@ def print_verdict(result):
         if failure["kind"] != "wrong":
             say(f"    the candidate {failure['kind']}: {failure['message']}")
         if failure.get("where"):
-            say(f"    raised at {failure['where']}")
+            say(f"    raised at {failure['where']} (the innermost frame of the candidate's code)")
         for line in failure.get("output_tail") or []:
             say(f"    candidate| {line}")
         if failure.get("case") is not None:

@@ -46,9 +46,13 @@ def write_repro(folder, target, contract, case, options):
 
 
 def replay(path, argv):
-    """Replay a saved case; 1 while any property fails or the candidate does not return, else 0."""
+    """Replay a saved case; 1 while any property fails or the candidate does not return, else 0.
+
+    The properties' lines (the wrong values among them) are printed before the candidate's process is stopped:
+    a process that then will not exit is a note after them, never a failure."""
     from int4_lora_harness.verify.executor import CandidateFailure, ChildExecutor
     from int4_lora_harness.verify.in_process import InProcessExecutor
+    from int4_lora_harness.verify.numerics import judge_numerics
     from int4_lora_harness.verify.properties import run_properties
     from int4_lora_harness.verify.targets import load_target, parameters
     saved = pickle.loads(Path(path).read_bytes())
@@ -59,18 +63,33 @@ def replay(path, argv):
     else:
         executor = ChildExecutor(saved["target"], names, saved["contract"], device, saved["timeout"])
     try:
-        run = run_properties(executor, saved["case"], saved["designs"], saved["layout"])
-        executor.close()
+        with judge_numerics():
+            run = run_properties(executor, saved["case"], saved["designs"], saved["layout"])
     except CandidateFailure as failure:
-        print(f"FAIL: the candidate {failure.kind}: {failure.message}")
+        show(f"FAIL: the candidate {failure.kind}: {failure.message}")
+        stop(executor)
         return 1
     failed = False
     for o in run.outcomes:
         status = "PASS" if o.passed else "FAIL" if o.passed is False else "----"
         failed |= o.passed is False
-        print(f"{status}  {o.name}: {o.message}")
+        show(f"{status}  {o.name}: {o.message}")
+    stop(executor)
     print("failed: the failure is still there" if failed else "no mismatch: the candidate now passes this case")
     return 1 if failed else 0
+
+
+def stop(executor):
+    """Stop the candidate's process (and all it started); a note where it would not exit by itself."""
+    executor.close()
+    if executor.exit_note:
+        show(f"note: {executor.exit_note}")
+
+
+def show(line):
+    """Print a line holding the candidate's text (its exception, its values) on one line, escaped."""
+    from int4_lora_harness.verify.candidate_text import escaped
+    print(escaped(line))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from int4_lora_harness.progress import bar, say
 from int4_lora_harness.verify import plan, record
+from int4_lora_harness.verify.candidate_text import raised_at
 from int4_lora_harness.verify.executor import CandidateFailure, ChildExecutor, TargetRefused
 from int4_lora_harness.verify.in_process import InProcessExecutor
 from int4_lora_harness.verify.limits import MAX_SLOWDOWN
@@ -105,7 +106,8 @@ def judge_with(executor, candidate, options, progress_enabled):
 def ended_at_import(failure):
     return dict(passed=False, fuzzed_cases=0, properties=[], explicit=[], designs={}, samples=[], seconds=0.0,
                 failure=dict(kind=failure.kind, message=failure.message, exception=failure.exception, case=None,
-                             where=failure.where, values=None, failed=["imports"], worst=None))
+                             where=raised_at(failure.traceback, failure.message), values=None, failed=["imports"],
+                             worst=None))
 
 
 def write_repro(candidate, failure, options):

@@ -30,10 +30,14 @@ def split_target(target):
 
 
 def import_module(module_name):
-    """The module of a TARGET: a .py file by path, or a module importable from here (the cwd included)."""
+    """The module of a TARGET: a .py file by path (its folder on sys.path, as `python file.py` puts it, so the
+    modules beside it import), or a module importable from here (the cwd included)."""
     if module_name.endswith(".py"):
         if not Path(module_name).is_file():
             raise UsageError(f"TARGET file {module_name} does not exist")
+        folder = str(Path(module_name).resolve().parent)
+        if folder not in sys.path:  # kept after the import: a candidate may import a neighbour when called
+            sys.path.insert(0, folder)
         spec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
         module = importlib.util.module_from_spec(spec)
         sys.modules.setdefault(spec.name, module)  # dataclasses and pickling look modules up by name

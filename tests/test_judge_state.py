@@ -1,0 +1,58 @@
+"""The judge runs under its own NumPy error state and torch defaults, whatever the user's process set."""
+import numpy as np
+import torch
+from hypothesis import given, settings
+
+from int4_lora_harness import testing
+from int4_lora_harness.verify.numerics import judge_numerics, torch_state
+from planted.bugs import correct_linear_per_adapter
+
+
+class UsersState:
+    """NumPy raising on every floating-point error, a float64 default dtype, denormals flushed: set, then restored."""
+
+    def __enter__(self):
+        self.numpy, self.torch = np.seterr(all="raise"), torch_state()
+        torch.set_default_dtype(torch.float64)
+        torch.set_flush_denormal(True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    def __exit__(self, *exc):
+        np.seterr(**self.numpy)
+        torch.set_default_dtype(self.torch["dtype"])
+        torch.set_flush_denormal(self.torch["flush_denormal"])
+        enabled, warn_only = self.torch["deterministic"]
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def test_judge_numerics_sets_a_fresh_interpreters_state_and_gives_the_callers_back():
+    with UsersState():
+        users = np.geterr(), torch_state()
+        with torch.inference_mode(), judge_numerics():
+            assert np.geterr() == dict(divide="warn", over="warn", under="ignore", invalid="warn")
+            assert torch_state() == dict(dtype=torch.float32, deterministic=(False, False), flush_denormal=False,
+                                         matmul_precision="highest")
+            assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+            assert np.float16(1e-5) * np.float16(1e-5) == 0  # an underflow, ignored as a fresh NumPy ignores it
+        assert (np.geterr(), torch_state()) == users
+
+
+def test_the_testing_helpers_judge_a_correct_linear_under_a_users_numpy_raise_and_float64_default():
+    with UsersState():
+        cases = testing.explicit_cases("linear", large_tier=False)[:12]  # their inputs underflow when rounded
+        for _, _, case in cases:
+            testing.assert_holds(testing.linear_properties(correct_linear_per_adapter, case))
+        assert np.geterr()["under"] == "raise"  # the user's state is theirs again between calls
+
+
+def test_a_users_given_test_draws_and_judges_linear_cases_under_numpy_raise():
+    judged = []
+
+    @settings(max_examples=6, deadline=None, database=None)
+    @given(case=testing.linear_cases())
+    def users_test(case):  # drawing a case rounds its inputs: an underflow the user's state would raise on
+        judged.append(testing.failures(testing.linear_properties(correct_linear_per_adapter, case)))
+
+    with UsersState():
+        users_test()
+    assert judged == [[]] * 6  # every case drawn and judged, each property held, no FloatingPointError
