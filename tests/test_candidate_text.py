@@ -70,11 +70,9 @@ def test_raised_at_without_frames_is_none():
 def test_a_failure_records_where_the_candidate_raised_from_the_traceback_its_process_sent(tmp_path):
     reply = reply_of(tmp_path, 'raise RuntimeError("kernel launch failed")')
 
-    class Raising:  # what the executor raises for this reply, once it carries the child's traceback text
-        def start_case(self, inputs):
-            failure = CandidateFailure("raised", f"{reply['type']}: {reply['message']}", reply["type"])
-            failure.traceback = reply["traceback"]
-            raise failure
+    class Raising:  # what the executor raises for this reply: it carries the child's traceback text
+        def start_case(self, inputs, expect):
+            raise CandidateFailure("raised", f"{reply['type']}: {reply['message']}", reply["type"], reply["traceback"])
 
     case = coverage_cases("dequantizer", FULL, 0)[0][2]
     failure = attempt(Raising(), case, Record(), dict(designs=(), layout="canonical", updates=None))
