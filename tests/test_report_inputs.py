@@ -176,3 +176,11 @@ def test_flagged_bench_rows_are_named_and_never_drawn_or_compared(tmp_path):
     assert "flagged, not a result: impossible" in html
     assert "No gemm / gemm_lora rows with a usable median in this run." in section(html, "performance")
     assert "0 regression(s)" in section(html, "comparison")
+
+
+def test_an_unsandboxed_pass_says_so_on_the_page_and_a_run_id_without_a_real_time_is_read(tmp_path):
+    walls = dict(processes="off (--no-sandbox)", files="off (--no-sandbox)", sandboxed=False)
+    write_verdict(tmp_path, one({"sandbox": walls}))
+    write_verdict(tmp_path, {**one(), "run_id": "20261399T999999Z-abcdef"}, name="month13.json")
+    html = build_report(tmp_path).read_text()
+    assert "unsandboxed: processes off (--no-sandbox); files off (--no-sandbox)" in html

@@ -54,8 +54,11 @@ def verify_files(reports_dir):
 def started(run, path):
     """When a run started, for ordering newest first: its run id's UTC time, else the file's modification time."""
     match = RUN_ID.match(run.get("run_id") or "")
-    if match:
-        return datetime.datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+    try:
+        if match:
+            return datetime.datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+    except ValueError:  # the run id's form without a real time (month 13): the file's time instead
+        pass
     try:
         return datetime.datetime.fromtimestamp(Path(path).stat().st_mtime, datetime.timezone.utc)
     except OSError:

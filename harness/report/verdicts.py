@@ -109,6 +109,9 @@ def result(obj, notes, where):
     samples, failure, timing, batch_invariance, ranks: [(rank, passed, message)] of a layer)."""
     out = fields(obj, RESULT_FIELDS, notes, where)
     out["passed"] = read(obj, "passed", "bool", notes, where, default=False, required=True)
+    walls = read(obj, "sandbox", "dict", notes, where) or {}
+    out["unsandboxed"] = None if walls.get("sandboxed") is not False else \
+        f"processes {str(walls.get('processes'))[:300]}; files {str(walls.get('files'))[:300]}"
     out["properties"] = []
     for i, p in enumerate(dicts(obj, "properties", notes, where)):
         row = fields(p, PROPERTY_FIELDS, notes, f"{where}properties[{i}].")

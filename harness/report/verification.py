@@ -35,6 +35,8 @@ def overall(runs, limit):
                                                         source=result["source"], contracts=[], notes=[]))
         verdict = verdicts.verdict(result, run)
         row["contracts"].append((result["contract"], verdict, run["run_id"] or run["path"]))
+        if result["unsandboxed"] and verdict == "PASS":
+            row["notes"].append(f"{result['contract']}: unsandboxed ({result['unsandboxed']})")
         if result["large_tier_skipped"] and verdict == "PASS":
             row["notes"].append(f"{result['contract']}: large tier skipped ({result['large_tier_skipped']}); "
                                 "not a full verdict")

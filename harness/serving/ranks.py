@@ -37,7 +37,8 @@ import torch
 from int4_lora_harness.serving.cases import case_to_wire
 from int4_lora_harness.serving.replies import Expected, read_case, read_plain, text
 from int4_lora_harness.verify import limits, wire
-from int4_lora_harness.verify.executor import EXIT_GRACE_S, IMPORT_BUDGET_S, IMPORT_STALL_S, candidate_env, exit_words
+from int4_lora_harness.verify.executor import (EXIT_GRACE_S, IMPORT_BUDGET_S, IMPORT_STALL_S, candidate_env,
+                                                 exit_words, readable_paths)
 from int4_lora_harness.verify.output import CandidateOutput
 from int4_lora_harness.verify.region import Region
 from int4_lora_harness.verify.targets import UsageError
@@ -211,10 +212,11 @@ class _Wait:
 class RankPool:
     """tp rank processes and their process group, started on first use and after a rank hung or died."""
 
-    def __init__(self, tp, device="cpu", timeout=60.0, max_slowdown=limits.MAX_SLOWDOWN):
+    def __init__(self, tp, device="cpu", timeout=60.0, max_slowdown=limits.MAX_SLOWDOWN, target=""):
         if tp < 1:
             raise ValueError(f"tp must be >= 1, got {tp}")
         self.tp, self.device, self.timeout, self.max_slowdown = tp, device, timeout, max_slowdown
+        self.read = readable_paths(target)  # what the ranks may read: target's folder (harness.verify.sandbox)
         self.processes, self.socks, self.outputs, self.loaded, self.scratch = [], [], [], set(), None
 
     def _start(self, attempts=2):
@@ -231,12 +233,12 @@ class RankPool:
 
     def _spawn(self, init_method, backend):
         self.scratch = tempfile.mkdtemp(prefix="int4-ranks-")
-        env, cache = candidate_env(self.scratch)
-        cache.mkdir(parents=True, exist_ok=True)
+        env = candidate_env(self.scratch)
         for rank in range(self.tp):
             mine, theirs = socket.socketpair()
             config = dict(rank=rank, tp=self.tp, init_method=init_method, backend=backend, device=self.device,
-                          timeout=self.timeout, judge_pid=os.getpid(), sys_path=sys.path, own_pids=backend == "gloo")
+                          timeout=self.timeout, judge_pid=os.getpid(), sys_path=sys.path, own_pids=backend == "gloo",
+                          read=self.read, write=[self.scratch])
             process = subprocess.Popen(
                 [sys.executable, "-m", "int4_lora_harness.serving.rank", str(theirs.fileno()), json.dumps(config)],
                 pass_fds=[theirs.fileno()], start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

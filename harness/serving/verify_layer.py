@@ -40,7 +40,7 @@ def verify_layer(target, tp, styles=STYLES, device="cpu", max_examples=20, seed=
     if pool is not None and (pool.tp != tp or pool.device != device):
         raise ValueError(f"pool runs tp={pool.tp} on {pool.device}, not tp={tp} on {device}")
     own = pool is None
-    pool = RankPool(tp, device, timeout, max_slowdown) if own else pool
+    pool = RankPool(tp, device, timeout, max_slowdown, target) if own else pool
     try:
         return [_verify_style(pool, target, style, max_examples, seed, named) for style in styles]
     finally:

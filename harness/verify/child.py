@@ -71,10 +71,14 @@ class Region:
         return {name: v.to(self.device) for name, v in self.views.items()}
 
     def load(self, tensors, names):
-        """Copy the shared values of `names` into `tensors` (in place: same objects), on another device."""
+        """The judge updated `names` in place: copied into `tensors` (same objects) on another device; on the CPU
+        the judge wrote the shared memory itself, so each tensor's version counter is bumped as copy_ would."""
+        import torch
         for name in names:
             if tensors[name] is not self.views[name]:
                 tensors[name].copy_(self.views[name])
+            else:
+                torch.autograd.graph.increment_version(tensors[name])
 
     def store(self, tensors):
         """Copy `tensors` back into the shared memory, on another device, for the judge to compare."""
@@ -98,9 +102,15 @@ class Holder:
         self.region.load(self.inputs, updates)
         reply, out = call_candidate(self.function, {**self.plain, **self.inputs}, self.device, expect)
         self.region.store(self.inputs)
+        reply["aliases"] = self.aliases(out)
         if out is not None and len(self.results) < HELD_RESULTS:
             self.results.append(out)
         return reply, out
+
+    def aliases(self, out):
+        """Indices of the results kept whose memory a new result overlaps (an output buffer used again while the
+        caller still holds what it returned: the values may even be equal, so the judge cannot see it itself)."""
+        return [] if out is None else [i for i, held in enumerate(self.results) if _overlap(held, out)]
 
     def answer(self, header, fds):
         """(reply, result tensor to send | None) for one of the judge's messages (harness.verify.executor)."""
@@ -122,7 +132,17 @@ class Holder:
         fresh = region.tensors()
         reply, out = call_candidate(self.function, {**self.plain, **fresh}, self.device, expect)
         region.store(fresh)
+        reply["aliases"] = self.aliases(out)
         return reply, out
+
+
+def _overlap(a, b):
+    """Whether two tensors' elements share any byte of memory (on one device)."""
+    def span(t):
+        last = sum((n - 1) * abs(step) for n, step in zip(t.shape, t.stride())) if t.numel() else -1
+        return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a.device == b.device and a0 < b1 and b0 < a1
 
 
 def call_candidate(function, kwargs, device, expect):

@@ -20,7 +20,7 @@ from int4_lora_harness.verify.designs import words
 from int4_lora_harness.verify.domain import FULL
 from int4_lora_harness.verify.executor import CandidateFailure
 from int4_lora_harness.verify.numerics import judged
-from int4_lora_harness.verify.properties import EACH, PROPERTIES, QUICK, fitted, run_properties
+from int4_lora_harness.verify.properties import EACH, PROPERTIES, QUICK, REPEAT, REPEATED, fitted, run_properties
 from int4_lora_harness.verify.strategies import dequant_cases, linear_cases
 
 STRATEGIES = {"dequantizer": dequant_cases, "linear": linear_cases}
@@ -85,7 +85,8 @@ def attempt(executor, case, record, options):
     if record.failure is not None and record.failure["kind"] in ("hung", "crashed"):
         return record.failure  # the candidate's process is gone: keep the case that ended it, no shrinking
     try:
-        run = run_properties(executor, case, options["designs"], options["layout"], options["updates"])
+        run = run_properties(executor, case, options["designs"], options["layout"], options["updates"],
+                             options.get("repeat", 0))
     except CandidateFailure as failure:
         record.failure = dict(kind=failure.kind, message=failure.message, exception=failure.exception, case=case,
                               where=raised_at(failure.traceback, failure.message), outcomes=None)
@@ -137,7 +138,8 @@ def verify_candidate(contract, executor, explicit, options, progress):
     rss_before, estimated = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, False
     for group, name, case in explicit if record.failure is None else []:
         record.last_run, begun = None, time.perf_counter()
-        failure = attempt(executor, case, record, dict(options, updates=QUICK))  # each input in turn: the fuzz
+        failure = attempt(executor, case, record, dict(options, updates=QUICK,  # each input in turn: the fuzz
+                                                       repeat=REPEAT if group == REPEATED else 0))
         progress.update(1)
         judgement, run = _judgement(record.last_run), record.last_run
         record.explicit.append(dict(group=group, shape=name, passed=failure is None,

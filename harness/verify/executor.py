@@ -16,6 +16,7 @@ says what kept it alive in `exit_note`.
 """
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -100,7 +101,9 @@ def readable_paths(target):
         spec = importlib.util.find_spec(name)
         paths += [os.path.realpath(p) for p in spec.submodule_search_locations or []] if spec else []
     module, _, _ = target.rpartition(":")
-    if module.endswith(".py"):
+    if not module:
+        pass
+    elif module.endswith(".py"):
         paths.append(os.path.dirname(os.path.abspath(module)))
     else:
         spec = importlib.machinery.PathFinder.find_spec(module.split(".")[0], [p or cwd for p in sys.path] + [cwd])
@@ -182,11 +185,17 @@ class Judge:
         clean = dict(status="ok", type=_text(reply.get("type")), seconds=reply["seconds"], shape=shape,
                      dtype=_text(reply.get("dtype")) if shape is not None else None,
                      device=_text(reply.get("device")), subclass=reply.get("subclass") and _text(reply["subclass"]),
-                     digest=None, out=None, modified=region.modified())
+                     digest=None, out=None, modified=region.modified(),
+                     aliases=[int(i) for i in reply.get("aliases") or [] if type(i) is int][:4]
+                     if isinstance(reply.get("aliases"), list) else [])
         clean["device_ok"] = clean["device"].split(":")[0] == torch.device(self.device).type
         if arrays:
             clean["digest"] = result_digest(self.expect[0], self.expect[1], arrays[0])
             out = tensor_from_wire(self.expect[0], arrays[0]) if send_out else None
+        elif [clean["dtype"], shape] == list(self.expect):  # the expected result, said to be there, without its bytes
+            self._kill()
+            raise CandidateFailure("crashed", "the candidate's process described the expected result but sent none of "
+                                              "its bytes (it broke the wire format)")
         clean.update(out=out, tensor=shape is not None)
         return clean
 
@@ -268,7 +277,8 @@ class ChildExecutor(Judge):
         reply = self._receive(limits.Watch(self.process.pid, self.timeout, budget, doing), self._accept)
         elapsed = time.perf_counter() - start
         seconds = reply.get("seconds")
-        reply["seconds"] = min(max(float(seconds), 0.0), elapsed) if isinstance(seconds, (int, float)) else elapsed
+        finite = isinstance(seconds, (int, float)) and math.isfinite(seconds)
+        reply["seconds"] = min(max(float(seconds), 0.0), elapsed) if finite else elapsed
         self.transfer_s += elapsed - reply["seconds"]
         return reply
 

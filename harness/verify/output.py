@@ -30,7 +30,7 @@ class CandidateOutput:
         self.thread.start()
 
     def _read(self):
-        for raw in iter(self.pipe.readline, b""):
+        for raw in iter(lambda: self.pipe.readline(LINE_CAP * 4), b""):  # a line without end is read in pieces
             line = visible(raw.decode("utf-8", "replace").rstrip("\n"))
             self.lines.append(line)
             self.printed += 1

@@ -19,7 +19,7 @@ from int4_lora_harness.verify.executor import CandidateFailure, ChildExecutor, T
 from int4_lora_harness.verify.in_process import InProcessExecutor
 from int4_lora_harness.verify.limits import MAX_SLOWDOWN
 from int4_lora_harness.verify.printing import print_summary, print_verdict
-from int4_lora_harness.verify.properties import fitted
+from int4_lora_harness.verify.properties import REPEATED, fitted
 from int4_lora_harness.verify.targets import parameters, repro_target
 
 
@@ -52,6 +52,7 @@ def explicit_cases(candidate, options):
     built from those values: harness.verify.properties.fitted)."""
     domain, seed, contract, layout = options["domain"], candidate.seed, candidate.contract, options["layout"]
     cases = plan.coverage_cases(contract, domain, seed)
+    cases = [(REPEATED, *cases[0][1:])] + cases  # its first case again, called 64 more times (properties.REPEAT)
     if candidate.large_tier_skipped is None:
         cases += plan.large_tier_cases(contract, domain, seed)
         cases += plan.probe_cases(domain, seed) if contract == "linear" else []

@@ -13,6 +13,7 @@ Each returns what it achieved in words, or raises Unavailable with the reason (t
 (ABI 1-7), and no well-kept Python binding is packaged for pip; user namespaces need no privileges either.
 """
 import ctypes
+import glob
 import os
 import platform
 import select
@@ -26,6 +27,7 @@ FS_READ = (1 << 0) | (1 << 2) | (1 << 3)  # execute, read file, read dir
 FS_FILE = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15)  # the rights that apply to a file
 FS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 5: (1 << 16) - 1}
 IOCTL_DEV, NET_TCP, SCOPES = 1 << 15, 0b11, 0b11  # rights on /dev (GPU drivers); bind + connect; socket + signal
+DEVICES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/shm"]  # and the GPUs' nodes
 
 
 class Unavailable(Exception):
@@ -81,9 +83,10 @@ def _warden(pid):
     os._exit(os.WEXITSTATUS(status))
 
 
-def landlock(read, write):
-    """Allow reading beneath the paths of `read` and writing beneath those of `write`, nothing else; 'Landlock
-    ABI n', or Unavailable. Paths that do not exist are skipped."""
+def landlock(read, write, network=False):
+    """Allow reading beneath the paths of `read` and writing beneath those of `write`, nothing else; TCP only
+    where `network` (the serving layer's ranks meet over loopback); 'Landlock ABI n', or Unavailable. Paths that
+    do not exist are skipped."""
     calls = SYS_LANDLOCK.get(platform.machine())
     if calls is None:
         raise Unavailable(f"Landlock's system call numbers are not known here for {platform.machine()}")
@@ -92,15 +95,19 @@ def landlock(read, write):
     libc.syscall.restype = ctypes.c_long
     abi = _check(libc.syscall(create, None, ctypes.c_size_t(0), ctypes.c_uint32(1)), "Landlock")
     handled = FS_BY_ABI[max(a for a in FS_BY_ABI if a <= abi)]
-    attr = (ctypes.c_uint64 * 3)(handled, NET_TCP if abi >= 4 else 0, SCOPES if abi >= 6 else 0)
+    attr = (ctypes.c_uint64 * 3)(handled, NET_TCP if abi >= 4 and not network else 0, SCOPES if abi >= 6 else 0)
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
     ruleset = _check(libc.syscall(create, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0)),
                      "landlock_create_ruleset")
     try:
-        for paths, rights in ((read, FS_READ), (write, handled)):
-            for path in dict.fromkeys(os.path.realpath(p) for p in paths):
-                _allow(libc, add_rule, ruleset, path, rights & handled)
-        _allow(libc, add_rule, ruleset, "/dev", (FS_READ | (1 << 1) | IOCTL_DEV) & handled)
+        for path in dict.fromkeys(os.path.realpath(p) for p in read):
+            _allow(libc, add_rule, ruleset, path, FS_READ & handled)
+        for path in write:  # folders the judge made: a link there would widen the walls to wherever it points
+            if os.path.realpath(path) != os.path.abspath(path):
+                raise Unavailable(f"the writable folder {path} is reached through a link")
+            _allow(libc, add_rule, ruleset, path, handled)
+        for device in DEVICES + glob.glob("/dev/nvidia*") + glob.glob("/dev/dri/*"):  # no terminal, no disk
+            _allow(libc, add_rule, ruleset, device, (FS_READ | (1 << 1) | IOCTL_DEV) & handled)
         _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
         _check(libc.syscall(restrict, ruleset, ctypes.c_uint32(0)), "landlock_restrict_self")
     finally:

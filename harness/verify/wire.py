@@ -13,6 +13,7 @@ it never accepts any from the candidate's process.
 import json
 import socket
 import struct
+import time
 
 import numpy as np
 
@@ -145,10 +146,28 @@ def unpack(tree, arrays):
     return out
 
 
+class _Pace:
+    """Calls `idle` whenever the socket's timeout passes with nothing to read, and also every timeout's worth of
+    wall time while bytes trickle in: a sender cannot hold the reader by sending one byte at a time."""
+
+    def __init__(self, sock, idle):
+        self.idle, self.every, self.last = idle, sock.gettimeout(), time.monotonic()
+
+    def waited(self):
+        if self.idle is None:
+            raise socket.timeout("timed out")
+        self.idle()
+        self.last = time.monotonic()
+
+    def received(self):
+        if self.idle is not None and self.every is not None and time.monotonic() - self.last >= self.every:
+            self.waited()
+
+
 def _read(sock, n, idle, fds=None):
     """n bytes (a bytearray); file descriptors that came with them appended to `fds` where it is a list."""
     buffer = bytearray(n)
-    view, got = memoryview(buffer), 0
+    view, got, pace = memoryview(buffer), 0, _Pace(sock, idle)
     while got < n:
         try:
             if fds is not None and got == 0:
@@ -159,26 +178,24 @@ def _read(sock, n, idle, fds=None):
             else:
                 count = sock.recv_into(view[got:], n - got)
         except socket.timeout:
-            if idle is None:
-                raise
-            idle()
+            pace.waited()
             continue
         if count == 0:
             raise EOFError("the other side closed the connection")
         got += count
+        pace.received()
     return buffer, got
 
 
 def _read_into(sock, view, idle):
-    got = 0
+    got, pace = 0, _Pace(sock, idle)
     while got < len(view):
         try:
             count = sock.recv_into(view[got:])
         except socket.timeout:
-            if idle is None:
-                raise
-            idle()
+            pace.waited()
             continue
         if count == 0:
             raise EOFError("the other side closed the connection")
         got += count
+        pace.received()

@@ -40,24 +40,31 @@ def shape_runs_code(packed_weights, scales, zero_points=None, group_size=None, o
 _calls = []
 
 
+_first = {}
+
+
 def _patch_the_child():
-    """Make the child's bookkeeping lie: every later call's reply says what the first one said."""
-    real = child.call_candidate
+    """Make the child's bookkeeping lie, where it runs (the child runs as __main__): every call's reply carries the
+    first result it sent for that shape, and the old child's digest and comparisons always agree."""
+    for module in {child, sys.modules.get("__main__")}:
+        real = getattr(module, "call_candidate", None)
+        if real is None:
+            continue
 
-    def lying(function, kwargs, device, expect):
-        reply, out = real(function, kwargs, device, expect)
-        child.same_bits = lambda a, b: True  # the old child's comparisons, patched for good measure
-        child.digest = lambda t: "0" * 64
-        return reply, out
-    child.call_candidate = lying
-
-
-_patch_the_child()
+        def lying(function, kwargs, device, expect, real=real):
+            reply, out = real(function, kwargs, device, expect)
+            first = _first.setdefault(tuple(expect[1]), out)
+            return reply, first if out is not None else out
+        module.call_candidate = lying
+        module.same_bits = lambda a, b: True  # the old child's comparisons, patched for good measure
+        module.digest = lambda t: "0" * 64
 
 
 def patches_the_child(packed_weights, scales, zero_points=None, group_size=None, output_dtype=torch.float16):
     """Right on its first call, zeros after; scribbles on its scales each call."""
     from planted.bugs import correct_dequantize_fp32_math
+    if not _calls:
+        _patch_the_child()
     _calls.append(1)
     if len(_calls) == 1:
         out = correct_dequantize_fp32_math(packed_weights, scales, zero_points, group_size, output_dtype)
