@@ -158,17 +158,20 @@ def plan_coverage(contract, cases, domain=FULL):
 
 
 def coverage_line(contract, cases, domain=FULL):
-    """One line: how many big-path cases each value and pair got (fewest), and any value or pair none got."""
+    """One line: how many big-path cases each value and pair got (the fewest), and what none got."""
     counts = plan_coverage(contract, cases, domain)
     big, large = counts["big K"], counts["large N"]
-    fewest = lambda c: min(n for per in c["values"].values() for n in per.values())  # noqa: E731
+    fewest = lambda c: min((n, f"{k} {v}") for k, per in c["values"].items() for v, n in per.items())  # noqa: E731
+    pair = min(big["pairs"].items(), key=lambda item: item[1])
     values = sum(len(per) for per in big["values"].values())
-    line = (f"plan coverage [{contract}]: K >= 4096: each of {values} values of {len(big['values'])} dimensions in "
-            f">= {fewest(big)} cases, each of {len(big['pairs'])} pairs in >= {min(big['pairs'].values())}; "
-            f"N >= 4096 too: each value in >= {fewest(large)}")
-    missing = [f"K >= 4096: {t}" for t in big["missing"]] + [f"N >= 4096: {t}" for t in large["missing"]
-                                                              if len(t) == 1]
-    return line + (f"; NOT MET: {missing[:6]}{' ...' if len(missing) > 6 else ''}" if missing else "")
+    line = (f"plan coverage [{contract}]: at K >= 4096 each of {values} values of {len(big['values'])} dimensions "
+            f"in >= {fewest(big)[0]} cases (fewest: {fewest(big)[1]}) and each of {len(big['pairs'])} pairs in >= "
+            f"{pair[1]} (e.g. {' & '.join(f'{k} {v}' for k, v in pair[0])})")
+    missing = [f"K >= 4096: {dict(t)}" for t in big["missing"]]
+    if any(large["pairs"].values()):  # the large tier ran
+        line += f"; at N >= 4096 too each value in >= {fewest(large)[0]}"
+        missing += [f"N >= 4096: {dict(t)}" for t in large["missing"] if len(t) == 1]
+    return line + (f"; NOT MET: {'; '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}" if missing else "")
 
 
 def outside_domain(weights, domain):
