@@ -9,8 +9,8 @@
         assert_holds(dequantizer_properties(my_dequantize, case))
 
 Nothing here registers a Hypothesis profile or loads one: a user's own profiles stay theirs.
-`explicit_cases(contract)` gives the coverage floor, the large tier and (for a linear) the probes as
-(group, name, case) triples for @pytest.mark.parametrize.
+`explicit_cases(contract)` gives the coverage floor with the big K design, the large tier and (for a linear) the
+probes as (group, name, case) triples for @pytest.mark.parametrize.
 """
 from int4_lora_harness.verify.domain import FULL, Domain
 from int4_lora_harness.verify.plan import coverage_cases, large_tier_cases, probe_cases
@@ -23,7 +23,8 @@ __all__ = ["Domain", "FULL", "assert_holds", "dequant_cases", "dequantizer_prope
 
 
 def explicit_cases(contract, domain=FULL, seed=0, large_tier=True):
-    """[(group, name, case)]: the coverage floor, then (unless large_tier=False) the large tier and its probes."""
+    """[(group, name, case)]: the coverage floor and the big K design, then (unless large_tier=False) the large tier and
+    its probes."""
     cases = coverage_cases(contract, domain, seed)
     if large_tier:
         cases += large_tier_cases(contract, domain, seed)

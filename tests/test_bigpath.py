@@ -38,7 +38,7 @@ def test_the_greedy_covering_holds_every_valid_pair_and_no_invalid_one():
     factors = {"a": (0, 1, 2), "b": ("x", "y"), "c": (True, False), "d": (0, 1, 2, 3)}
     valid = lambda row: not (row.get("a") == 2 and row.get("b") == "y")  # noqa: E731
     rows = covering(factors, valid)
-    held = {pair for row in rows for pair in itertools.combinations(sorted(row.items(), key=lambda i: "abcd".index(i[0])), 2)}
+    held = {pair for row in rows for pair in itertools.combinations(sorted(row.items()), 2)}  # a < b < c < d
     expected = {t for t in all_targets(factors, 2) if valid(dict(t))}
     assert held == expected and all(valid(row) for row in rows)
     assert 12 <= len(rows) <= 16  # 3 x 4 values of a and d need 12 rows; greedy stays near
@@ -84,7 +84,8 @@ def killed_at(name):
     """(group, name) of an explicit case of the verdict that kills the defect: the cases on the big path it needs
     (the others are a correct candidate's), probes before random cases of the same size (cheaper to judge)."""
     contract, candidate, on_its_path = BIG_PATH_BUGS[name]
-    cases = [c for c in verdict_plan(contract, large=[WIDE_LAYER] if name.endswith("32768") else ()) if on_its_path(c[2])]
+    large = [WIDE_LAYER] if name.endswith("32768") else ()
+    cases = [c for c in verdict_plan(contract, large) if on_its_path(c[2])]
     for group, label, case in sorted(cases, key=lambda c: (c[2].weights.packed.size, c[0] != "probes")):
         if failures(properties_in_process(candidate, case, updates=QUICK)):
             return group, label

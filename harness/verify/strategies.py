@@ -94,8 +94,8 @@ POISONS = (None, "nan in lora_a", "inf in lora_b", "inf scaling", "nan scaling")
 
 @st.composite
 def linear_cases(draw, domain=FULL):
-    """A LinearCase covering SPEC §4: M = 1, multiples of 16 and not, 128 and more; ranks 1..max_rank; 0..max_loras adapters;
-    sometimes an adapter holding NaN or inf, or a non-finite scaling (tokens without that adapter must not see
+    """A LinearCase covering SPEC §4: M = 1, multiples of 16 and not, 128 and more; ranks 1..max_rank; 0..max_loras
+    adapters; sometimes an adapter holding NaN or inf, or a non-finite scaling (tokens without that adapter must not see
     it), and sometimes one of the probes of harness.verify.probes at the drawn shape."""
     large_m = draw(st.integers(0, 2)) == 2  # one case in three; shrinks towards the short branch
     out_features, in_features, group_size = draw(shapes(domain))
