@@ -3,7 +3,7 @@
     PYTHONPATH=tests python benchmarks/power.py [--profile ci] [--out reports/power.json] [--only NAME ...]
 
 Runs `int4-verify` (the given profile, the large tier and the probes included) on every planted defect of
-tests/planted (bugs.py, large.py) and every correct variant (bugs.py, unfused.py, and the project's torch
+tests/planted (bugs.py, large.py, bigpath.py) and every correct variant (bugs.py, unfused.py, and the project's torch
 path), one at a time, and records for each: the exit status, the seconds, the property that failed, and the
 smallest case that showed it: the fuzzer's shrunk case (its shapes), or the explicit example (coverage case,
 large-tier shape or probe) that first failed. For a correct candidate: the largest error / allowed its
@@ -28,11 +28,13 @@ def candidates():
     """[(name, contract, target, expected 'fail' | 'pass')] from tests/planted and the torch path."""
     sys.path.insert(0, str(ROOT / "tests"))
     from planted.bugs import CORRECT_DEQUANTIZERS, CORRECT_LINEARS, DEQUANTIZER_BUGS, LINEAR_BUGS
+    from planted.bigpath import BIG_PATH_BUGS
     from planted.large import LARGE_SHAPE_BUGS
     from planted.unfused import UNFUSED_LINEARS
     rows = [(n, "dequantizer", f"planted.bugs:{n}", "fail") for n in DEQUANTIZER_BUGS]
     rows += [(n, "linear", f"planted.bugs:{n}", "fail") for n in LINEAR_BUGS]
     rows += [(n, "linear", f"planted.large:{n}", "fail") for n in LARGE_SHAPE_BUGS]
+    rows += [(n, contract, f"planted.bigpath:{n}", "fail") for n, (contract, _, _) in BIG_PATH_BUGS.items()]
     rows += [(n, c, f"planted.hostile:{n}", "fail") for n, c in HOSTILE]
     rows += [(n, "dequantizer", f"planted.bugs:{n}", "pass") for n in CORRECT_DEQUANTIZERS]
     rows += [(n, "linear", f"planted.bugs:{n}", "pass") for n in CORRECT_LINEARS]

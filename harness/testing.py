@@ -11,8 +11,8 @@
 Nothing here registers a Hypothesis profile or loads one: a user's own profiles stay theirs. The properties
 are judged under the judge's own NumPy error state and torch defaults (harness.verify.numerics), whatever the
 test's process set; the candidate, called in this process, runs under them too.
-`explicit_cases(contract)` gives the coverage floor, the large tier and (for a linear) the probes as
-(group, name, case) triples for @pytest.mark.parametrize.
+`explicit_cases(contract)` gives the coverage floor with the big K design, the large tier and (for a linear) the
+probes as (group, name, case) triples for @pytest.mark.parametrize.
 """
 import functools
 
@@ -55,7 +55,8 @@ __all__ = ["Domain", "FULL", "assert_holds", "dequant_cases", "dequantizer_prope
 
 @judged
 def explicit_cases(contract, domain=FULL, seed=0, large_tier=True):
-    """[(group, name, case)]: the coverage floor, then (unless large_tier=False) the large tier and its probes."""
+    """[(group, name, case)]: the coverage floor and the big K design, then (unless large_tier=False) the large tier and
+    its probes."""
     cases = coverage_cases(contract, domain, seed)
     if large_tier:
         cases += large_tier_cases(contract, domain, seed)

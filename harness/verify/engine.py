@@ -133,7 +133,9 @@ def verify_candidate(contract, executor, explicit, options, progress):
     search(executor, contract, record, options, progress)
     fuzzed = record.counts[PROPERTIES[0]]["passed"] + record.counts[PROPERTIES[0]]["failed"]
     if record.failure is None and explicit:
+        from int4_lora_harness.verify.plan import coverage_line
         progress.write(plan_line(explicit, options.get("label", contract)))
+        progress.write(coverage_line(contract, explicit, options["domain"]))
     import resource
     rss_before, estimated = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, False
     for group, name, case in explicit if record.failure is None else []:

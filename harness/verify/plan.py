@@ -7,12 +7,19 @@ coverage   each combination that matters, as small cases: granularity x zero-poi
            domain; so that 40 fuzzed
            cases never miss a whole class (a fractional zero point rounded to the output dtype
            shows on per-channel scales only if such a case is drawn)
-large      the LARGE_TIER real layer shapes (harness.shapes), adapted to the domain (a group size it
-           allows, dimensions rounded to its multiples, no ragged group if it forbids them)
-probes     (linear) at every large-tier shape: the exact, columns and lora probes of harness.verify.probes
-           (every dtype at the first shape, fp16 at the others)
+big K      every pair of values of the domain's dimensions (dtypes, scales, granularities, zero
+           points, group size, M bucket, rank, adapters, bias, index pattern) at K = 4096 and N = 72:
+           the pairwise design of harness.verify.bigpath, as exact and column probes (the linear) or
+           cases (the dequantizer); an interpreted candidate runs them in seconds
+large      the LARGE_TIER real layer shapes (harness.shapes; a wide layer's first WIDE_ROWS rows),
+           adapted to the domain, each shape one row of bigpath's strength-1 design, so that every
+           value of every dimension meets a real shape
+probes     (linear) at every large-tier shape, with that shape's row: the exact (with its adapters and
+           bias), columns (with its M) and lora (its rank and adapters) probes of harness.verify.probes;
+           a wide layer only the columns probe (exact arithmetic over 2**16 rows costs seconds)
 checkpoint a real layer given with --checkpoint, one case per dtype
-Each entry is (group, name, case); cases are seeded from the run's seed.
+Each entry is (group, name, case); cases are seeded from the run's seed. `plan_coverage` counts how many
+big-path cases hold each value and pair of values.
 """
 import math
 from dataclasses import replace
@@ -20,10 +27,12 @@ from dataclasses import replace
 import numpy as np
 
 from int4_lora_harness.reference.rounding import round_to
-from int4_lora_harness.shapes import LARGE_TIER, LAYER_SHAPES
+from int4_lora_harness.shapes import LARGE_TIER, judged_shape
+from int4_lora_harness.verify import bigpath
 from int4_lora_harness.verify.cases import DequantCase, make_linear_case, make_weights, weights_from_tensors
+from int4_lora_harness.verify.covering import coverage_counts
 from int4_lora_harness.verify.domain import FULL
-from int4_lora_harness.verify.probes import columns_probe, exact_probe, lora_probe
+from int4_lora_harness.verify.probes import EXACT_M, lora_probe
 
 ZERO_KINDS = (None, "int8", "int32", "float", "fp32")  # None: no zero points; float: the scales' dtype
 COVERAGE_SHAPE = (24, 96, 64)  # out, in, group size: 96 = 64 + 32 leaves a ragged last group
@@ -71,60 +80,98 @@ def coverage_cases(contract, domain=FULL, seed=0):
                                     num_loras=min(3, domain.max_loras), popularity=domain.popularities[
                                         i % len(domain.popularities)], scaling=0.5, bias=domain.bias, **params)
             cases.append(("coverage", name, case))
-    return cases
+    return cases + bigpath.big_k_cases(contract, domain, seed)
 
 
-def large_tier_cases(contract, domain=FULL, seed=0, shapes=LARGE_TIER):
-    """[(group, name, case)]: one case per large-tier shape (group size 128 or the domain's nearest), fp16 (or the
-    domain's first dtype), grouped int8 zero points where allowed, M = 16, rank 16, 4 adapters."""
-    dtype = "fp16" if "fp16" in domain.dtypes else domain.dtypes[0]
-    granularity = "grouped" if "grouped" in domain.granularities else domain.granularities[0]
-    zero_kind = "int8" if "int8" in domain.zero_kinds() else (domain.zero_kinds() or ("int8",))[0]
-    zero = granularity if domain.zero_kinds() else None
+WIDE = 2 ** 15  # out_features from which a layer is wide (an LM head): exact and lora probes cost seconds there
+
+
+def large_tier_rows(contract, domain=FULL, shapes=LARGE_TIER):
+    """[(name, (out, in, group size), row)]: bigpath's strength-1 design over the large-tier shapes (every row at
+    some shape, every shape some row); the linear's rows with the most tokens go to the smallest shapes."""
+    rows = bigpath.design(contract, domain, strength=1)
+    by_size = sorted(shapes, key=lambda name: math.prod(judged_shape(name)))
+    if contract == "linear":
+        rows = sorted(rows, key=lambda r: -bigpath.M_BUCKETS[r["M"]] * (1 + r.get("adapters", 0) * r.get("rank", 0)))
+    placed = []
+    for i in range(max(len(rows), len(shapes))):
+        name, row = by_size[i % len(shapes)], rows[i % len(rows)]
+        placed.append((name, bigpath.shape_of(row, domain, *judged_shape(name)), row))
+    return sorted(placed, key=lambda p: shapes.index(p[0]))
+
+
+def _label(name, shape):
+    return name if shape[:2] == judged_shape(name) else f"{name} as {shape[0]}x{shape[1]}"
+
+
+def large_tier_cases(contract, domain=FULL, seed=0, shapes=LARGE_TIER, only=None):
+    """[(group, name, case)]: one case per large_tier_rows entry, with its row's dtypes, granularities, zero
+    points, group size, adapters and bias; the linear at M = 16 (1 for a row of M 1: the column probes take
+    the row's M). only: the names of `shapes` to build (the rows stay placed over all of them); None: all."""
     cases = []
-    for i, name in enumerate(shapes):
-        out_features, in_features, group_size = _fit_shape(domain, *LAYER_SHAPES[name], 128)
-        label = name if (out_features, in_features) == LAYER_SHAPES[name] else f"{name} as {out_features}x{in_features}"
-        params = dict(group_size=group_size, scale_granularity=granularity, zero_granularity=zero, zero_kind=zero_kind,
-                      scales_dtype=domain.scale_dtype_choices(dtype)[0])
+    for i, (name, shape, row) in enumerate(large_tier_rows(contract, domain, shapes)):
+        if only is not None and name not in only:
+            continue
+        out_features, in_features, group_size = shape
+        params = bigpath.weight_params(row, group_size)
+        exponent = bigpath.SCALE_SHIFT if row["scales"] == bigpath.BEYOND_FP16 else None
         if contract == "dequantizer":
-            weights = make_weights(np.random.default_rng(seed + i), out_features, in_features, **params)
-            cases.append(("large tier", label, DequantCase(weights, dtype)))
+            weights = make_weights(np.random.default_rng(seed + i), out_features, in_features, **params,
+                                   scale_exponent=exponent or -4.0)
+            cases.append(("large tier", _label(name, shape), DequantCase(weights, row["x"])))
         else:
-            cases.append(("large tier", label, make_linear_case(
-                seed + i, out_features, in_features, 16, dtype, rank=min(16, domain.max_rank),
-                num_loras=min(4, domain.max_loras), bias=domain.bias, **params)))
+            tokens = bigpath.tokens_of(row)
+            cases.append(("large tier", _label(name, shape), make_linear_case(
+                seed + i, out_features, in_features, min(16, bigpath.M_BUCKETS[row["M"]]), row["x"],
+                rank=tokens["rank"], num_loras=tokens["num_loras"], popularity=tokens["popularity"],
+                bias=tokens["bias"], scale_exponent=exponent or -4.0, **params)))
     return cases
 
 
-def probe_dtypes(domain, i):
-    """The dtypes probed at the i-th large-tier shape: every dtype at the first, fp16 (or the first) elsewhere."""
-    first = "fp16" if "fp16" in domain.dtypes else domain.dtypes[0]
-    return domain.dtypes if i == 0 else (first,)
-
-
-def probe_cases(domain=FULL, seed=0, shapes=LARGE_TIER):
-    """[(group, name, case)]: the exact, columns and lora probes at every large-tier shape (probe_dtypes)."""
+def probe_cases(domain=FULL, seed=0, shapes=LARGE_TIER, only=None):
+    """[(group, name, case)]: at every large_tier_rows entry the exact probe (the row's weights, adapters and
+    bias, M 20), the columns probe (the row's weights, M) and the lora probe (its rank and adapters); a wide
+    layer only the columns probe. only: as in large_tier_cases."""
     cases = []
-    granularity = "grouped" if "grouped" in domain.granularities else domain.granularities[0]
-    kinds = domain.zero_kinds()
-    for i, name in enumerate(shapes):
-        out_features, in_features, group_size = _fit_shape(domain, *LAYER_SHAPES[name], 128)
-        for j, dtype in enumerate(probe_dtypes(domain, i)):
-            scales_dtype = domain.scale_dtype_choices(dtype)[0]
-            zero_kind = next((k for k in ("fp32", "float", "int8") if k in kinds), None)
-            cases.append(("probes", f"exact {name} {dtype}", exact_probe(
-                seed + 10 * i + j, out_features, in_features, dtype, group_size, granularity,
-                granularity if kinds else None, zero_kind or "int8", scales_dtype)))
-            weights = make_weights(np.random.default_rng(seed + 10 * i + j), out_features, in_features, group_size,
-                                   granularity, granularity if kinds else None, zero_kind or "int8", scales_dtype,
-                                   scale_exponent=-3.0)
-            cases.append(("probes", f"columns {name} {dtype}", columns_probe(weights, dtype, seed)))
-            if domain.max_loras:
-                cases.append(("probes", f"lora {name} {dtype}", lora_probe(
-                    seed + 10 * i + j, out_features, in_features, dtype, num_loras=min(4, domain.max_loras),
-                    rank=min(16, domain.max_rank))))
+    for i, (name, shape, row) in enumerate(large_tier_rows("linear", domain, shapes)):
+        if only is not None and name not in only:
+            continue
+        kinds = ("columns",) if shape[0] >= WIDE else ("exact", "columns")
+        for kind, case in bigpath.row_cases("linear", row, shape, seed + 10 * i, m=EXACT_M,
+                                            columns_m=bigpath.M_BUCKETS[row["M"]], kinds=kinds):
+            cases.append(("probes", f"{kind} {_label(name, shape)} {row['x']}", case))
+        if domain.max_loras and shape[0] < WIDE:
+            cases.append(("probes", f"lora {_label(name, shape)} {row['x']}", lora_probe(
+                seed + 10 * i, shape[0], shape[1], row["x"], num_loras=row["adapters"], rank=row["rank"])))
     return cases
+
+
+def plan_coverage(contract, cases, domain=FULL):
+    """{"big K": counts, "large N": counts} (harness.verify.covering.coverage_counts): how many of `cases`
+    ([(group, name, case)]) with in_features >= 4096 hold each value and pair of values of bigpath's dimensions,
+    and how many of those with out_features >= 4096 too (the large tier and its probes)."""
+    factors, valid = bigpath.factors(contract, domain), bigpath.valid_rule(contract, domain)
+    big_k = [bigpath.dimensions_of(c) for _, _, c in cases if c.weights.shape[1] >= bigpath.BIG_K]
+    large_n = [bigpath.dimensions_of(c) for _, _, c in cases
+               if c.weights.shape[1] >= bigpath.BIG_K and c.weights.shape[0] >= bigpath.BIG_K]
+    return {"big K": coverage_counts(big_k, factors, valid), "large N": coverage_counts(large_n, factors, valid)}
+
+
+def coverage_line(contract, cases, domain=FULL):
+    """One line: how many big-path cases each value and pair got (the fewest), and what none got."""
+    counts = plan_coverage(contract, cases, domain)
+    big, large = counts["big K"], counts["large N"]
+    fewest = lambda c: min((n, f"{k} {v}") for k, per in c["values"].items() for v, n in per.items())  # noqa: E731
+    pair = min(big["pairs"].items(), key=lambda item: item[1])
+    values = sum(len(per) for per in big["values"].values())
+    line = (f"plan coverage [{contract}]: at K >= 4096 each of {values} values of {len(big['values'])} dimensions "
+            f"in >= {fewest(big)[0]} cases (fewest: {fewest(big)[1]}) and each of {len(big['pairs'])} pairs in >= "
+            f"{pair[1]} (e.g. {' & '.join(f'{k} {v}' for k, v in pair[0])})")
+    missing = [f"K >= 4096: {dict(t)}" for t in big["missing"]]
+    if any(large["pairs"].values()):  # the large tier ran
+        line += f"; at N >= 4096 too each value in >= {fewest(large)[0]}"
+        missing += [f"N >= 4096: {dict(t)}" for t in large["missing"] if len(t) == 1]
+    return line + (f"; NOT MET: {'; '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}" if missing else "")
 
 
 def outside_domain(weights, domain):

@@ -12,7 +12,13 @@ exact    small-integer activations (7..15) and weights with power-of-two scales:
          sum is a same-sign run of a few thousand (odd integers above 2048 are not fp16 numbers;
          bf16 keeps 8 bits) while y, a sum of runs that nearly cancel in pairs, stays within a few
          thousand, where x's dtype still resolves the error a half-precision partial sum, a
-         skipped tile or a wrong tile offset leaves: judged bit for bit.
+         skipped tile or a wrong tile offset leaves: judged bit for bit. With adapters and a bias
+         (`tokens`): integer biases and sparse adapters of +-1 (a few columns of A per rank, one
+         rank of B per output), so the shrink is an integer below 64 and the delta a half-integer
+         below 32, exact in every dtype; the two answers SPEC §5 allows (one rounding, or the
+         base rounded first and the delta added: unfused) are both computed, and a result must
+         equal one of them everywhere. Scales may be shifted far below fp16's range (bf16 or fp32
+         scales only), the biases and adapters with them.
 columns  one-hot activation rows at tile and group boundaries (first and last column, multiples
          of 16/32/64/128/256 and their neighbours, the ragged last group), so y[m] = W[:, c_m]
          and the weight inside the linear is held to the dequantizer's standard: <= 1 ulp from
@@ -54,10 +60,11 @@ def _granular(t, granularity, out_features, groups):
 
 
 def exact_weights(rng, out_features, in_features, group_size, scale_granularity, zero_granularity, zero_kind,
-                  scales_dtype):
+                  scales_dtype, scale_shift=0):
     """Weights W = u * s, the sign of u alternating every RUN columns: |u| in {3, 4, 5} and s in {1, 2}, or with
     half-integer zero points |u| in {1.5, 2.5, 3.5} and s in {2, 4} (W an integer either way, odd or even; the
-    nibble v = u + z stays in [-8, 7]). Integer arithmetic on 2u and 2z throughout: exact, and cheap."""
+    nibble v = u + z stays in [-8, 7]), every s times 2**scale_shift. Integer arithmetic on 2u and 2z
+    throughout: exact, and cheap."""
     groups = -(-in_features // group_size) if "grouped" in (scale_granularity, zero_granularity) else 1
     fractional = zero_granularity is not None and zero_kind in ("float", "fp32")
     sign = np.where((np.arange(in_features) // RUN) % 2 == 0, 1, -1).astype(np.int8)  # [in]: same-sign runs
@@ -67,7 +74,7 @@ def exact_weights(rng, out_features, in_features, group_size, scale_granularity,
     twice_v *= 2
     twice_v += 1 if fractional else 0
     twice_v *= sign  # 2u: odd (half-integer u) or even
-    exponents = rng.integers(0, 2, size=(out_features, groups)) + (1 if fractional else 0)
+    exponents = rng.integers(0, 2, size=(out_features, groups)) + (1 if fractional else 0) + scale_shift
     width = group_size if groups > 1 else in_features
     if groups > 1 and RUN % width == 0:  # a negative run's groups take the scales of the positive run before it
         per_run = RUN // width
@@ -102,14 +109,39 @@ def _add_per_weight(values, t, width):
 
 
 def exact_probe(seed, out_features, in_features, x_dtype, group_size=128, scale_granularity="grouped",
-                zero_granularity=None, zero_kind="int8", scales_dtype=None):
-    """A LinearCase every correct design computes bit-exactly (module docstring); no adapters, no bias."""
+                zero_granularity=None, zero_kind="int8", scales_dtype=None, m=EXACT_M, tokens=None, scale_shift=0):
+    """A LinearCase every correct design computes exactly (module docstring): x [m, in] of integers 7..15;
+    tokens: None (no adapters, no bias) or dict(num_loras, rank, popularity, bias) (exact_tokens)."""
     rng = np.random.default_rng(seed)
     weights = exact_weights(rng, out_features, in_features, group_size, scale_granularity, zero_granularity,
-                            zero_kind, scales_dtype or x_dtype)
-    x = rng.integers(7, 16, size=(EXACT_M, in_features)).astype(np.float64)  # positive: runs stay coherent
+                            zero_kind, scales_dtype or x_dtype, scale_shift)
+    x = rng.integers(7, 16, size=(m, in_features)).astype(np.float64)  # positive: runs stay coherent
     notes = dict(probe="exact", seed=seed)
-    return LinearCase(weights, x, x_dtype, None, None, np.full(EXACT_M, -1, np.int32), 1.0, None, notes, "exact")
+    if not tokens:
+        return LinearCase(weights, x, x_dtype, None, None, np.full(m, -1, np.int32), 1.0, None, notes, "exact")
+    lora_a, lora_b, indices, bias = exact_tokens(rng, m, out_features, in_features, unit=2.0 ** scale_shift,
+                                                 **tokens)
+    notes = dict(notes, popularity=tokens["popularity"])
+    return LinearCase(weights, x, x_dtype, lora_a, lora_b, indices, 0.5, bias, notes, "exact")
+
+
+def exact_tokens(rng, m, out_features, in_features, num_loras, rank, popularity, bias, unit=1.0):
+    """(lora_a [L, rank, in], lora_b [L, out, rank], indices int32 [m], bias [out] | None) for exact_probe:
+    each rank of A is +-unit at 4 columns (the shrink of x in 7..15: an integer multiple of unit, |.| <= 60),
+    each output's row of B one +-1 at rank o % rank, and the bias integers in [-256, 256] times unit; with
+    scaling 0.5 the delta is a half-integer multiple of unit below 32: exact in every dtype."""
+    from int4_lora_harness.verify.cases import make_lora_indices
+    b = rng.integers(-256, 257, size=out_features) * unit if bias else None
+    if not num_loras:
+        return None, None, np.full(m, -1, np.int32), b
+    lora_a = np.zeros((num_loras, rank, in_features))
+    for i in range(num_loras):
+        for r in range(rank):
+            lora_a[i, r, rng.choice(in_features, size=4, replace=False)] = rng.choice([-unit, unit], size=4)
+    lora_b = np.zeros((num_loras, out_features, rank))
+    lora_b[:, np.arange(out_features), np.arange(out_features) % rank] = rng.choice([-1.0, 1.0],
+                                                                                   size=(num_loras, out_features))
+    return lora_a, lora_b, make_lora_indices(rng, m, num_loras, popularity), b
 
 
 def probe_columns(in_features, group_size):
@@ -123,10 +155,12 @@ def probe_columns(in_features, group_size):
     return sorted(c for c in cols if 0 <= c < in_features)[:64]
 
 
-def columns_probe(weights, x_dtype, seed=0):
-    """A LinearCase of one-hot rows at probe_columns over `weights` (random, inexact scales and zero points)."""
+def columns_probe(weights, x_dtype, seed=0, m=None):
+    """A LinearCase of one-hot rows at probe_columns over `weights` (random, inexact scales and zero points):
+    one row per probed column, or m rows taking the columns in turn."""
     out_features, in_features = weights.shape
     cols = probe_columns(in_features, weights.group_size)
+    cols = cols if m is None else [cols[i % len(cols)] for i in range(m)]
     x = np.zeros((len(cols), in_features))
     x[np.arange(len(cols)), cols] = 1.0
     notes = dict(probe="columns", columns=cols, seed=seed)
@@ -163,7 +197,9 @@ def lora_probe(seed, out_features, in_features, x_dtype, num_loras=4, rank=16, m
 # --- judging probes -------------------------------------------------------------------------------
 
 def exact_expected(case):
-    """float64 [M, out]: RN_x of the exact result (exact in float64: integer partial sums / one-hot), by row blocks."""
+    """(single, unfused): float64 [M, out], RN_x of the exact result, and RN_x(RN_x(x @ W^T + bias) + delta),
+    SPEC §5's unfused answer (the same values without adapters), by row blocks; exact in float64 (integer
+    partial sums / one-hot)."""
     from int4_lora_harness.reference.linear import base_exact, lora_exact
     from int4_lora_harness.verify.tables import block_weights
     w = case.weights
@@ -178,16 +214,23 @@ def exact_expected(case):
         y[:, rows] = base_exact(x, exact, bias)
     if zero_base and case.bias is not None:
         y += case.bias
-    if case.lora_a is not None:
-        y += lora_exact(x, case.lora_a, case.lora_b, case.lora_indices, case.scaling)
-    return rounded(y, case.x_dtype)
+    if case.lora_a is None:
+        single = rounded(y, case.x_dtype)
+        return single, single
+    delta = lora_exact(x, case.lora_a, case.lora_b, case.lora_indices, case.scaling)
+    return rounded(y + delta, case.x_dtype), rounded(rounded(y, case.x_dtype) + delta, case.x_dtype)
 
 
 def exact_judgement(got, case):
-    """Bit for bit against RN_x(exact): ratio 0 where equal, inf elsewhere (ulps say how far)."""
-    expected = exact_expected(case)
+    """Bit for bit against one of exact_expected's answers, the one that agrees with `got` in more elements:
+    ratio 0 where equal, inf elsewhere (ulps say how far)."""
     got = np.asarray(got, np.float64)
+    expected, unfused = exact_expected(case)
     ulps = ulp_distance(got, expected, case.x_dtype)
+    if unfused is not expected and np.any(ulps):
+        other = ulp_distance(got, unfused, case.x_dtype)
+        if np.count_nonzero(other) < np.count_nonzero(ulps):
+            expected, ulps = unfused, other
     ratio = np.where(ulps == 0, 0.0, np.inf)
     tally = Tally(PROBE_DESIGN, got.size)
     tally.add(ratio, ulps, lambda i, j: dict(index=(int(i), int(j)), expected=float(expected[i, j]),

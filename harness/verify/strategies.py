@@ -26,6 +26,11 @@ from int4_lora_harness.verify.cases import DequantCase, make_linear_case, make_w
 # Cases are whole layers (slow to build and to judge), so no deadline and no too-slow health checks;
 # the fixtures our tests take (device, backend) are plain values, so function scope is harmless.
 QUIET = (HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture)
+# The big path, drawn often enough that 40 cases reach it (harness.verify.bigpath): K from 4096 (4160: a ragged
+# last group of 128), where real kernels split K, and M from 128 tokens (520: a prefill), where they change
+# tiles; each list shrinks towards its first entry, the smallest case on that path.
+LONG_K = (4096, 4160, 2050)
+LARGE_M = (128, 136, 520)
 
 
 def harness_settings(profile="ci", **overrides):
@@ -40,9 +45,10 @@ def harness_settings(profile="ci", **overrides):
 def shapes(draw, domain=FULL):
     """(out_features, in_features, group_size) inside `domain`: odd and even out, in a multiple of group_size or not."""
     out_unit, in_unit = domain.out_multiple_of, domain.in_multiple_of
+    long_k = domain.long_k and draw(st.integers(0, 3)) >= 2  # one case in two; shrinks towards the short branch
     out_features = out_unit * max(1, draw(st.one_of(st.integers(1, 40), st.integers(41, 200))) // out_unit)
-    if domain.long_k and draw(st.integers(0, 5)) == 5:  # shrinks towards the short branch
-        in_features = draw(st.sampled_from([1024, 1536, 2050, 4096]))
+    if long_k:
+        in_features = draw(st.sampled_from(LONG_K))  # shrinks towards 4096: where real kernels split K
     else:
         in_features = 2 * draw(st.integers(1, 160))
     in_features = in_unit * max(1, in_features // in_unit)
@@ -88,14 +94,18 @@ POISONS = (None, "nan in lora_a", "inf in lora_b", "inf scaling", "nan scaling")
 
 @st.composite
 def linear_cases(draw, domain=FULL):
-    """A LinearCase covering SPEC §4: M = 1, multiples of 16 and not; ranks 1..max_rank; 0..max_loras adapters;
-    sometimes an adapter holding NaN or inf, or a non-finite scaling (tokens without that adapter must not see
+    """A LinearCase covering SPEC §4: M = 1, multiples of 16 and not, 128 and more; ranks 1..max_rank; 0..max_loras
+    adapters; sometimes an adapter holding NaN or inf, or a non-finite scaling (tokens without that adapter must not see
     it), and sometimes one of the probes of harness.verify.probes at the drawn shape."""
+    large_m = draw(st.integers(0, 2)) == 2  # one case in three; shrinks towards the short branch
     out_features, in_features, group_size = draw(shapes(domain))
     x_dtype = draw(st.sampled_from(domain.dtypes))
     if draw(st.integers(0, 9)) == 9:  # shrinks towards the random case
         return draw(probe_cases(domain, out_features, in_features, group_size, x_dtype))
-    m = draw(st.one_of(st.just(1), st.sampled_from([16, 32, 48]), st.integers(2, 70)))
+    if large_m:  # a prefill only at a short K: M x K is what a case costs
+        m = draw(st.sampled_from(LARGE_M if in_features < 1024 else LARGE_M[:2]))
+    else:
+        m = draw(st.one_of(st.just(1), st.sampled_from([16, 32, 48]), st.integers(2, 70)))
     num_loras = draw(st.integers(0, domain.max_loras))
     case = _linear_case(draw, domain, out_features, in_features, group_size, x_dtype, m, num_loras)
     poison = draw(st.sampled_from(POISONS)) if num_loras and draw(st.integers(0, 7)) == 7 else None
