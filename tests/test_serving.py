@@ -3,6 +3,7 @@ layer at tp 1 / 2 / 4 under gloo, and the verifier's teeth (every planted layer 
 is killed; a rank that raises, dies, hangs or computes forever becomes a verdict), and its boundary with the ranks
 (tests/planted/layer_forgers.py: nothing a rank sends runs code in the judge, nothing a rank starts outlives it)."""
 import json
+import os
 import time
 from pathlib import Path
 
@@ -339,22 +340,40 @@ def _running(pids):
     return running
 
 
-def test_nothing_a_rank_started_outlives_the_run(marker):
+def tagged(tag):
+    """PIDs of live processes whose command line holds `tag`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and tag.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+def test_nothing_a_rank_started_outlives_the_run(marker, monkeypatch, capfd):
+    tag = f"int4-sleeper-{os.getpid()}-a"
+    monkeypatch.setenv("HOSTILE_MARKER", str(marker.with_name(tag)))
     [result] = verify_layer("planted.layer_forgers:starts_a_process", 1, ("column",), max_examples=1, timeout=30.0)
     assert not result["passed"]
-    pids = [int(p) for p in marker.read_text().split()]
-    assert len(pids) == 2 and not _running(pids)
+    assert f"sleeper started: {tag}" in capfd.readouterr().err  # it ran, so there was something to outlive the run
+    assert tagged(tag) == []
 
 
-def test_a_keyboard_interrupt_mid_case_kills_every_rank_and_what_it_started(marker, monkeypatch):
-    def interrupt(wait, rank, header):  # Ctrl-C as the first progress note arrives
+def test_a_keyboard_interrupt_mid_case_kills_every_rank_and_what_it_started(marker, monkeypatch, capfd):
+    tag = f"int4-sleeper-{os.getpid()}-b"
+    monkeypatch.setenv("HOSTILE_MARKER", str(marker.with_name(tag)))
+    started = []
+
+    def interrupt(wait, rank, header):  # Ctrl-C as the first progress note arrives (the sleeper started before it)
+        started.append(tag in capfd.readouterr().err or bool(tagged(tag)))
         raise KeyboardInterrupt
     monkeypatch.setattr(ranks._Wait, "_note", interrupt)
     pool = RankPool(1, "cpu", timeout=30.0)
     with pytest.raises(KeyboardInterrupt):
         verify_layer("planted.layer_forgers:starts_a_process", 1, ("column",), max_examples=1, pool=pool)
-    pids = [int(p) for p in marker.read_text().split()]
-    assert pool.processes == [] and len(pids) == 2 and not _running(pids)
+    assert pool.processes == [] and started == [True] and tagged(tag) == []
 
 
 def test_a_rank_that_computes_forever_is_slow_not_hung(pool2):
