@@ -68,27 +68,6 @@ def backend_for(device, tp):
     return "nccl" if device == "cuda" and torch.cuda.device_count() >= tp else "gloo"
 
 
-def kill_tree(process):
-    """SIGKILL a rank's process, every process under it and its process group; its exit code (as executor._kill)."""
-    if process.returncode is not None:  # reaped already (killed before): its pid may be another process's now
-        return process.returncode
-    for _ in range(50):
-        members = limits.tree(process.pid)
-        for pid in members:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        if not members or process.poll() is not None and len(members) <= 1:
-            break
-        time.sleep(0.02)
-    return process.wait()
-
-
 def _exited(process):
     """Whether a rank's process has ended, without reaping it (its pid stays its own until kill_tree)."""
     try:
@@ -173,7 +152,7 @@ class _Wait:
         while why is None and not _exited(process) and time.monotonic() < end:  # how it ends is a note, not a verdict
             time.sleep(0.02)
         ended = _exited(process)
-        code = kill_tree(process)
+        code = limits.kill_tree(process)
         self.lost[rank] = why or (f"the rank's process {exit_words(code)}" if ended else
                                   "closed its connection to the judge (killed)")
         self.pending.discard(rank)
@@ -337,7 +316,7 @@ class RankPool:
     def close(self):
         """Kill every rank's process tree (how a rank ends after its last case is not judged)."""
         for process in self.processes:
-            kill_tree(process)
+            limits.kill_tree(process)
         for sock, output in zip(self.socks, self.outputs):
             sock.close()
             output.close()

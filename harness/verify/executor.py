@@ -309,21 +309,7 @@ class ChildExecutor(Judge):
         """SIGKILL the candidate's process and every process under it; its exit code (None if unknown)."""
         if self.process is None:
             return None
-        for _ in range(50):
-            members = limits.tree(self.process.pid)
-            for pid in members:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except OSError:
-                pass
-            if not members or self.process.poll() is not None and len(members) <= 1:
-                break
-            time.sleep(0.02)
-        code = self.process.wait()
+        code = limits.kill_tree(self.process)
         self.output.close()
         self.sock.close()
         if self.region is not None:

@@ -11,6 +11,7 @@ The process tree is the candidate's process and every process under it, read fro
 children that ended and were waited for included).
 """
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -110,3 +111,25 @@ class Watch:
                                           f"candidate's processes used {used - self.window_cpu:.2f} CPU s in that time "
                                           f"(--timeout {self.stall_s:g} s of no progress ends a call)")
             self.window_cpu, self.window_start = used, now
+
+
+def kill_tree(process):
+    """SIGKILL a candidate's process (a subprocess.Popen), every process under it and its process group; its exit
+    code. The executor and the serving layer's ranks end their processes here."""
+    if process.returncode is not None:  # reaped already (killed before): its pid may be another process's now
+        return process.returncode
+    for _ in range(50):
+        members = tree(process.pid)
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        if not members or process.poll() is not None and len(members) <= 1:
+            break
+        time.sleep(0.02)
+    return process.wait()
