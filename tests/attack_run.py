@@ -319,7 +319,7 @@ ATTACKS = {f.__name__: f for f in (rotates_output_buffers, caches_on_a_sample, t
 if __name__ == "__main__":
     for name in sys.argv[1:] or ATTACKS:
         ATTACKS[name]()
-        left = leftovers("planted.attack")
+        left = leftovers("planted.attack:")
         if left:
             print(f"  left over after {name}: {left} (killed)")
             for pid in left:

@@ -33,7 +33,8 @@ from int4_lora_harness.verify.tolerance import linear_judgement
 PROPERTIES = ("shape, dtype and device", "within tolerance", "inputs unchanged", "deterministic",
               "earlier results intact", "tracks input updates")
 EACH, QUICK = "each input in turn", "packed weights, then the rest at once"
-REPEATED, REPEAT = "repeated calls", 64  # one small case called 64 more times: warm-up tricks, output pools
+REPEATED, REPEAT = "repeated calls", 256  # one small case called 256 more times: warm-up tricks, output pools
+JUDGE_UPDATES_UP_TO = 1 << 20  # weights of a case whose updated results are judged against the reference too
 
 
 @dataclass
@@ -132,8 +133,10 @@ def _shape_outcome(reply, shape, dtype):
         problems.append(f"dtype {reply['dtype']} != {dtype}")
     if not reply["device_ok"]:
         problems.append(f"device {reply['device']} is not the inputs' device")
-    note = f" (a {reply['subclass']}: judged on its torch.Tensor data)" if reply.get("subclass") else ""
-    return Outcome(name, not problems, "; ".join(problems) or f"{list(shape)} {dtype}{note}")
+    if reply.get("subclass"):  # its methods can show the caller other values than the data the judge reads
+        problems.append(f"a {reply['subclass']} (a torch.Tensor subclass), not a torch.Tensor: what its methods show "
+                        "the caller cannot be judged")
+    return Outcome(name, not problems, "; ".join(problems) or f"{list(shape)} {dtype}")
 
 
 def judge(case, got, designs=tuple(DESIGNS)):
@@ -173,6 +176,23 @@ def _update_steps(inputs, new, plan, layout="canonical"):
     if layout == "canonical" and inner:  # native layouts may pack scales in bytes: no element-wise mixing there
         steps.append((f"one inner element of each of {', '.join(inner)}", inner))
     return steps
+
+
+def case_holding(case, held):
+    """`case` with the values of `held` ({canonical argument name: CPU tensor}) in place of its own."""
+    def values(name, old):
+        if name not in held or old is None:
+            return old
+        t = held[name]
+        return (t.double() if t.is_floating_point() else t).numpy().astype(old.dtype)
+    w = case.weights
+    weights = replace(w, packed=values("packed_weights", w.packed), scales=values("scales", w.scales),
+                      zero_points=values("zero_points", w.zero_points))
+    if isinstance(case, DequantCase):
+        return replace(case, weights=weights)
+    return replace(case, weights=weights, x=values("x", case.x), lora_a=values("lora_a", case.lora_a),
+                   lora_b=values("lora_b", case.lora_b), lora_indices=values("lora_indices", case.lora_indices),
+                   bias=values("bias", case.bias))
 
 
 def _one_back(current, before):
@@ -219,7 +239,7 @@ def run_properties(executor, case, designs=tuple(DESIGNS), layout="canonical", u
         outcomes.append(Outcome(PROPERTIES[3], same, f"{calls} calls bitwise equal" if same else
                                 f"call {calls} on the same inputs differs bitwise from the first (nondeterministic, "
                                 "or it changes after a warm-up)"))
-        candidate += _tracking(executor, case, inputs, layout, updates, same, outcomes, replies)
+        candidate += _tracking(executor, case, inputs, layout, updates, same, outcomes, replies, designs)
         changed = executor.results_changed()
         aliased = [i + 1 for i, reply in enumerate(replies) if reply.get("aliases")]
         outcomes.insert(3, Outcome(PROPERTIES[4], not changed and not aliased, (
@@ -249,16 +269,28 @@ def _case_run(outcomes, executor, start, transfer, candidate):
     return CaseRun(outcomes, candidate, max(0.0, time.perf_counter() - start - candidate - moved))
 
 
-def _tracking(executor, case, inputs, layout, plan, deterministic, outcomes, replies):
+def _tracking(executor, case, inputs, layout, plan, deterministic, outcomes, replies, designs=tuple(DESIGNS)):
     """Append the 'tracks input updates' outcome (and each call's reply to `replies`); return the candidate
-    seconds it took."""
-    new = case_inputs(fitted(updated_case(case), layout), layout)
+    seconds it took. On small cases the fresh results of the fully updated inputs and of the one-element update
+    are judged against the reference too (a cache hit by both calls, or a kernel wrong only on the updated
+    values, e.g. negative scales): a failure there replaces the 'within tolerance' outcome."""
+    changed = fitted(updated_case(case), layout)
+    new = case_inputs(changed, layout)
+    steps = _update_steps(inputs, new, plan, layout)
+    full = max((i for i, (words, _) in enumerate(steps) if not words.startswith("one inner")), default=-1)
+    small = case.weights.shape[0] * case.weights.shape[1] <= JUDGE_UPDATES_UP_TO
     seconds, stale = 0.0, []
-    for words, step in _update_steps(inputs, new, plan, layout):
+    for index, (words, step) in enumerate(steps):
         updated = executor.call(send_out=False, updates=step)
-        fresh = executor.call_fresh()
+        state = changed if index == full else case_holding(changed, step) if words.startswith("one inner") else None
+        fresh = executor.call_fresh(send_out=small and state is not None)
         replies += [updated, fresh]
         seconds += updated["seconds"] + fresh["seconds"]
+        if fresh.get("out") is not None and outcomes[1].passed:
+            after = tolerance_outcome(judge(state, result_values(fresh["out"]), designs))
+            if not after.passed:
+                outcomes[1] = replace(after, message=f"after an in-place update of {words} (every input: nibbles "
+                                                     f"v -> -v - 1, scales negated, ...): {after.message}")
         if not same_result(updated, fresh):
             again = executor.call_fresh()  # noise or a stale cache? two fresh calls tell
             replies.append(again)

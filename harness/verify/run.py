@@ -52,7 +52,7 @@ def explicit_cases(candidate, options):
     built from those values: harness.verify.properties.fitted)."""
     domain, seed, contract, layout = options["domain"], candidate.seed, candidate.contract, options["layout"]
     cases = plan.coverage_cases(contract, domain, seed)
-    cases = [(REPEATED, *cases[0][1:])] + cases  # its first case again, called 64 more times (properties.REPEAT)
+    cases = [(REPEATED, *cases[0][1:])] + cases  # its first case again, called 256 more times (properties.REPEAT)
     if candidate.large_tier_skipped is None:
         cases += plan.large_tier_cases(contract, domain, seed)
         cases += plan.probe_cases(domain, seed) if contract == "linear" else []
