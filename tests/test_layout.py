@@ -53,7 +53,10 @@ def test_no_two_modules_import_each_other():
 def test_the_judge_never_imports_a_kernel_and_the_reference_never_imports_torch():
     for name, path in modules().items():
         used = imports(path)
-        if name.startswith("int4_lora_harness.verify.") and name.split(".")[-1] not in ("main", "targets", "cli"):
+        # main, targets, cli: the registry's names; child and in_process: the candidate's own process (Triton's
+        # interpreter corrected there before the candidate runs: kernels.triton_interpreter)
+        if name.startswith("int4_lora_harness.verify.") and name.split(".")[-1] not in ("main", "targets", "cli",
+                                                                                       "child", "in_process"):
             assert not any(u.startswith("int4_lora_harness.kernels") for u in used), name
         if name.startswith("int4_lora_harness.reference"):
             assert "torch" not in {u.split(".")[0] for u in used}, name

@@ -128,7 +128,7 @@ def test_the_real_weights_command_writes_the_summary_the_report_reads(model_file
     assert real_weights_cli.run(args) == 0
     written = json.loads((tmp_path / "real_weights.json").read_text())
     assert written["blocks"] == [0] and len(written["layers"]) == len(BLOCK_LAYERS) * 8
-    table, notes = load_real_weights(tmp_path / "real_weights.json")
+    table, notes = load_real_weights(tmp_path / "real_weights.json", tmp_path)
     assert notes == [] and len(table["rows"]) == 8 and table["rows"][-1]["group_size"] is None  # per channel
     assert all(15 < r["sqnr_db_min"] < 30 for r in table["rows"] if r["group_size"] is not None)
     assert "lowest SQNR" in capsys.readouterr().out

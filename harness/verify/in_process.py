@@ -15,6 +15,8 @@ class InProcessExecutor(Judge):
     """`function` called in this process; each call may take `timeout` seconds of wall time."""
 
     def __init__(self, function, device, timeout, source="?"):
+        from int4_lora_harness.kernels.triton_interpreter import fix_bf16
+        fix_bf16()  # before the candidate's first launch, as the child does (harness.verify.child.main)
         self.holder, self.timeout, self.device, self.source = child.Holder(function, device), timeout, device, source
         self.transfer_s, self.transfer_bytes, self.calls, self.start_s, self.exit_note = 0.0, 0, 0, 0.0, None
         self.sandbox = _walls({"processes": "off (--in-process)", "files": "off (--in-process)"})

@@ -37,9 +37,7 @@ def open_executor(candidate, options):
     """The executor for `candidate`; TargetRefused for a usage error, CandidateFailure if importing ends it."""
     names = parameters(candidate.contract, options["layout"])
     if options["in_process"]:
-        from int4_lora_harness.kernels.triton_interpreter import fix_bf16
         from int4_lora_harness.verify.targets import load_target, source_of
-        fix_bf16()  # as the child does (harness.verify.child.main)
         function = load_target(candidate.target, names, candidate.contract)
         return InProcessExecutor(function, options["device"], options["timeout"], source_of(function))
     return ChildExecutor(candidate.target, names, candidate.contract, options["device"], options["timeout"],
