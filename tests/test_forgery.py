@@ -121,7 +121,11 @@ def test_a_signal_to_the_verifier_ends_the_run_as_interrupted_and_leaves_no_cand
         time.sleep(2)  # the candidates are in their first call
         started = ours(run.pid)
         run.send_signal(signum)
-        code = run.wait(timeout=60)  # within seconds; a run that hangs fails here
+        try:
+            code = run.wait(timeout=60)  # within seconds; a run that hangs fails here
+        finally:
+            from int4_lora_harness.verify.limits import kill_tree
+            kill_tree(run)  # whatever happened, nothing of this test outlives it
     assert code == 1, log.read_text()
     assert verdict(tmp_path)["status"] == "interrupted"
     assert len(started) == 2 * int(jobs) and not any(os.path.exists(f"/proc/{p}") and "verify.child" in cmdline(p)

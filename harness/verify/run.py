@@ -201,6 +201,7 @@ def record_run(results, skipped, options, argv, layout, domain, printed):
             if not printed:
                 print_verdict(result)
     except KeyboardInterrupt:
+        getattr(results, "close", lambda: None)()  # a judge_all interrupted between results stops its workers now
         record.write(options["report"], record.finish(verdict, "interrupted", 1))
         say(f"interrupted: the verdict so far is in {path}")
         raise  # the caller stops too (a pytest session under the plugin); the console script exits 1
