@@ -167,31 +167,22 @@ class _Pace:
 def _read(sock, n, idle, fds=None):
     """n bytes (a bytearray); file descriptors that came with them appended to `fds` where it is a list."""
     buffer = bytearray(n)
-    view, got, pace = memoryview(buffer), 0, _Pace(sock, idle)
-    while got < n:
+    _read_into(sock, memoryview(buffer), idle, fds)
+    return buffer, n
+
+
+def _read_into(sock, view, idle, fds=None):
+    """Fill `view` from the socket (the first bytes with their file descriptors where `fds` is a list)."""
+    got, pace = 0, _Pace(sock, idle)
+    while got < len(view):
         try:
             if fds is not None and got == 0:
-                data, new_fds, _, _ = socket.recv_fds(sock, n, 16)
+                data, new_fds, _, _ = socket.recv_fds(sock, len(view), 16)
                 fds += new_fds
                 view[:len(data)] = data
                 count = len(data)
             else:
-                count = sock.recv_into(view[got:], n - got)
-        except socket.timeout:
-            pace.waited()
-            continue
-        if count == 0:
-            raise EOFError("the other side closed the connection")
-        got += count
-        pace.received()
-    return buffer, got
-
-
-def _read_into(sock, view, idle):
-    got, pace = 0, _Pace(sock, idle)
-    while got < len(view):
-        try:
-            count = sock.recv_into(view[got:])
+                count = sock.recv_into(view[got:])
         except socket.timeout:
             pace.waited()
             continue
