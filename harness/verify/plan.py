@@ -88,15 +88,20 @@ WIDE = 2 ** 15  # out_features from which a layer is wide (an LM head): exact an
 
 def large_tier_rows(contract, domain=FULL, shapes=LARGE_TIER):
     """[(name, (out, in, group size), row)]: bigpath's strength-1 design over the large-tier shapes (every row at
-    some shape, every shape some row); the linear's rows with the most tokens go to the smallest shapes."""
+    some shape, every shape some row); the linear's rows with the most tokens go to the smallest shapes, and a row
+    placed on a wide layer (an LM head: its columns probe only) is placed on a narrow one as well."""
     rows = bigpath.design(contract, domain, strength=1)
     by_size = sorted(shapes, key=lambda name: math.prod(judged_shape(name)))
     if contract == "linear":
         rows = sorted(rows, key=lambda r: -bigpath.M_BUCKETS[r["M"]] * (1 + r.get("adapters", 0) * r.get("rank", 0)))
+    narrow = [n for n in by_size if contract != "linear" or judged_shape(n)[0] < WIDE] or by_size
     placed = []
     for i in range(max(len(rows), len(shapes))):
         name, row = by_size[i % len(shapes)], rows[i % len(rows)]
         placed.append((name, bigpath.shape_of(row, domain, *judged_shape(name)), row))
+        if name not in narrow:  # the linear's wide layer gets only its columns probe: the row is judged narrow too
+            other = narrow[i % len(narrow)]
+            placed.append((other, bigpath.shape_of(row, domain, *judged_shape(other)), row))
     return sorted(placed, key=lambda p: shapes.index(p[0]))
 
 
@@ -110,8 +115,8 @@ def large_tier_cases(contract, domain=FULL, seed=0, shapes=LARGE_TIER, only=None
     the row's M). only: the names of `shapes` to build (the rows stay placed over all of them); None: all."""
     cases = []
     for i, (name, shape, row) in enumerate(large_tier_rows(contract, domain, shapes)):
-        if only is not None and name not in only:
-            continue
+        if only is not None and name not in only or contract == "linear" and shape[0] >= WIDE:
+            continue  # a wide layer's linear: its columns probe (probe_cases), not 2**16 rows judged in float64
         out_features, in_features, group_size = shape
         params = bigpath.weight_params(row, group_size)
         exponent = bigpath.SCALE_SHIFT if row["scales"] == bigpath.BEYOND_FP16 else None
