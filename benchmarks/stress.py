@@ -39,12 +39,15 @@ def as_expected(row):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--burners", type=int, default=4 * os.cpu_count(), help="CPU-bound processes (default 4x cores)")
+    parser.add_argument("--burners", type=int, default=4 * os.cpu_count(),
+                        help="CPU-bound processes (default 4x cores; 0: the load is started outside, e.g. beside a "
+                             "fresh clone's `tox -e test`)")
     parser.add_argument("--large-tier", action="store_true", help="include the large tier and probes (slow)")
     parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
     args = parser.parse_args(argv)
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burners)]
-    print(f"{len(burners)} burners running: pids {' '.join(str(b.pid) for b in burners)}", flush=True)
+    print(f"{len(burners)} burners running: pids {' '.join(str(b.pid) for b in burners)}; load "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
     rows = []
     try:
         for name, contract, target, expected, env in rows_to_run():
@@ -65,8 +68,8 @@ def main(argv=None):
             burner.wait()
         print(f"burners ended: {len(burners)} killed by pid", flush=True)
     bad = [r for r in rows if not r["as_expected"]]
-    print(f"stress: {len(rows) - len(bad)} as expected, {len(bad)} not, with {len(burners)} burners on "
-          f"{os.cpu_count()} cores")
+    print(f"stress: {len(rows) - len(bad)} as expected, {len(bad)} not, with {len(burners)} burners of its own on "
+          f"{os.cpu_count()} cores; load {os.getloadavg()[0]:.1f} at the end")
     return 1 if bad else 0
 
 
