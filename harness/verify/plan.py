@@ -13,7 +13,9 @@ big K      every pair of values of the domain's dimensions (dtypes, scales, gran
            cases (the dequantizer); an interpreted candidate runs them in seconds
 large      the LARGE_TIER real layer shapes (harness.shapes; a wide layer's first WIDE_ROWS rows),
            adapted to the domain, each shape one row of bigpath's strength-1 design, so that every
-           value of every dimension meets a real shape
+           value of every dimension meets a real shape; the linear's wide layer (an LM head) is judged
+           by its columns probe alone (its row goes to a narrow layer too): a float64 judgement of
+           2**16 rows cost more than the rest of the tier
 probes     (linear) at every large-tier shape, with that shape's row: the exact (with its adapters and
            bias), columns (with its M) and lora (its rank and adapters) probes of harness.verify.probes;
            a wide layer only the columns probe (exact arithmetic over 2**16 rows costs seconds)
