@@ -96,6 +96,19 @@ def test_per_tensor_fractional_zero_points_and_fp32_scales_make_such_cases():
                                                    "zeros-fractional-warm"
 
 
+def test_no_zero_points_and_per_channel_scales_make_cases_without_zero_points():
+    todo, outside = planned("smoke", "--no-zero-points", "--granularity", "per-channel")
+    assert outside == {} and {runner.case_options(p) for _, _, p in todo} == {("fp16", "none", "per-channel")}
+    point = todo[0][2]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(LAYER_SHAPES, point["layer"], TINY)
+        case = runner.make_case(point, "gemm", 4)
+    assert case.weights.zero_points is None and case.weights.group_size is None
+    fields = runner.case_fields(point, case)
+    assert (fields["zero_granularity"], fields["zero_points_dtype"], fields["scale_granularity"]) == \
+        ("none", "none", "per-channel")
+
+
 def test_a_domain_no_grid_point_lies_in_is_a_usage_error(capsys):
     code = main(["bench", "--linear", TOY_LINEAR, "--out-multiple-of", "1000", "--bench-dir", "unused"])
     assert code == 2
