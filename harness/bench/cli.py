@@ -1,83 +1,177 @@
 """`bench`: time your kernel beside the baselines and the project's backends, on the same cases.
 
     int4-harness bench --linear mine.py:linear --grid smoke          # one case per operation
+    int4-harness bench --linear tinygemm.py:linear --dtypes bf16 --group-sizes 32,64,128,256 --report reports
     int4-harness bench --dequantizer mypkg.ops:dequantize --grid cpu --bench-dir reports/bench
 
+The grid is built in the TARGET's domain, given by the same domain flags as verify (harness.bench.domain_grid):
+an axis the grid leaves at its default takes the domain's value where the default lies outside (--dtypes bf16
+times bf16), and a grid point outside the domain is not run (counted, with the flag that left it out).
+A TARGET with callable `prepare` and `apply` is two-phase (harness.bench.two_phase): its prepare runs once per
+case, timed on its own (prepare_s), and apply alone is timed.
 Each benchmark first checks the candidate on its case (harness.verify.properties, in this process)
 and refuses to time it if it fails; then it is timed (harness.bench.timing) beside `dense`,
 `materialize` and the project's backends that run here, and one row per case is appended to
-<bench-dir>/<run-id>.parquet with backend = the TARGET. `int4-harness report` shows the run.
+<bench-dir>/<run-id>.parquet (--report DIR: DIR/bench/, where `int4-harness report --reports DIR` reads) with
+backend = the TARGET. At the end a table compares the TARGET's median with every other backend's, per case.
 A timing whose result differs from an untimed call's, or that beats the bytes-moved floor, is written
-with its flag (harness.bench.honesty) and printed as the flag, never as a time.
+with its flag (harness.bench.honesty) and printed as the flag, never as a time. A loaded machine (load average
+above one per core, harness.bench.load) is warned of at the start and the end and recorded in every row.
 Exit status: 0 every benchmark timed, 1 the candidate was refused or flagged on some case, 2 usage error.
 """
+import math
 import sys
+from dataclasses import fields, replace
+from pathlib import Path
 
 from int4_lora_harness.progress import bar, say
+from int4_lora_harness.verify import cli as verify_cli
 
 OPERATIONS = {"dequantizer": ("dequantize",), "linear": ("gemm", "gemm_lora")}
+BENCH_FOLDER = "bench"  # under a reports folder: where `int4-harness report --reports DIR` reads benchmark runs
 
 
 def add_arguments(b):
-    """The `bench` subcommand's flags."""
+    """The `bench` subcommand's flags: the TARGET, the grid, where rows go, and verify's domain flags."""
     target = b.add_mutually_exclusive_group(required=True)
-    target.add_argument("--linear", metavar="TARGET", help="a linear (docs/contract.md): pkg.module:function or file.py:function")
-    target.add_argument("--dequantizer", metavar="TARGET", help="a dequantizer: pkg.module:function or file.py:function")
+    target.add_argument("--linear", metavar="TARGET",
+                        help="a linear (docs/contract.md), or a two-phase one: pkg.module:name or file.py:name")
+    target.add_argument("--dequantizer", metavar="TARGET",
+                        help="a dequantizer, or a two-phase one: pkg.module:name or file.py:name")
     b.add_argument("--grid", default="smoke", help="a grid of harness.bench.grids: smoke, cpu or gpu")
-    b.add_argument("--bench-dir", default="reports/bench", help="folder for <run-id>.parquet")
+    folder = b.add_mutually_exclusive_group()
+    folder.add_argument("--report", metavar="DIR",
+                        help=f"reports folder: rows go to DIR/{BENCH_FOLDER}/<run-id>.parquet, where "
+                             "`int4-harness report --reports DIR` reads them")
+    folder.add_argument("--bench-dir", help="folder for <run-id>.parquet (default reports/bench)")
     b.add_argument("--no-project-backends", action="store_true", help="time only the TARGET and the baselines")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    verify_cli.add_domain_arguments(b)
+    # a grid names its own ranks and adapter counts: by default none is left out (verify's defaults bound a fuzz)
+    b.set_defaults(max_rank=verify_cli.MAX_RANK, max_loras=verify_cli.MAX_LORAS)
     return b
 
 
-def benchmarks(grid, label, contract, project):
-    """(backend, operation, point) to run: the TARGET's cases, each also for the baselines and project backends."""
-    from int4_lora_harness.bench import grids
+def narrowing(domain):
+    """The domain's fields that differ from bench's default (verify's full domain with every rank and adapter count
+    a grid names), as 'name=value' strings: [] without domain flags."""
+    from int4_lora_harness.verify.domain import FULL
+    default = replace(FULL, max_rank=verify_cli.MAX_RANK, max_loras=verify_cli.MAX_LORAS)
+    return [f"{f.name}={getattr(domain, f.name)!r}" for f in fields(domain)
+            if getattr(domain, f.name) != getattr(default, f.name)]
+
+
+def output_folder(args):
+    """The folder the run's parquet goes to; ValueError naming the flag when it is a file or cannot be made."""
+    flag, folder = (("--report", Path(args.report) / BENCH_FOLDER) if args.report else
+                    ("--bench-dir", Path(args.bench_dir or f"reports/{BENCH_FOLDER}")))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{flag}: cannot make the folder {folder}: {error.strerror or error}") from None
+    return folder
+
+
+def benchmarks(grid, domain, label, contract, project):
+    """((backend, operation, point) to run: the TARGET's cases, each also for the baselines and project backends,
+    all inside `domain`; {why: number of the grid's cases outside it}). ValueError when no case is inside."""
+    from int4_lora_harness.bench import domain_grid, grids
     others = [b for b in grid["backends"] if b in ("dense", "materialize") or (project and b not in ("reference",))]
-    known = grids.benchmarks(dict(grid, backends=tuple(others) or ("dense",)))
-    points = {(op, tuple(p.items())): p for _, op, p in known if op in OPERATIONS[contract]}
+    fitted = domain_grid.fit(dict(grid, backends=tuple(others) or ("dense",)), domain)
+    known = [(b, op, p) for b, op, p in grids.benchmarks(fitted) if op in OPERATIONS[contract]]
+    inside, outside = domain_grid.split(known, domain)
+    if not inside:
+        raise ValueError(f"no case of the grid lies inside the domain ({'; '.join(narrowing(domain))}): "
+                         + "; ".join(f"{n} outside by {why}" for why, n in outside.items()))
+    points = {(op, tuple(p.items())): p for _, op, p in inside}
     mine = [(label, op, p) for (op, _), p in points.items()]
-    return mine + [(b, op, p) for b, op, p in known if op in OPERATIONS[contract] and b in others]
+    return mine + [(b, op, p) for b, op, p in inside if b in others], outside
 
 
-def run(args):
-    from int4_lora_harness.bench import grids, honesty, runner
-    from int4_lora_harness.bench import store
-    from int4_lora_harness.verify.cases import CONTRACT_PARAMETERS
-    from int4_lora_harness.verify.record import new_run_id
-    from int4_lora_harness.verify.targets import UsageError, load_target
+def setup(args):
+    """(label, target, grid, device, domain, todo, outside, folder) of a run; UsageError or ValueError
+    naming the flag for what is wrong."""
+    from int4_lora_harness.bench import grids, two_phase
     import torch
     contract = "linear" if args.linear else "dequantizer"
     label = args.linear or args.dequantizer
+    domain = verify_cli.parse_domain(args)
+    grid = grids.select(args.grid)
+    device = grids.device_for(grid, args.grid, torch.cuda.is_available())
+    target = two_phase.resolve(label, contract)
+    todo, outside = benchmarks(grid, domain, label, contract, not args.no_project_backends)
+    return label, target, grid, device, domain, todo, outside, output_folder(args)
+
+
+def run(args):
+    from int4_lora_harness.bench import closing, load, runner, store
+    from int4_lora_harness.verify.record import new_run_id
+    from int4_lora_harness.verify.targets import UsageError
     try:
-        grid = grids.select(args.grid)
-        device = grids.device_for(grid, args.grid, torch.cuda.is_available())
-        function = load_target(label, CONTRACT_PARAMETERS[contract], contract)
+        label, target, grid, device, domain, todo, outside, folder = setup(args)
     except (ValueError, UsageError) as error:
         print(f"usage error: {error}", file=sys.stderr)
         return 2
     run_id = new_run_id()
-    fields = runner.run_fields(run_id, args.grid, device)
-    path, rows, verdicts, refused, flagged = f"{args.bench_dir}/{run_id}.parquet", [], {}, [], []
-    todo = benchmarks(grid, label, contract, not args.no_project_backends)
+    shared = runner.run_fields(run_id, args.grid, device, domain="; ".join(narrowing(domain)) or "full")
+    say_domain(domain, outside)
+    say_load(shared["load_per_core_start"], "start")
+    path, rows, verdicts, results = folder / f"{run_id}.parquet", [], {}, []
     progress = bar(len(todo), f"bench {label}", not args.quiet)
     for backend, operation, point in todo:
-        case = grids.case_id(backend, operation, point)
-        try:
-            row = runner.measure(backend, operation, point, device, grid, verdicts, targets={label: function})
-            row = store.with_rates(dict(fields, test_id=f"bench {case}", **row))
-            store.append_row(rows, row, path)
-            why = honesty.flag(row)
-            flagged += [backend] if why else []
-            say(f"  {case}: " + (f"FLAGGED, not a result: {why}" if why else
-                                 f"{row['median_s'] * 1e3:.3f} ms (IQR {row['iqr_s'] * 1e3:.3f})"))
-        except runner.Skipped as reason:
-            say(f"  skipped {case}: {reason}")
-        except runner.Refused as reason:
-            refused.append(str(reason))
-            say(f"  REFUSED {case}: {reason}")
+        results.append(one_benchmark(backend, operation, point, device, grid, verdicts, {label: target}, shared,
+                                     rows, path))
         progress.update(1)
     progress.close()
+    end = load.per_core()
+    if rows:  # the load at the end, in every row of the run
+        rows[:] = [dict(row, load_per_core_end=end) for row in rows]
+        store.write_rows(rows, path)
+    for line in closing.lines(results, label):
+        say(line)
+    say_load(end, "end")
+    refused = [r for r in results if r["status"].startswith("REFUSED")]
+    flagged = [r for r in results if r["status"].startswith("FLAGGED")]
     say(f"{len(rows)} rows -> {path}" + (f"; {len(refused)} benchmark(s) refused" if refused else "")
         + (f"; {len(flagged)} timing(s) flagged" if flagged else ""))
-    return 1 if any(label in r for r in refused) or label in flagged else 0
+    return 1 if any(r["backend"] == label for r in refused + flagged) else 0
+
+
+def one_benchmark(backend, operation, point, device, grid, verdicts, targets, shared, rows, path):
+    """One benchmark measured, stored (its row appended to `rows` and the file) and said: the closing table's
+    result, dict(backend, operation, point, row (None unless its timing stands), status)."""
+    from int4_lora_harness.bench import grids, honesty, runner, store
+    case = grids.case_id(backend, operation, point)
+    result = dict(backend=backend, operation=operation, point=point, row=None, status="")
+    try:
+        row = runner.measure(backend, operation, point, device, grid, verdicts, targets=targets)
+        row = store.with_rates(dict(shared, test_id=f"bench {case}", **row))
+        store.append_row(rows, row, path)
+        why = honesty.flag(row)
+        result.update(row=None if why else row, status="FLAGGED, not a result" if why else "")
+        two_phase = not math.isnan(row["prepare_s"])  # NaN: a one-call backend
+        say(f"  {case}: " + (f"FLAGGED, not a result: {why}" if why else
+                             f"{row['median_s'] * 1e3:.3f} ms (IQR {row['iqr_s'] * 1e3:.3f})"
+                             + (f"; prepare {row['prepare_s'] * 1e3:.3f} ms, once" if two_phase else "")))
+    except runner.Skipped as reason:
+        result["status"] = "skipped"
+        say(f"  skipped {case}: {reason}")
+    except runner.Refused as reason:
+        result["status"] = "REFUSED (fails its check)"
+        say(f"  REFUSED {case}: {reason}")
+    return result
+
+
+def say_domain(domain, outside):
+    """Say the domain the grid was built in and how many of its cases lay outside it, by the flag."""
+    if narrowing(domain):
+        say(f"grid built in the domain: {'; '.join(narrowing(domain))}")
+    for why, count in outside.items():
+        say(f"  {count} case(s) of the grid outside the domain, not run: {why}")
+
+
+def say_load(reading, when):
+    from int4_lora_harness.bench import load
+    line = load.warning(reading, when)
+    if line:
+        say(line)

@@ -158,11 +158,22 @@ def benchmarks(grid):
 
 def case_id(backend, operation, point):
     """A readable pytest id, e.g. 'torch-gemm_lora-llama3-8b.k_proj-m16-g128-r16x4-uniform-fp16-warm'."""
-    group = f"g{point['group_size']}" if point["group_size"] else "per-channel"
-    parts = [backend, operation, point["layer"]]
+    return f"{backend}-{case_name(operation, point)}"
+
+
+def case_name(operation, point):
+    """The case of a benchmark in words, e.g. 'gemm_lora-llama3-8b.k_proj-m16-g128-r16x4-uniform-fp16-warm'; the
+    options a domain chose (harness.bench.domain_grid) are named where they differ from the grids' own."""
+    group = f"g{point['group_size']}" if point["group_size"] else point.get("granularity") or "per-channel"
+    parts = [operation, point["layer"]]
     if point["m"] is not None:
         parts.append(f"m{point['m']}")
     parts.append(group)
     if point["num_loras"]:
         parts += [f"r{point['rank']}x{point['num_loras']}", point["popularity"]]
-    return "-".join([*parts, point["dtype"], point["cache_mode"]])
+    parts.append(point["dtype"])
+    if point.get("scales_dtype", point["dtype"]) != point["dtype"]:
+        parts.append(f"scales-{point['scales_dtype']}")
+    if point.get("zero_points", "integer") != "integer":
+        parts.append(f"zeros-{point['zero_points']}")
+    return "-".join([*parts, point["cache_mode"]])

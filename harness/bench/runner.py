@@ -5,7 +5,9 @@ Backends: the NumPy `reference` (small layers), the registry's fast paths (`torc
 baselines `dense` and `materialize` (harness.bench.baselines), and a user's TARGET (any other name, with
 its functions given in `targets`). What is timed: `dense` without checks (its weight dequantized
 beforehand), a backend module's `prepare_linear` where it has one (Triton: checks once, then launches),
-else the contract call by keyword (argument checks included).
+a two-phase TARGET's apply alone (harness.bench.two_phase: its prepare runs once per case, timed on its own as
+prepare_s), else the contract call by keyword (argument checks included). The case is built in the candidate's
+domain where harness.bench.domain_grid chose its options (case_options).
 Each row's timing is checked after it is taken (harness.bench.honesty): `result_check` compares the timed
 calls' results with an untimed call's, judged against the reference, and `input_bytes` sets the row's
 bytes-moved floor (harness.bench.store.with_rates).
@@ -19,9 +21,10 @@ import numpy as np
 import torch
 
 from int4_lora_harness import reference
-from int4_lora_harness.bench import devices
+from int4_lora_harness.bench import devices, load
 from int4_lora_harness.bench.baselines import BASELINES, dense_forward
 from int4_lora_harness.bench.honesty import result_check, snapshot, untimed_problem
+from int4_lora_harness.bench.two_phase import WEIGHTS, TwoPhase
 from int4_lora_harness.bench.timing import one_call_seconds, plain_driver, rounds_for, time_calls
 from int4_lora_harness.bench.work import case_input_bytes, case_work, weight_bytes
 from int4_lora_harness.kernels.registry import BACKENDS
@@ -52,24 +55,35 @@ def unavailable_reason(backend, device):
 
 
 def contract_fn(backend, operation, targets=None):
-    """The contract function (SPEC §3 dequantizer or §4 linear) `backend` runs for `operation`."""
+    """The contract function (SPEC §3 dequantizer or §4 linear) `backend` runs for `operation` (a two-phase TARGET's:
+    prepare then apply, harness.bench.two_phase)."""
     if targets and backend in targets:
-        return targets[backend]
+        target = targets[backend]
+        return target.one_call(operation) if isinstance(target, TwoPhase) else target
     if backend in BASELINES:
         return BASELINES[backend][operation]
     return BACKENDS[backend].dequantize if operation == "dequantize" else BACKENDS[backend].linear
 
 
+def case_options(point):
+    """(scales_dtype, zero_points, granularity) of a grid point: what harness.bench.domain_grid chose in the
+    candidate's domain, else the grids' own: scales in the point's dtype, integer zero points, grouped scales with
+    a group size and per-channel ones without."""
+    granularity = point.get("granularity") or ("grouped" if point["group_size"] else "per-channel")
+    return point.get("scales_dtype", point["dtype"]), point.get("zero_points", "integer"), granularity
+
+
 def make_case(point, operation, m):
-    """The LinearCase of a grid point with M = m, seeded so every M shares the same weights: scales in the point's
-    dtype and integer zero points at the point's granularity; no bias; no adapters unless `gemm_lora`."""
-    granularity = "grouped" if point["group_size"] else "per-channel"
+    """The LinearCase of a grid point with M = m, seeded so every M shares the same weights: scales and zero points
+    as case_options says (zero points at the scales' granularity); no bias; no adapters unless `gemm_lora`."""
+    scales_dtype, zero_points, granularity = case_options(point)
     with_lora = operation == "gemm_lora"
     return make_linear_case(SEED, *LAYER_SHAPES[point["layer"]], m, x_dtype=point["dtype"], rank=point["rank"] or 1,
                             num_loras=point["num_loras"] if with_lora else 0,
                             popularity=point["popularity"] if with_lora else "none", bias=False,
                             group_size=point["group_size"], scale_granularity=granularity,
-                            zero_granularity=granularity, scales_dtype=point["dtype"])
+                            zero_granularity=None if zero_points == "none" else granularity,
+                            zero_kind="int" if zero_points == "integer" else "float", scales_dtype=scales_dtype)
 
 
 def check(backend, operation, point, device, verdicts, targets=None):
@@ -125,10 +139,13 @@ def prepare(backend, operation, case, inputs, device, targets=None):
     return partial(contract_fn(backend, operation, targets), **inputs)
 
 
+CHANGED_INPUT = {"dequantize": "scales", "gemm": "x", "gemm_lora": "x"}  # what change_in_place negates
+
+
 def change_in_place(operation, inputs):
     """Negate in place the input a cached result would miss (x of a linear, the scales of a dequantizer): the name.
     Negation keeps the case valid (harness.verify.properties.updated_case does the same)."""
-    name = "scales" if operation == "dequantize" else "x"
+    name = CHANGED_INPUT[operation]
     value = inputs[name]
     if isinstance(value, np.ndarray):
         np.negative(value, out=value)
@@ -137,12 +154,28 @@ def change_in_place(operation, inputs):
     return name
 
 
-def check_results(backend, operation, case, inputs, target, untimed, timed):
+def check_results(backend, operation, case, inputs, target, untimed, timed, after_change=None):
     """The row's result_check (harness.bench.honesty): the untimed Snapshot judged against the reference (not the
-    reference's own), the timed Snapshots compared with it, then one call after an input changed in place."""
+    reference's own), the timed Snapshots compared with it, then one call (`after_change`, default `target`) after
+    an input changed in place."""
     issue = None if backend == "reference" else untimed_problem(operation, case, untimed.values, VERIFY_M_MAX)
     changed_input = change_in_place(operation, inputs)  # after the judgement: the reference's inputs are the case's
-    return result_check(untimed, timed, snapshot(target()), changed_input, issue)
+    return result_check(untimed, timed, snapshot((after_change or target)()), changed_input, issue)
+
+
+def timed_target(backend, operation, case, inputs, device, targets=None):
+    """(target, prepare_s, after_change): the zero-argument call to time (`prepare` above, or a two-phase TARGET's
+    apply alone on what its prepare made), the seconds of that one prepare (NaN for every other backend), and the
+    call to make after an input changed in place (check_results): a two-phase TARGET prepares again first when the
+    changed input is one of its weights (a dequantizer's scales), as apply reads only what prepare made."""
+    two_phase = (targets or {}).get(backend)
+    if not isinstance(two_phase, TwoPhase):
+        target = prepare(backend, operation, case, inputs, device, targets)
+        return target, math.nan, target
+    prepare_s, target = two_phase.timed_target(operation, inputs, device)
+    if CHANGED_INPUT[operation] not in WEIGHTS:
+        return target, prepare_s, target
+    return target, prepare_s, lambda: two_phase.timed_target(operation, inputs, device)[1]()
 
 
 def weight_format(backend):
@@ -152,17 +185,21 @@ def weight_format(backend):
 def case_fields(point, case):
     """The row's columns that name the case."""
     out_features, in_features = case.weights.shape
-    granularity = "grouped" if point["group_size"] else "per-channel"
+    _, zero_points, granularity = case_options(point)
     return dict(layer=point["layer"], m=point["m"], n=out_features, k=in_features, group_size=point["group_size"],
-                scale_granularity=granularity, zero_granularity=granularity, rank=point["rank"],
-                num_loras=point["num_loras"], popularity=point["popularity"], dtype=point["dtype"],
+                scale_granularity=granularity, zero_granularity="none" if zero_points == "none" else granularity,
+                scales_dtype=case.weights.scales_dtype, zero_points_dtype=case.weights.zero_points_dtype or "none",
+                rank=point["rank"], num_loras=point["num_loras"], popularity=point["popularity"], dtype=point["dtype"],
                 cache_mode=point["cache_mode"])
 
 
-def run_fields(run_id, grid_name, device, folder=None):
-    """The columns every row of a run shares: run id, commit, host, device, versions and peaks."""
+def run_fields(run_id, grid_name, device, folder=None, domain="full"):
+    """The columns every row of a run shares: run id, commit, host, device, versions and peaks, the domain its grid
+    was built in (harness.verify.domain.Domain.describe, joined) and the machine's load per core at its start
+    (its end: filled in when the run ends, harness.bench.cli)."""
     commit, dirty = devices.git_state(folder) if folder else devices.git_state()
-    return dict(run_id=run_id, git_commit=commit, git_dirty=dirty, grid=grid_name, **devices.describe(device))
+    return dict(run_id=run_id, git_commit=commit, git_dirty=dirty, grid=grid_name, domain=domain,
+                load_per_core_start=load.per_core(), load_per_core_end=math.nan, **devices.describe(device))
 
 
 def peak_memory(target, device, allocated_before):
@@ -187,18 +224,19 @@ def measure(backend, operation, point, device, grid, verdicts, targets=None, dri
     case = make_case(point, operation, point["m"] or 1)
     allocated_before = torch.cuda.memory_allocated() if device == "cuda" else 0
     inputs = call_inputs(backend, case, device)
-    target = prepare(backend, operation, case, inputs, device, targets)
+    target, prepare_s, after_change = timed_target(backend, operation, case, inputs, device, targets)
     target()  # warm-up: compiles and autotunes Triton kernels, pages the weights in
     memory = peak_memory(target, device, allocated_before)
     untimed = snapshot(target())  # held while the timed calls run: none of them can take its memory
     rounds = rounds_for(one_call_seconds(target, device), grid["max_time_s"], grid["min_rounds"], grid["max_rounds"])
     timing = time_calls(target, device, rounds, point["cache_mode"], driver=driver, capture=snapshot)
-    checked = check_results(backend, operation, case, inputs, target, untimed, timing.captured)
+    checked = check_results(backend, operation, case, inputs, target, untimed, timing.captured, after_change)
     moved, flops = case_work(weight_format(backend), operation, case)
     packed, fp16 = weight_bytes(case.weights)
     return dict(backend=backend, operation=operation, **case_fields(point, case), verified_m=verified_m,
                 verification=verification, timer=timing.timer, median_s=timing.median_s, iqr_s=timing.iqr_s,
-                min_s=timing.min_s, rounds=timing.rounds, result_check=checked, bytes_moved=moved, flops=flops,
+                min_s=timing.min_s, rounds=timing.rounds, prepare_s=prepare_s, result_check=checked,
+                bytes_moved=moved, flops=flops,
                 input_bytes=case_input_bytes(weight_format(backend), operation, case), packed_weight_bytes=packed,
                 fp16_weight_bytes=fp16, peak_memory_bytes=memory,
                 timestamp=datetime.datetime.now(datetime.timezone.utc))

@@ -47,6 +47,13 @@ def one_call_seconds(target, device):
     return max(time.perf_counter() - start, 1e-7)
 
 
+def time_once(target, device):
+    """(seconds, result) of one call of the zero-argument `target`, timed as time_calls times each call (no warm-up:
+    a two-phase TARGET's prepare, which runs once per case)."""
+    call, _ = (_cuda_timed if device == "cuda" else _cpu_timed)(target, "warm")
+    return call()
+
+
 def rounds_for(seconds_per_call, max_time_s, min_rounds, max_rounds):
     """Rounds that fill `max_time_s`, clamped to [min_rounds, max_rounds]."""
     return min(max_rounds, max(min_rounds, math.ceil(max_time_s / seconds_per_call)))

@@ -134,22 +134,7 @@ def add_arguments(v):
     v.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the inputs are created")
     v.add_argument("--designs", type=designs_type, default=tuple(SETS["all"]),
                    help=f"correct designs to accept: {', '.join(SETS)} or design names (default all)")
-    domain = v.add_argument_group("domain", "what the kernel supports; every narrowing is printed in the verdict")
-    domain.add_argument("--dtypes", type=listed(DTYPES), help="activation / output dtypes, e.g. fp16,bf16")
-    domain.add_argument("--scale-dtypes", type=listed((*DTYPES, OUTPUT)),
-                        help="the scales' dtypes, or 'output' for scales in the output dtype")
-    domain.add_argument("--group-sizes", type=int_list(1), help="group sizes to draw from, e.g. 32,64,128")
-    domain.add_argument("--granularity", type=listed(GRANULARITIES), help="scale and zero-point granularities")
-    domain.add_argument("--zero-points", choices=ZERO_POINTS, default=None, help="which zero points the kernel takes")
-    domain.add_argument("--no-zero-points", action="store_true", help="the same as --zero-points none")
-    domain.add_argument("--same-granularity", action="store_true", help="zero points always have the scales' granularity")
-    domain.add_argument("--no-ragged", action="store_true", help="in_features always a multiple of the group size")
-    domain.add_argument("--in-multiple-of", type=at_most(MAX_UNIT, "the narrowest layer drawn"), default=2, help="in_features a multiple of this (even)")
-    domain.add_argument("--out-multiple-of", type=at_most(MAX_UNIT, "the narrowest layer drawn"), default=1, help="out_features a multiple of this")
-    domain.add_argument("--lora-patterns", type=listed(POPULARITIES), help="how tokens pick adapters")
-    domain.add_argument("--max-rank", type=at_most(MAX_RANK, "vLLM's largest LoRA rank"), default=64, help="largest LoRA rank drawn")
-    domain.add_argument("--max-loras", type=at_most(MAX_LORAS, "memory: up to 256 x 512 x 4096 LoRA values", 0), default=8, help="most adapters in one call")
-    domain.add_argument("--no-bias", action="store_true", help="never pass a bias")
+    add_domain_arguments(v)
     v.add_argument("--no-large-tier", action="store_true", help="skip the real layer shapes and probes (not a full verdict)")
     v.add_argument("--timeout", type=positive_seconds, default=60.0,
                    help="seconds of no progress (the candidate's processes using no CPU) that end a call as hung")
@@ -172,6 +157,27 @@ def add_arguments(v):
                    help="the checkpoint's format (default: detected from the tensor names)")
     v.add_argument("--checkpoint-group-size", type=positive_int,
                    help="group size of a grouped compressed-tensors or AWQ layer (it lives in the config, not the tensors)")
+    return v
+
+
+def add_domain_arguments(v):
+    """The domain flags (what the kernel supports), shared by `verify` and `bench`; parse_domain reads them."""
+    domain = v.add_argument_group("domain", "what the kernel supports; every narrowing is printed in the verdict")
+    domain.add_argument("--dtypes", type=listed(DTYPES), help="activation / output dtypes, e.g. fp16,bf16")
+    domain.add_argument("--scale-dtypes", type=listed((*DTYPES, OUTPUT)),
+                        help="the scales' dtypes, or 'output' for scales in the output dtype")
+    domain.add_argument("--group-sizes", type=int_list(1), help="group sizes to draw from, e.g. 32,64,128")
+    domain.add_argument("--granularity", type=listed(GRANULARITIES), help="scale and zero-point granularities")
+    domain.add_argument("--zero-points", choices=ZERO_POINTS, default=None, help="which zero points the kernel takes")
+    domain.add_argument("--no-zero-points", action="store_true", help="the same as --zero-points none")
+    domain.add_argument("--same-granularity", action="store_true", help="zero points always have the scales' granularity")
+    domain.add_argument("--no-ragged", action="store_true", help="in_features always a multiple of the group size")
+    domain.add_argument("--in-multiple-of", type=at_most(MAX_UNIT, "the narrowest layer drawn"), default=2, help="in_features a multiple of this (even)")
+    domain.add_argument("--out-multiple-of", type=at_most(MAX_UNIT, "the narrowest layer drawn"), default=1, help="out_features a multiple of this")
+    domain.add_argument("--lora-patterns", type=listed(POPULARITIES), help="how tokens pick adapters")
+    domain.add_argument("--max-rank", type=at_most(MAX_RANK, "vLLM's largest LoRA rank"), default=64, help="largest LoRA rank drawn")
+    domain.add_argument("--max-loras", type=at_most(MAX_LORAS, "memory: up to 256 x 512 x 4096 LoRA values", 0), default=8, help="most adapters in one call")
+    domain.add_argument("--no-bias", action="store_true", help="never pass a bias")
     return v
 
 
