@@ -11,6 +11,7 @@ expected.
 """
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,8 @@ def main(argv=None):
     parser.add_argument("--large-tier", action="store_true", help="include the large tier and probes (slow)")
     parser.add_argument("--only", nargs="*", help="candidate names to run (default: all)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a TERM (or a background job's INT) still ends the burners
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # `cmd &` in a script starts with SIGINT ignored
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burners)]
     print(f"{len(burners)} burners running: pids {' '.join(str(b.pid) for b in burners)}; load "
           f"{os.getloadavg()[0]:.1f}", flush=True)
