@@ -344,3 +344,11 @@ def test_a_layer_result_shows_its_style_ranks_and_named_layers(tmp_path):
     assert "<code>mine:layer</code> — layer (column, tp 2)" in verification_
     assert '<td class="n">1</td><td class="FAIL">FAIL</td><td>rank 1 raised</td>' in verification_
     assert "<td>named layer</td><td>qkv (llama3-8b)</td>" in verification_
+
+
+def test_a_run_named_on_the_command_line_is_checked_even_without_benchmark_runs(tmp_path, capsys):
+    args = report_cli.add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--reports", str(tmp_path), "--compare", "k.py:f", "ort.py:f"])
+    assert report_cli.run(args) == 2
+    assert "--compare: no benchmark run or TARGET 'k.py:f'" in capsys.readouterr().err
+    assert not (tmp_path / "index.html").exists()

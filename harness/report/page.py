@@ -101,7 +101,8 @@ def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=No
     real, real_notes = inputs.load_real_weights(real_path, real_path.parent if real_weights else real_root)
     power_root = first_with(folders, "power.json")
     power, power_notes = inputs.load_power(power_root / "power.json", power_root)
-    show_performance = (not bench.empty) if want_performance is None else want_performance
+    asked = any(name is not None for name in (run, run_a, run_b))  # a run named on the command line is checked
+    show_performance = (not bench.empty or asked) if want_performance is None else want_performance
     perf = performance.performance(bench, run, caps.rows) if show_performance else None
     compared, compare_notes = (comparison.compare_section(bench, run_a, run_b, threshold, caps.rows)
                                if show_performance else (None, []))
