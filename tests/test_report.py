@@ -17,7 +17,7 @@ import pytest
 
 from int4_lora_harness.bench import store as perf_store
 from int4_lora_harness.report import cli as report_cli
-from int4_lora_harness.report import inputs, verification
+from int4_lora_harness.report import inputs, summary
 from int4_lora_harness.report.charts import backend_colour
 from int4_lora_harness.report.page import build_report
 from int4_lora_harness.shapes import LAYER_SHAPES
@@ -154,15 +154,15 @@ def section(html, name):
 
 # --- data preparation -------------------------------------------------------------------------------
 
-def test_the_overall_verdict_takes_the_newest_run_of_each_candidate_and_contract(tmp_path):
+def test_the_summary_takes_the_newest_run_of_each_target_and_contract(tmp_path):
     write_verdicts(tmp_path)
     runs, notes = inputs.load_verify_runs(tmp_path)
     assert [r["run_id"] for r in runs] == [VERIFY_B, VERIFY_A] and notes == []  # verify.json is B's copy: read once
-    rows, left_out = verification.overall(runs, limit=100)
-    got = {r["candidate"]: (r["verdict"], [(c, v) for c, v, _ in r["contracts"]]) for r in rows}
-    assert got == {"torch": ("PASS", [("linear", "PASS"), ("dequantizer", "PASS")]),  # B's PASS replaces A's FAIL
-                   "mine.py:linear": ("FAIL", [("linear", "FAIL")]),
-                   "theirs:deq": ("PASS", [("dequantizer", "PASS")])} and left_out == 0
+    got = {(r["target"], r["contract"]): (r["verdict"], r["complete"]["run_id"]) for r in summary.rows(runs)}
+    assert got == {("torch", "linear"): ("PASS", VERIFY_B),  # B's PASS replaces A's FAIL
+                   ("torch", "dequantizer"): ("PASS", VERIFY_A),
+                   ("/src/mine.py.py:linear", "linear"): ("FAIL", VERIFY_B),  # the fixture's source
+                   ("/src/theirs.py:deq", "dequantizer"): ("PASS", VERIFY_A)}
 
 
 def test_backends_nobody_ran_are_not_listed_and_skipped_ones_keep_their_reason(full_page):
@@ -254,7 +254,8 @@ def test_the_histograms_are_drawn_from_the_recorded_samples_of_the_candidate(ful
     assert errors.count("<svg") == 1  # only theirs:deq recorded samples
     assert "<code>theirs:deq</code>" in errors and "torch" not in errors
     row = ('<td>fp16</td><td>grouped</td><td class="n">5000</td><td class="n">100</td><td class="n">1</td>'
-           '<td class="n ">1</td><td class="n">0</td><td class="n">70.0%</td><td class="n">0</td>')
+           '<td class="n ">1</td><td class="n">0</td><td class="n">70 of 100 (70.0%)</td><td class="n">0</td>'
+           '<td class="n">0</td>')
     assert row in errors  # 70 exact, 30 at one ulp: the candidate's numbers, not the project's
 
 
@@ -262,7 +263,7 @@ def test_the_performance_section_has_its_charts_and_exact_numbers(full_page):
     perf = section(full_page[1], "performance")
     assert perf.count("<svg") == 4  # latency, speedup, roofline, LoRA overhead
     assert f"Run <code>{RUN_B}</code> on Test GPU" in perf
-    assert perf.count('<td class="n">1.54×</td>') == 8  # run B: DENSE_S / (1.3 TORCH_S), 2 layers x 2 M x 2 ops
+    assert perf.count('<td class="n v">1.54×</td>') == 8  # run B: DENSE_S / (1.3 TORCH_S), 2 layers x 2 M x 2 ops
     assert perf.count('<td class="n v">+25.0%</td>') == 8  # torch and dense, 2 layers x 2 M
     assert "not the target device" not in perf  # a GPU run
 
@@ -321,7 +322,7 @@ def test_the_command_line_writes_the_page(tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--run", "no-such-run"], "no benchmark run 'no-such-run'"),
-    (["--compare", RUN_A, "no-such-run"], "no benchmark run 'no-such-run'"),
+    (["--compare", RUN_A, "no-such-run"], "--compare: no benchmark run or TARGET 'no-such-run'"),
     (["--threshold", "-1"], "--threshold must be a positive fraction"),
 ])
 def test_a_bad_flag_value_is_a_usage_error_and_writes_no_page(tmp_path, capsys, flags, message):
@@ -343,3 +344,11 @@ def test_a_layer_result_shows_its_style_ranks_and_named_layers(tmp_path):
     assert "<code>mine:layer</code> — layer (column, tp 2)" in verification_
     assert '<td class="n">1</td><td class="FAIL">FAIL</td><td>rank 1 raised</td>' in verification_
     assert "<td>named layer</td><td>qkv (llama3-8b)</td>" in verification_
+
+
+def test_a_run_named_on_the_command_line_is_checked_even_without_benchmark_runs(tmp_path, capsys):
+    args = report_cli.add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--reports", str(tmp_path), "--compare", "k.py:f", "ort.py:f"])
+    assert report_cli.run(args) == 2
+    assert "--compare: no benchmark run or TARGET 'k.py:f'" in capsys.readouterr().err
+    assert not (tmp_path / "index.html").exists()

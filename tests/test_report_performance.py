@@ -66,3 +66,61 @@ def test_pick_runs_takes_the_newest_two_on_one_device():
 def test_every_backend_has_one_colour_on_every_chart_and_others_a_fixed_one():
     assert backend_colour("torch") == "#1f77b4" and backend_colour("dense") == "#2ca02c"
     assert backend_colour("my-kernel") == backend_colour("my-kernel") != backend_colour("torch")
+
+
+def test_a_lora_overhead_from_load_noise_is_flagged_by_the_fastest_calls():
+    rows = pd.DataFrame(synthetic_rows(RUN_A))
+    lora = rows.index[(rows["operation"] == "gemm_lora") & (rows["backend"] == "torch")][0]
+    rows.loc[lora, "median_s"] = TORCH_S * 24.06  # +2306 %: other jobs' load, while the fastest call did not move
+    rows.loc[lora, "min_s"] = TORCH_S * 0.99 * 1.02
+    overheads = performance.lora_overhead(rows).set_index("test_id")
+    hit = overheads.loc[rows.loc[lora, "test_id"]]
+    assert np.isclose(hit["overhead"], 23.06) and hit["noise"]
+    assert hit["noise_why"] == "the fastest calls show +2.0%, the medians +2306.0% (spread ±1.0%)"
+    assert not overheads.drop(index=rows.loc[lora, "test_id"])["noise"].any()  # the real +25 % stay results
+
+
+def test_a_lora_overhead_timed_in_fewer_than_six_rounds_is_noise():
+    rows = pd.DataFrame(synthetic_rows(RUN_A))
+    rows.loc[rows["operation"] == "gemm_lora", "rounds"] = 3
+    overheads = performance.lora_overhead(rows)
+    assert overheads["noise"].all() and set(overheads["noise_why"]) == {"3 rounds: too few to place the median"}
+
+
+def test_a_speedup_within_the_timings_spread_is_flagged_as_noise():
+    rows = pd.DataFrame(synthetic_rows(RUN_A))
+    torch_rows, lora = rows["backend"] == "torch", rows["operation"] == "gemm_lora"
+    for is_lora, factor in ((False, 1.0), (True, LORA_FACTOR)):  # 3 % faster than dense on each case ...
+        pick = torch_rows & (lora == is_lora)
+        rows.loc[pick, ["median_s", "min_s"]] = [DENSE_S * factor / 1.03, DENSE_S * factor * 0.99 / 1.03]
+    rows.loc[torch_rows, "iqr_s"] = rows.loc[torch_rows, "median_s"] * 0.05  # ... within a 5 % IQR
+    speedups = performance.speedup_vs_dense(rows)
+    assert np.allclose(speedups["speedup"], 1.03) and speedups["noise"].all()
+    assert speedups["noise_why"].str.contains("within the timings' spread").all()
+
+
+def target_run(run_id, target, day):
+    """A benchmark run as `int4-harness bench --linear TARGET` writes it: the TARGET's rows (its backend column is
+    the TARGET as given) beside the dense baseline."""
+    rows = synthetic_rows(run_id, day=day)
+    return pd.DataFrame([{**r, "backend": target} if r["backend"] == "torch" else r for r in rows]).assign(file="f")
+
+
+def test_runs_of_two_different_kernels_are_never_compared_as_two_versions_of_one():
+    bench = pd.concat([target_run("tiny1", "tinygemm.py:linear", 1), target_run("ort1", "ort.py:linear", 2)],
+                      ignore_index=True)
+    assert comparison.pick_runs(bench) is None
+    again = pd.concat([bench, target_run("tiny2", "./tinygemm.py:linear", 3)], ignore_index=True)
+    assert comparison.pick_runs(again) == ("tiny1", "tiny2")  # './tinygemm.py:linear' is the same TARGET
+
+
+def test_compare_names_two_kernels_by_target_and_matches_their_rows():
+    bench = pd.concat([target_run("tiny1", "tinygemm.py:linear", 1), target_run("ort1", "ort.py:linear", 2)],
+                      ignore_index=True)
+    assert comparison.pick_runs(bench, "tinygemm.py:linear", "ort1") == ("tiny1", "ort1")
+    section_, notes = comparison.compare_section(bench, "tinygemm.py:linear", "ort.py:linear", 0.1, 100)
+    assert notes == [] and section_["different"] and section_["matched"] == "tinygemm.py:linear → ort.py:linear"
+    assert section_["targets"] == {"tiny1": "tinygemm.py:linear", "ort1": "ort.py:linear"}
+    assert section_["cases"] == 18 and section_["only"] == {"tiny1": 0, "ort1": 0}  # the TARGETs' rows met too
+    with pytest.raises(performance.UnknownRun, match="the TARGETs timed: ort.py:linear, tinygemm.py:linear"):
+        comparison.pick_runs(bench, "tinygemm.py:linear", "marlin.py:linear")

@@ -28,31 +28,42 @@ def sample_frame(result):
 
 
 def sample_summary(result):
-    """Per (dtype, granularity): elements_seen, sampled, max_ulps, max_ratio, median_ratio, share_zero, nan."""
+    """Per (dtype, granularity) of a result's recorded sample: elements_seen, sampled, max_ulps, max_ratio,
+    median_ratio, at_zero (sampled elements whose error is 0), infinite (error / allowed inf: the exact value is
+    representable and the result differs, or it is NaN), nan (null in the file), ulps_note (how to read ulps).
+
+    Statistics of the recorded numbers only (a max, a median, a count): infinities are numbers here, never
+    dropped, so 'max error / allowed' is inf when some sampled element was inf, and 'at 0' counts the same
+    elements as 0 ulps for a dequantizer (ratio 0 exactly where ulps are 0: tolerance.ratio_of)."""
     rows = []
     for s in result["samples"]:
-        ulps, ratio = np.asarray(s["ulps"], dtype=float), np.asarray(s["ratio"], dtype=float)
-        finite = ratio[np.isfinite(ratio)]
-        rows.append(dict(dtype=s["dtype"], granularity=s["granularity"], elements_seen=s["elements_seen"],
-                         sampled=int(max(ulps.size, ratio.size)),
-                         max_ulps=float(np.nanmax(ulps)) if np.isfinite(ulps).any() else None,
-                         max_ratio=float(finite.max()) if finite.size else None,
-                         median_ratio=float(np.median(finite)) if finite.size else None,
-                         share_zero=float((finite == 0).mean()) if finite.size else None,
-                         nan=int((~np.isfinite(ratio)).sum() + (~np.isfinite(ulps)).sum())))
+        n = max(len(s["ulps"]), len(s["ratio"]))
+        ulps, ratio = (np.asarray(v + [np.nan] * (n - len(v)), dtype=float) for v in (s["ulps"], s["ratio"]))
+        known_ulps, known_ratio = ulps[~np.isnan(ulps)], ratio[~np.isnan(ratio)]
+        rows.append(dict(dtype=s["dtype"], granularity=s["granularity"], elements_seen=s["elements_seen"], sampled=n,
+                         max_ulps=float(known_ulps.max()) if known_ulps.size else None,
+                         max_ratio=float(known_ratio.max()) if known_ratio.size else None,
+                         median_ratio=float(np.median(known_ratio)) if known_ratio.size else None,
+                         at_zero=int((known_ratio == 0).sum()), infinite=int(np.isinf(known_ratio).sum()),
+                         nan=int((np.isnan(ulps) | np.isnan(ratio)).sum()),
+                         ulps_note=ulps_note(result["contract"], s["dtype"])))
     return rows
 
 
-def latest_results(runs):
-    """[(run, result)]: the newest result of each (candidate, contract) over `runs` (newest first)."""
-    seen, out = set(), []
-    for run in runs:
-        for result in run["results"]:
-            key = (result["candidate"], result["contract"])
-            if key not in seen:
-                seen.add(key)
-                out.append((run, result))
-    return out
+def ulps_note(contract, dtype):
+    """How to read a row's ulps: they are the dequantizer's criterion; a linear is judged by error / allowed."""
+    if contract == "dequantizer":
+        return None
+    if dtype == "fp32":
+        return ("not judged: only error / allowed counts in fp32 (the bound of a long fp32 sum spans thousands "
+                "of fp32 ulps)")
+    return "not judged: a linear is judged by error / allowed only"
+
+
+def shown_results(rows):
+    """[(row, run, result)]: the results behind each summary row (report.summary.rows), from the run its
+    verdict comes from (the newest complete one, else the newest partial one)."""
+    return [(row, row["shown"]["run"], result) for row in rows for result in row["shown"]["results"]]
 
 
 def draw(result, name):
@@ -67,14 +78,15 @@ def draw(result, name):
         return None, f"not drawn: {type(error).__name__}: {str(error)[:300]}"
 
 
-def accuracy_panels(runs, max_charts):
-    """(one panel per latest candidate and contract with samples: candidate, contract, run_id, svg, not_drawn,
-    summary, max_ratio, worst; how many were left out over `max_charts`)."""
+def accuracy_panels(rows, max_charts):
+    """(one panel per result behind a summary row (report.summary.rows) that recorded samples: candidate,
+    contract, row (its target, domain, layout, device), run_id, seed, svg, not_drawn, summary, max_ratio, worst;
+    how many were left out over `max_charts`)."""
     panels = []
-    with_samples = [(run, r) for run, r in latest_results(runs) if r["samples"]]
-    for i, (run, result) in enumerate(with_samples[:max_charts]):
+    with_samples = [(row, run, r) for row, run, r in shown_results(rows) if r["samples"]]
+    for i, (row, run, result) in enumerate(with_samples[:max_charts]):
         svg, not_drawn = draw(result, f"accuracy{i}")
-        panels.append(dict(candidate=result["candidate"], contract=result["contract"], run_id=run["run_id"],
-                           path=run["path"], svg=svg, not_drawn=not_drawn, summary=sample_summary(result),
-                           max_ratio=result["max_ratio"], worst=result["worst"]))
+        panels.append(dict(candidate=result["candidate"], contract=result["contract"], row=row, run_id=run["run_id"],
+                           seed=result["seed"], path=run["path"], svg=svg, not_drawn=not_drawn,
+                           summary=sample_summary(result), max_ratio=result["max_ratio"], worst=result["worst"]))
     return panels, max(0, len(with_samples) - max_charts)

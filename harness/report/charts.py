@@ -18,6 +18,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from int4_lora_harness.report.fmt import fmt_share
+
 
 def svg(fig, name):
     """A matplotlib Figure as an inline <svg> element whose ids all start with `name`- (unique in the page).
@@ -230,10 +232,12 @@ def ratio_chart(samples, title, name):
                                 "ratio"].to_numpy(dtype=float)
             if ratio.size == 0:
                 continue
-            positive = ratio[np.isfinite(ratio) & (ratio > 0)]
+            positive = ratio[ratio > 0]  # inf included: drawn in the last bin, past the bound (NaN is not > 0)
             counts, _ = np.histogram(np.clip(np.log10(positive), RATIO_EDGES[0], RATIO_EDGES[-1]), RATIO_EDGES)
             ax.stairs(counts / ratio.size, 10 ** RATIO_EDGES, color=granularity_colour(granularity), label=granularity)
-            notes.append(f"{granularity}: {100 * (ratio == 0).mean():.1f}% exact*")
+            infinite = int(np.isinf(ratio).sum())
+            notes.append(f"{granularity}: {fmt_share(int((ratio == 0).sum()), ratio.size)} exact*"
+                         + (f", {infinite} inf" if infinite else ""))
         ax.axvline(1.0, color="C3", linewidth=1, linestyle="--")
         ax.text(0.97, 0.97, "\n".join(notes), fontsize=6, ha="right", va="top", transform=ax.transAxes, **LITERAL)
         ax.set_xscale("log")

@@ -10,12 +10,15 @@ REGRESSION_THRESHOLD = 0.10  # a case 10 % slower than in the older run is worth
 
 def add_arguments(parser):
     """The `report` subcommand's flags."""
-    parser.add_argument("--reports", default="reports",
-                        help="folder holding verify/*.json (or verify.json), bench/*.parquet and real_weights.json")
-    parser.add_argument("--out", default=None, help="where to write the page (default: REPORTS/index.html)")
+    parser.add_argument("--reports", nargs="+", default=["reports"], metavar="DIR",
+                        help="one or more folders, each holding verify/*.json (or verify.json), bench/*.parquet and "
+                             "real_weights.json (one per `verify --report DIR` run; default: reports)")
+    parser.add_argument("--out", default=None, help="where to write the page (default: the first DIR/index.html)")
     parser.add_argument("--run", default=None, help="benchmark run shown in the performance section (default: latest)")
-    parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), default=(None, None),
-                        help="two benchmark runs to compare, older first (default: the latest two on one device)")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), default=(None, None),
+                        help="two benchmark runs to compare, older first, each a run id or a TARGET (its newest "
+                             "run), two different TARGETs included (default: the newest two runs of the same "
+                             "TARGETs on one device)")
     parser.add_argument("--threshold", type=float, default=REGRESSION_THRESHOLD,
                         help="a case slower by more than this fraction, beyond the runs' noise, is a regression "
                              "(default 0.10)")
@@ -30,8 +33,8 @@ def add_arguments(parser):
 
 
 def run(args):
-    """Write the page and return 0 (missing or broken inputs are named in the page); 2 for a run id given
-    on the command line that no benchmark run has, or a threshold that is not a positive fraction."""
+    """Write the page and return 0 (missing or broken inputs are named in the page); 2 for a run id or TARGET
+    given on the command line that no benchmark run has, or a threshold that is not a positive fraction."""
     if not args.threshold > 0:
         print(f"usage error: --threshold must be a positive fraction (0.10 is 10 %), got {args.threshold}",
               file=sys.stderr)

@@ -27,36 +27,67 @@ import numpy as np
 
 from int4_lora_harness.bench import store as perf_store
 from int4_lora_harness.report.cli import REGRESSION_THRESHOLD  # the flag's default lives with the flag
-from int4_lora_harness.report.performance import case_label, is_cpu, known, run_table, text
+from int4_lora_harness.report import targets
+from int4_lora_harness.report.noise import MIN_ROUNDS, relative_spread, typical_spread
+from int4_lora_harness.report.performance import UnknownRun, case_label, is_cpu, run_table, text
 
-MIN_ROUNDS = 6  # 1 - 2 * 0.5**6 = 97 %: the fewest rounds whose range brackets the median at 95 %
 FAMILY_ERROR = 0.05  # the chance that two runs of the same code show any regression or speedup at all
 MEDIAN_SE = 1.2533 / 1.349  # se of a median = 1.2533 sigma / sqrt(n) (normal calls); sigma = IQR / 1.349
 VERDICTS = ("regression", "faster", "noise", "too few rounds", "unmeasured", "same")
 
 
-def pick_runs(bench, run_a=None, run_b=None):
-    """(older run, newer run) to compare: the given pair, else the newest two runs that share a device.
+def resolve(runs, name):
+    """A --compare argument -> a run id: `name` itself when a run has that id, else the newest run that timed
+    the TARGET `name` (tidied as report.targets.bench_target does). UnknownRun naming what there is otherwise."""
+    if name in set(runs["run_id"]):
+        return name
+    if not isinstance(name, str):
+        raise UnknownRun(f"--compare needs two runs or TARGETs, got {name!r}")
+    wanted = targets.bench_target(name)
+    timed = runs[[wanted in t for t in runs["target_list"]]]
+    if timed.empty:
+        found = sorted({t for ts in runs["target_list"] for t in ts})
+        raise UnknownRun(f"--compare: no benchmark run or TARGET {name!r}; the runs found: "
+                         f"{', '.join(runs['run_id']) or 'none'}; the TARGETs timed: {', '.join(found) or 'none'}")
+    return timed["run_id"].iloc[0]
 
-    None when there is no such pair; UnknownRun when a given run is not in `bench`.
+
+def pick_runs(bench, run_a=None, run_b=None):
+    """(older run, newer run) to compare: the given pair (run ids or TARGETs: resolve), else the newest two runs
+    that share a device and timed the same TARGETs (two kernels are never read as two versions of one).
+
+    None when there is no such pair; UnknownRun when a given name is neither a run nor a TARGET in `bench`.
     """
     runs = run_table(bench)  # newest first
     if run_a is not None or run_b is not None:
-        for run in (run_a, run_b):
-            known(runs, run)
-        return run_a, run_b
+        return resolve(runs, run_a), resolve(runs, run_b)
     for i, newer in runs.iterrows():
-        older = runs.loc[i + 1:][runs.loc[i + 1:, "device_name"] == newer["device_name"]]
+        later = runs.loc[i + 1:]
+        older = later[(later["device_name"] == newer["device_name"]) & (later["targets"] == newer["targets"])]
         if not older.empty:
             return older["run_id"].iloc[0], newer["run_id"]
     return None
 
 
+def matched_targets(bench, run_a, run_b):
+    """(bench with each run's one TARGET renamed 'A -> B' when the two runs timed different ones, so that their
+    cases meet; the label, or None when the runs timed the same TARGETs or not one each)."""
+    ta, tb = (targets.bench_targets(bench.loc[bench["run_id"] == run, "backend"].astype(str).unique())
+              for run in (run_a, run_b))
+    if ta == tb or len(ta) != 1 or len(tb) != 1:
+        return bench, None
+    label = f"{ta[0]} → {tb[0]}"
+    tidied = bench["backend"].astype(str).map(targets.bench_target)
+    renamed = bench.copy()
+    for run, target in ((run_a, ta[0]), (run_b, tb[0])):
+        renamed.loc[(bench["run_id"] == run) & (tidied == target), "backend"] = label
+    return renamed, label
+
+
 def spread(compared, side):
     """Per case, run `side`'s relative spread: its relative IQR, or the run's median relative IQR if larger."""
-    relative = (compared[f"iqr_s_{side}"] / compared[f"median_s_{side}"]).where(lambda q: np.isfinite(q))
-    typical = relative.median() if relative.notna().any() else 0.0
-    return relative.fillna(typical).clip(lower=typical)
+    iqr, median = compared[f"iqr_s_{side}"], compared[f"median_s_{side}"]
+    return relative_spread(iqr, median, typical_spread(iqr, median))
 
 
 def between_runs(log_ratio):
@@ -74,6 +105,7 @@ def comparison(bench, run_a, run_b, threshold=REGRESSION_THRESHOLD, min_rounds=M
     """perf_store.compare(run_a -> run_b) plus time_ratio = b / a, min_ratio (of the fastest calls), the larger
     spread of the two runs, z (the change over its standard error) and a verdict per case by the module's
     noise model; sorted slowest ratio first. compared.attrs["between"]: the pair's run-to-run noise."""
+    bench, _ = matched_targets(bench, run_a, run_b)
     compared = perf_store.compare(bench, run_a, run_b)
     ratio = compared["median_s_b"] / compared["median_s_a"]
     measured = np.isfinite(ratio) & (ratio > 0)
@@ -101,7 +133,9 @@ def comparison(bench, run_a, run_b, threshold=REGRESSION_THRESHOLD, min_rounds=M
 
 
 def compare_section(bench, run_a, run_b, threshold, max_rows):
-    """The section's context: (dict | None, notes). UnknownRun for a given run id `bench` lacks."""
+    """The section's context: (dict | None, notes); the dict names each run's TARGETs (targets), whether they
+    differ (different: only when --compare named them) and the label their rows met under (matched).
+    UnknownRun for a given name that is neither a run id nor a TARGET of `bench`."""
     pair = pick_runs(bench, run_a, run_b)
     if pair is None:
         return None, []
@@ -110,16 +144,20 @@ def compare_section(bench, run_a, run_b, threshold, max_rows):
     except ValueError as error:  # perf_store.compare refuses duplicated cases: say so
         return None, [f"comparison of {pair[0]} and {pair[1]}: {error}"]
     between = compared.attrs["between"]
+    _, matched = matched_targets(bench, *pair)
     compared["case"] = compared.apply(case_label, axis=1) if len(compared) else []
     counts = compared["verdict"].value_counts()
     runs = run_table(bench).set_index("run_id")
     ratios = compared["time_ratio"][np.isfinite(compared["time_ratio"]) & (compared["time_ratio"] > 0)]
-    only = {run: int((bench["run_id"] == run).sum()) - len(compared) for run in pair}
+    only = {run: int((bench["run_id"] == run).sum()) - len(compared) for run in pair}  # rows with no partner
     dirty = [run for run in pair if runs.loc[run, "git_dirty"]]
     cpu = is_cpu(bench[bench["run_id"].isin(pair)])
     return dict(run_a=pair[0], run_b=pair[1], threshold=threshold, min_rounds=MIN_ROUNDS, cases=len(compared),
                 z=critical_z(int(np.isfinite(compared["z"]).sum())), between=math.expm1(between),
                 counts={v: int(counts.get(v, 0)) for v in VERDICTS},
                 commits={run: text(runs.loc[run, "git_commit"]) for run in pair}, dirty=dirty, cpu=cpu,
+                targets={run: runs.loc[run, "targets"] for run in pair}, matched=matched,
+                different=runs.loc[pair[0], "target_list"] != runs.loc[pair[1], "target_list"],
+                devices={run: runs.loc[run, "device_name"] for run in pair},
                 geomean=float(np.exp(np.log(ratios).mean())) if len(ratios) else math.nan, only=only,
                 rows=compared.head(max_rows).to_dict("records"), left_out=max(0, len(compared) - max_rows)), []

@@ -31,6 +31,7 @@ class Notes:
     def __init__(self, path):
         self.path = str(path)
         self.missing, self.wrong, self.other = [], [], []
+        self.older = True  # whether a missing field may be an older schema's (verdicts.run: schema < 2)
 
     def __bool__(self):
         return bool(self.missing or self.wrong or self.other)
@@ -38,7 +39,8 @@ class Notes:
     def lines(self):
         """One line per kind of problem, each naming the file (empty when all was read)."""
         lines = [f"{self.path}: {text}" for text in self.other]
-        for items, what in ((self.missing, "missing (shown as '?'; an older schema?)"),
+        missing = "missing (shown as '?'; an older schema?)" if self.older else "missing (shown as '?')"
+        for items, what in ((self.missing, missing),
                             (self.wrong, "of the wrong type (shown as '?')")):
             if items:
                 more = f", and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""

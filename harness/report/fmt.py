@@ -59,6 +59,19 @@ def fmt_pct(x, signed=False):
     return f"{100 * x:+.1f}%" if signed else f"{100 * x:.1f}%"
 
 
+def fmt_share(count, total):
+    """'2047 of 2048 (>99.9%)': a count and its share, never rounded to 0 % or 100 % unless it is exactly that
+    (a 99.95 % share beside a max of 1 ulp read '100.0%' before); '–' when missing."""
+    count, total = _number(count), _number(total)
+    if count is None or total is None or total <= 0:
+        return MISSING
+    share = count / total
+    text = f"{100 * share:.1f}%"
+    if 0 < count < total and text in ("0.0%", "100.0%"):
+        text = "<0.1%" if text == "0.0%" else ">99.9%"
+    return f"{count:.0f} of {total:.0f} ({text})"
+
+
 def fmt_group(group_size):
     """A group size as the page shows it: '128', or 'per-channel' where there is none (None or NaN)."""
     g = _number(group_size)
@@ -71,4 +84,5 @@ def fmt_value(value, limit=400):
     return text if len(text) <= limit else f"{text[:limit]} ... ({len(text)} characters)"
 
 
-FILTERS = dict(exact=fmt_exact, seconds=fmt_seconds, bytes=fmt_bytes, num=fmt_num, pct=fmt_pct, group=fmt_group, value=fmt_value)
+FILTERS = dict(exact=fmt_exact, seconds=fmt_seconds, bytes=fmt_bytes, num=fmt_num, pct=fmt_pct, group=fmt_group,
+               value=fmt_value, share=fmt_share)

@@ -5,6 +5,7 @@
     REPORTS/bench/*.parquet        benchmark rows (int4_lora_harness.bench.store, docs/bench_schema.md)
     REPORTS/real_weights.json      `python -m int4_lora_harness real-weights` (docs/real_weights.md)
 
+The page may read several reports folders (`report --reports A B`): each file is read only inside its own.
 Each loader returns (what it read, notes): one line per file that could not be read, or read only in part,
 naming the file and what was wrong with it. Every file is read through report.files: only regular files
 inside the reports folder, each up to a cap of bytes (a FIFO, a device or a link out is named, never opened).
@@ -65,29 +66,54 @@ def started(run, path):
         return datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
 
 
-def load_verify_runs(reports_dir):
-    """(runs newest first, as report.verdicts.run makes them; notes). REPORTS/verify.json is left out when a
-    file of the verify/ folder holds the same run id (it is that run's copy)."""
-    runs = []
-    paths, notes = verify_files(reports_dir)
-    for path in paths:
-        obj, note = read_json(path, reports_dir)
-        if note:
-            notes.append(note)
-            continue
-        if not isinstance(obj, dict):
-            notes.append(f"{path}: a JSON {type(obj).__name__}, not a verdict object: left out")
-            continue
-        file_notes = Notes(path)
-        run = verdicts.run(obj, file_notes, path)
-        if path.name == "verify.json" and run["run_id"] and any(r["run_id"] == run["run_id"] for r in runs):
-            continue  # the copy of a run already read from verify/
-        run["started"] = started(run, path)
-        runs.append(run)
-        notes += file_notes.lines()
-    runs.sort(key=lambda r: r["started"], reverse=True)
+def modified(path):
+    """The file's modification time (seconds), 0 when it cannot be read: orders runs that started in one second."""
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def folders_of(reports_dirs):
+    """A folder or a list of folders -> [Path], each once, in the order given."""
+    single = isinstance(reports_dirs, (str, os.PathLike))
+    return list(dict.fromkeys(Path(f) for f in ([reports_dirs] if single else reports_dirs)))
+
+
+def load_verify_runs(reports_dirs):
+    """(runs newest first, as report.verdicts.run makes them, each with `reports_dir` (its folder) and `started`;
+    notes) of one reports folder or a list of them (`report --reports A B`, one per `verify --report` run).
+
+    REPORTS/verify.json is left out when a file of the verify/ folder holds the same run id (it is that run's
+    copy); a run id read already from another folder is a copy too: read once, and named in a note."""
+    runs, notes, seen = [], [], {}
+    for folder in folders_of(reports_dirs):
+        paths, listing_notes = verify_files(folder)
+        notes += listing_notes
+        for path in paths:
+            obj, note = read_json(path, folder)
+            if note:
+                notes.append(note)
+                continue
+            if not isinstance(obj, dict):
+                notes.append(f"{path}: a JSON {type(obj).__name__}, not a verdict object: left out")
+                continue
+            file_notes = Notes(path)
+            run = verdicts.run(obj, file_notes, path)
+            first = seen.get(run["run_id"]) if run["run_id"] else None
+            if first is not None:
+                if path.name != "verify.json" or Path(first).parent.parent != folder:  # not the folder's own copy
+                    notes.append(f"{path}: run {run['run_id']} was read already from {first}: a copy, read once")
+                continue
+            if run["run_id"]:
+                seen[run["run_id"]] = path
+            run.update(reports_dir=folder, started=started(run, path), modified=modified(path))
+            runs.append(run)
+            notes += file_notes.lines()
+    runs.sort(key=lambda r: (r["started"], r["modified"]), reverse=True)
     if not runs and not notes:
-        notes.append(f"no verification results in {reports_dir}: no verify/*.json or verify.json")
+        where = ", ".join(map(str, folders_of(reports_dirs)))
+        notes.append(f"no verification results in {where}: no verify/*.json or verify.json")
     return runs, notes
 
 
@@ -142,6 +168,24 @@ def load_bench(folder, root):
     bad = bad | (flags != "")
     df["median_s"] = seconds.where(~bad, math.nan)
     return df, notes
+
+
+def load_bench_folders(folders):
+    """(every benchmark row of each folder's bench/ (load_bench), one DataFrame; notes). A run id found in two
+    folders is a copy: the first folder's rows are kept and the other is named in a note."""
+    frames, notes = [], []
+    for folder in folders_of(folders):
+        frame, folder_notes = load_bench(folder / "bench", folder)
+        notes += folder_notes
+        if frames:
+            before = set().union(*(set(f["run_id"]) for f in frames))
+            copies = sorted(set(frame["run_id"]) & before)
+            notes += [f"{folder / 'bench'}: benchmark run {run} was read already from another folder: a copy, "
+                      "read once" for run in copies]
+            frame = frame[~frame["run_id"].isin(copies)]
+        frames.append(frame)
+    kept = [f for f in frames if not f.empty] or frames[:1]  # pandas warns on concatenating empty frames
+    return (pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]), notes
 
 
 REAL_WEIGHTS_ROW = [("group_size", "int", None), ("symmetric", "bool", None), ("layers", "int", None),

@@ -2,12 +2,14 @@
 `real-weights` wrote. It only reads: no kernel runs to make it, so the numbers are the ones each verdict recorded.
 
     python -m int4_lora_harness report                         # reports/ -> reports/index.html
-    python -m int4_lora_harness report --compare RUN_A RUN_B   # the two benchmark runs the comparison shows
+    python -m int4_lora_harness report --reports a b           # several folders (one per verify --report)
+    python -m int4_lora_harness report --compare RUN_A RUN_B   # the two benchmark runs (or TARGETs) compared
 
 The page is templates/report.html.j2 filled from small modules, one per concern: inputs (finding and
-reading the files; fields and verdicts read a verdict file field by field), verification (verdicts per
-candidate and run), accuracy (the recorded error samples), performance and comparison (benchmark rows
-and the noise model), memory (from shapes), fmt (how numbers are written). Charts (charts.py) are
+reading the files; fields and verdicts read a verdict file field by field), targets and summary (one row
+per target, contract, domain, layout and device, from its newest complete run; the table of every run),
+verification (each run's results), accuracy (the recorded error samples), performance and comparison (benchmark rows
+and the noise models: noise.py), memory (from shapes), fmt (how numbers are written). Charts (charts.py) are
 matplotlib figures as inline SVG: no JavaScript and no network, the file opens offline.
 
 A missing, old or broken input becomes a line in the page naming the file and what could not be read,
@@ -22,7 +24,7 @@ from pathlib import Path
 import jinja2
 
 from int4_lora_harness import __version__
-from int4_lora_harness.report import accuracy, comparison, inputs, memory, performance, verification
+from int4_lora_harness.report import accuracy, comparison, inputs, memory, performance, summary, verification
 from int4_lora_harness.report.charts import BACKEND_COLOURS, memory_chart
 from int4_lora_harness.report.comparison import REGRESSION_THRESHOLD
 from int4_lora_harness.report.fmt import FILTERS
@@ -70,37 +72,52 @@ def render(context):
     return env.get_template("report.html.j2").render(**context)
 
 
+def first_with(folders, name):
+    """The first folder of `folders` holding `name` (the first folder when none does)."""
+    return next((f for f in folders if os.path.lexists(f / name)), folders[0])
+
+
 def build_report(reports_dir="reports", out=None, run=None, run_a=None, run_b=None, threshold=REGRESSION_THRESHOLD,
                  want_performance=None, real_weights=None, caps=Caps()):
-    """Write the page and return its path (default reports_dir/index.html).
+    """Write the page and return its path (default: the first folder's index.html).
 
-    reports_dir: holds verify/*.json (or verify.json), bench/*.parquet, real_weights.json and power.json; run: the
-    benchmark run the performance section shows (default the latest); run_a, run_b: the runs the comparison
-    shows (default the newest two on one device); threshold: the fraction slower worth a flag;
-    want_performance: show the performance, memory and comparison sections (default: when there are
-    benchmark runs); real_weights: the real-weights file (default reports_dir/real_weights.json).
-    UnknownRun for a run id given that no benchmark file holds (before anything is written).
+    reports_dir: a folder, or a list of folders (one per `verify --report` run), each holding verify/*.json (or
+    verify.json), bench/*.parquet, real_weights.json and power.json (the last two: from the first folder that has
+    one); run: the benchmark run the performance section shows (default the latest); run_a, run_b: the runs
+    the comparison shows, each a run id or a TARGET (default the newest two of the same TARGETs on one device);
+    threshold: the fraction slower worth a flag; want_performance: show the performance, memory and comparison
+    sections (default: when there are benchmark runs); real_weights: the real-weights file (default
+    real_weights.json of the first folder with one). UnknownRun for a run id or TARGET given that no benchmark
+    file holds (before anything is written).
     """
-    reports_dir = Path(reports_dir)
-    out = Path(out) if out else reports_dir / "index.html"
-    runs, notes = inputs.load_verify_runs(reports_dir)
-    bench, bench_notes = inputs.load_bench(reports_dir / "bench", reports_dir)
-    real_path = Path(real_weights) if real_weights else reports_dir / "real_weights.json"
-    real, real_notes = inputs.load_real_weights(real_path, real_path.parent if real_weights else reports_dir)
-    power, power_notes = inputs.load_power(reports_dir / "power.json", reports_dir)
-    show_performance = (not bench.empty) if want_performance is None else want_performance
+    folders = inputs.folders_of(reports_dir)
+    if not folders:
+        raise ValueError("build_report needs at least one reports folder")
+    out = Path(out) if out else folders[0] / "index.html"
+    runs, notes = inputs.load_verify_runs(folders)
+    bench, bench_notes = inputs.load_bench_folders(folders)
+    real_root = first_with(folders, "real_weights.json")
+    real_path = Path(real_weights) if real_weights else real_root / "real_weights.json"
+    real, real_notes = inputs.load_real_weights(real_path, real_path.parent if real_weights else real_root)
+    power_root = first_with(folders, "power.json")
+    power, power_notes = inputs.load_power(power_root / "power.json", power_root)
+    asked = any(name is not None for name in (run, run_a, run_b))  # a run named on the command line is checked
+    show_performance = (not bench.empty or asked) if want_performance is None else want_performance
     perf = performance.performance(bench, run, caps.rows) if show_performance else None
     compared, compare_notes = (comparison.compare_section(bench, run_a, run_b, threshold, caps.rows)
                                if show_performance else (None, []))
-    overall, overall_left_out = verification.overall(runs, caps.rows)
-    sections, runs_left_out = verification.run_sections(runs, reports_dir, out.parent, caps.runs, caps.results)
-    panels, panels_left_out = accuracy.accuracy_panels(runs, caps.charts)
+    rows = summary.rows(runs)
+    sections, runs_left_out = verification.run_sections(runs, out.parent, caps.runs, caps.results)
+    panels, panels_left_out = accuracy.accuracy_panels(rows, caps.charts)
     per_layer = memory.memory_per_layer()
     html = render(dict(
-        generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), harness=harness_line(), reports_dir=str(reports_dir),
+        generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), harness=harness_line(),
+        reports_dir=", ".join(map(str, folders)),
         problems=notes + bench_notes + real_notes + power_notes + compare_notes, power=power,
         todos=todos(runs, bench, show_performance), runs=sections, runs_left_out=runs_left_out,
-        overall=overall, overall_left_out=overall_left_out, panels=panels, panels_left_out=panels_left_out,
+        summary_rows=rows[:caps.rows], summary_left_out=max(0, len(rows) - caps.rows),
+        unresolved=any(r["unresolved"] for r in rows), all_runs=summary.run_rows(runs), panels=panels,
+        panels_left_out=panels_left_out,
         real=real, real_path=str(real_path), show_performance=show_performance, perf=perf,
         bench_runs=performance.run_table(bench).head(caps.rows).to_dict("records"), baseline=performance.BASELINE,
         compared=compared, colours=BACKEND_COLOURS, caps=caps,

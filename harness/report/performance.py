@@ -7,9 +7,12 @@ import numpy as np
 import pandas as pd
 
 from int4_lora_harness.bench import store as perf_store
+from int4_lora_harness.report import noise
 from int4_lora_harness.report.charts import backend_colour, roofline_chart, small_multiples
 from int4_lora_harness.report.fmt import fmt_group
+from int4_lora_harness.report.targets import bench_targets
 
+PROJECT_ONLY = "the project's backends"  # a run that timed no TARGET (the pytest sweeps)
 BASELINE = "dense"  # the backend speedups are measured against: weights dequantized ahead of time
 # The values at which "vs M" charts hold the other axes (when the run has them; else its most common value).
 HEADLINE = dict(group_size=128, dtype="fp16", cache_mode="warm", rank=16, num_loras=4, popularity="uniform")
@@ -34,9 +37,10 @@ class UnknownRun(ValueError):
 
 def run_table(bench):
     """One row per benchmark run, newest first: run_id, started, device_name, grid, git_commit, git_dirty,
-    harness_version, rows, backends, file."""
+    harness_version, rows, backends, targets (the TARGETs it timed in words: report.targets), target_list (the
+    same as a tuple), file."""
     columns = ["run_id", "started", "device_name", "grid", "git_commit", "git_dirty", "harness_version", "rows",
-               "backends", "file"]
+               "backends", "targets", "target_list", "file"]
     if bench.empty:
         return pd.DataFrame(columns=columns)
     runs = bench.groupby("run_id", sort=False).agg(
@@ -46,6 +50,9 @@ def run_table(bench):
         backends=("backend", lambda b: ", ".join(sorted(b.astype(str).unique()))),
         file=("file", lambda f: ", ".join(sorted(f.astype(str).unique()))))
     runs["git_dirty"] = runs["git_dirty"].map(is_true)
+    timed = {run: bench_targets(b.astype(str).unique()) for run, b in bench.groupby("run_id", sort=False)["backend"]}
+    runs["target_list"] = [timed[run] for run in runs.index]
+    runs["targets"] = runs["target_list"].map(lambda t: ", ".join(t) or PROJECT_ONLY)
     return runs.reset_index().sort_values(["started", "run_id"], ascending=False, ignore_index=True,
                                           na_position="last")[columns]
 
@@ -100,28 +107,51 @@ def _one_per_case(rows, keys):
     return rows.drop_duplicates(keys, keep="last")  # a run holding one case twice: its last row
 
 
+TIMING = ["median_s", "iqr_s", "min_s", "rounds"]  # what a timing brings to a comparison inside one run
+
+
+def _paired(rows, keys, pick, prefix):
+    """`rows` (the other side) merged with one row per case of rows[pick] on `keys`; the picked side's timing
+    columns get `prefix` (dense_median_s ...)."""
+    base = rows.loc[pick, [*keys, *TIMING]].rename(columns={c: f"{prefix}{c}" for c in TIMING})
+    return _one_per_case(base, keys)
+
+
+def _noise(merged, prefix, typical):
+    """report.noise.reasons of each row's timing against its `prefix` timing."""
+    base = merged[[f"{prefix}{c}" for c in TIMING]].set_axis(TIMING, axis=1)
+    return noise.reasons(base, merged[TIMING], typical)
+
+
 def speedup_vs_dense(rows):
-    """Rows of one run merged with the dense baseline's same case: speedup = dense median_s / median_s."""
+    """Rows of one run merged with the dense baseline's same case: speedup = dense median_s / median_s, and
+    noise: whether the two timings do not differ beyond the noise, noise_why: why (report.noise)."""
     keys = _join_keys(rows, ["backend"])
-    base = rows.loc[rows["backend"] == BASELINE, [*keys, "median_s"]].rename(columns={"median_s": "dense_s"})
-    merged = rows[rows["backend"] != BASELINE].merge(_one_per_case(base, keys), on=keys)
+    base = _paired(rows, keys, rows["backend"] == BASELINE, "dense_")
+    merged = rows[rows["backend"] != BASELINE].merge(base, on=keys)
+    merged["dense_s"] = merged["dense_median_s"]
     merged["speedup"] = merged["dense_s"] / merged["median_s"]
+    merged["noise_why"] = _noise(merged, "dense_", noise.typical_spread(rows["iqr_s"], rows["median_s"]))
+    merged["noise"] = (merged["noise_why"] != "").astype(bool)
     return merged
 
 
 def lora_overhead(rows):
     """gemm_lora rows merged with the same backend's gemm on the same layer and M: overhead = lora_s / gemm_s - 1.
 
-    noise: the overhead is negative (adapters add work: a gemm_lora faster than its gemm is timing noise) or
-    smaller than either timing's IQR; such an overhead is shown flagged, not as a result.
+    noise (noise_why: why, in words): the overhead is not a result: negative (adapters add work: a gemm_lora
+    faster than its gemm is timing noise), or within the noise of the two timings (report.noise); such an
+    overhead is shown flagged, with the reason.
     """
     keys = _join_keys(rows, ["operation", *LORA_AXES])
-    gemm = rows.loc[rows["operation"] == "gemm", [*keys, "median_s", "iqr_s"]].rename(
-        columns={"median_s": "gemm_s", "iqr_s": "gemm_iqr_s"})
-    merged = rows[rows["operation"] == "gemm_lora"].merge(_one_per_case(gemm, keys), on=keys)
+    gemm = _paired(rows, keys, rows["operation"] == "gemm", "gemm_")
+    merged = rows[rows["operation"] == "gemm_lora"].merge(gemm, on=keys)
+    merged["gemm_s"] = merged["gemm_median_s"]
     merged["overhead"] = merged["median_s"] / merged["gemm_s"] - 1.0
-    spread = pd.concat([merged["iqr_s"], merged["gemm_iqr_s"]], axis=1).max(axis=1).fillna(0.0)
-    merged["noise"] = (merged["overhead"] < 0) | ((merged["median_s"] - merged["gemm_s"]).abs() <= spread)
+    within = _noise(merged, "gemm_", noise.typical_spread(rows["iqr_s"], rows["median_s"]))
+    negative = np.where(merged["overhead"] < 0, "negative: adapters only add work", "")
+    merged["noise_why"] = pd.Series([n or w for n, w in zip(negative, within)], index=merged.index, dtype=object)
+    merged["noise"] = (merged["noise_why"] != "").astype(bool)
     return merged
 
 
@@ -167,10 +197,11 @@ def performance(bench, run, max_rows):
         unmeasured=int(rows["median_s"].isna().sum()),
         latency_svg=small_multiples(top, "median_s", "median latency (s)", "latency"),
         speedup_svg=small_multiples(headline(speedups)[0], "speedup", f"speedup over {BASELINE}", "speedup",
-                                    reference=1.0),
+                                    reference=1.0, noise="noise"),
         overhead_svg=small_multiples(top_overheads, "overhead_pct", "LoRA overhead (%)", "overhead", log_y=False,
                                      reference=0.0, noise="noise"),
-        overhead_noise=int(overheads["noise"].sum()), roofline_svg=roofline_chart(rows))
+        overhead_noise=int(overheads["noise"].sum()), speedup_noise=int(speedups["noise"].sum()),
+        roofline_svg=roofline_chart(rows))
     for name, table in tables.items():
         context[name], context[f"{name}_left_out"] = _records(table, max_rows)
     return context

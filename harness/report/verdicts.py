@@ -15,8 +15,11 @@ RUN_FIELDS = [
     ("harness_commit", "str", None, False), ("harness_dirty", "bool", None, False),
     ("device", "str", "?", True), ("profile", "str", "?", True), ("examples", "int", None, True),
     ("seed", "int", None, True), ("designs", "strs", [], False), ("layout", "str", None, False),
-    ("domain", "strs", [], False),
+    ("domain", "strs", [], False), ("cwd", "str", None, False),
 ]
+# What a usage-error run never reaches (it stops before it judges): not required of it.
+NOT_REACHED_BY_USAGE_ERRORS = ("profile", "examples", "seed")
+SCHEMA = 2  # the schema this version's verify writes (harness.verify.record.SCHEMA_VERSION)
 # The same for one result.
 RESULT_FIELDS = [
     ("candidate", "str", "?", True), ("target", "str", None, False), ("source", "str", None, False),
@@ -131,8 +134,16 @@ def result(obj, notes, where):
 
 
 def run(obj, notes, path):
-    """A whole verdict file -> {the run's fields, skipped: [(candidate, reason)], results: [result]}."""
-    out = fields(obj, RUN_FIELDS, notes, "")
+    """A whole verdict file -> {the run's fields, skipped: [(candidate, reason)], results: [result]}.
+
+    A field missing from a file of this schema is named as missing, not as 'an older schema?'; a usage-error
+    run is not asked for what it never reached (NOT_REACHED_BY_USAGE_ERRORS)."""
+    schema = obj.get("schema")
+    notes.older = not (isinstance(schema, int) and schema >= SCHEMA)
+    stopped = obj.get("status") == "usage error"
+    table = [(name, kind, default, required and not (stopped and name in NOT_REACHED_BY_USAGE_ERRORS))
+             for name, kind, default, required in RUN_FIELDS]
+    out = fields(obj, table, notes, "")
     out["path"] = str(path)
     out["skipped"] = [(read(s, "candidate", "str", notes, f"skipped[{i}].", "?"),
                        read(s, "reason", "str", notes, f"skipped[{i}].", "?"))

@@ -1,7 +1,8 @@
-"""The verdict sections: the overall verdict per candidate, and per verify run what it judged and how.
+"""The verification section: per verify run what it judged and how (the summary's rows: report.summary).
 
-Input: the runs of report.inputs.load_verify_runs (newest first). Every figure is one the verdict
-file recorded; the words of a design are the ones verify wrote next to it.
+Input: the runs of report.inputs.load_verify_runs (newest first), each with the reports folder it was read
+from (`reports_dir`). Every figure is one the verdict file recorded; the words of a design are the ones
+verify wrote next to it.
 """
 import os
 import shlex
@@ -10,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 
 from int4_lora_harness.report import files, verdicts
-from int4_lora_harness.report.accuracy import latest_results
 
 INCOMPLETE_WORDS = {"running": "the run had not finished when this file was written (still running, or killed)",
                     "interrupted": "the run was interrupted (Ctrl-C) before it judged every candidate"}
@@ -24,27 +24,6 @@ def run_state(run):
     if status == "usage error":
         return "USAGE ERROR", f"usage error: {run['error'] or 'no reason recorded'}"
     return "INCOMPLETE", INCOMPLETE_WORDS.get(status, f"status {status!r}: not a finished run")
-
-
-def overall(runs, limit):
-    """(one row per candidate: candidate, kind, source, verdict, contracts [(contract, verdict, run id)], notes;
-    how many candidates were left out over `limit`). Each contract's verdict is from the newest run that judged it."""
-    rows = {}
-    for run, result in latest_results(runs):
-        row = rows.setdefault(result["candidate"], dict(candidate=result["candidate"], kind=result["kind"] or "?",
-                                                        source=result["source"], contracts=[], notes=[]))
-        verdict = verdicts.verdict(result, run)
-        row["contracts"].append((result["contract"], verdict, run["run_id"] or run["path"]))
-        if result["unsandboxed"] and verdict == "PASS":
-            row["notes"].append(f"{result['contract']}: unsandboxed ({result['unsandboxed']})")
-        if result["large_tier_skipped"] and verdict == "PASS":
-            row["notes"].append(f"{result['contract']}: large tier skipped ({result['large_tier_skipped']}); "
-                                "not a full verdict")
-    for row in rows.values():
-        found = {v for _, v, _ in row["contracts"]}
-        row["verdict"] = "FAIL" if "FAIL" in found else "INCOMPLETE" if "INCOMPLETE" in found else "PASS"
-    ordered = list(rows.values())
-    return ordered[:limit], max(0, len(ordered) - limit)
 
 
 def repro_link(repro, reports_dir, page_dir):
@@ -92,13 +71,14 @@ def result_block(result, run, reports_dir, page_dir):
                 worst_case=result["worst"]["case"] if result["worst"] else None)
 
 
-def run_sections(runs, reports_dir, page_dir, max_runs, max_results):
+def run_sections(runs, page_dir, max_runs, max_results):
     """(per run, newest first, at most `max_runs`: its header, skipped backends and at most `max_results`
-    result blocks, with how many were left out; how many runs were left out)."""
+    result blocks, with how many were left out; how many runs were left out). A repro is linked only inside the
+    reports folder its run was read from (run['reports_dir'])."""
     sections = []
     for run in runs[:max_runs]:
         badge, words = run_state(run)
-        blocks = [result_block(r, run, reports_dir, page_dir) for r in run["results"][:max_results]]
+        blocks = [result_block(r, run, run["reports_dir"], page_dir) for r in run["results"][:max_results]]
         sections.append(dict(run, badge=badge, state=words, command_line=shlex.join(run["command"]),
                              blocks=blocks, results_left_out=max(0, len(run["results"]) - max_results),
                              counts=Counter(verdicts.verdict(r, run) for r in run["results"])))

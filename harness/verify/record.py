@@ -33,7 +33,8 @@ def header(run_id, argv, **fields):
     commit, dirty = git_state()
     return dict(schema=SCHEMA_VERSION, harness_version=__version__, run_id=run_id, status="running",
                 generated=datetime.datetime.now().isoformat(timespec="seconds"), finished=None,
-                command=["int4-harness", "verify", *argv], host=socket.gethostname(), python=platform.python_version(),
+                command=["int4-harness", "verify", *argv], cwd=os.getcwd(), host=socket.gethostname(),
+                python=platform.python_version(),
                 torch=torch.__version__, judge_tables=reader(), harness_commit=commit, harness_dirty=dirty, results=[], **fields)
 
 
