@@ -77,8 +77,9 @@ def test_a_raise_in_prepare_is_reported_as_prepare_raised(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("target, message", [
-    ("planted.two_phase:PrepareWithoutGroupSize", "PrepareWithoutGroupSize.prepare(packed_weights, scales, "
-                                                  "zero_points) cannot be called as the linear contract's prepare phase"),
+    ("planted.two_phase:PrepareWithoutGroupSize",
+     "PrepareWithoutGroupSize.prepare(packed_weights, scales, zero_points) cannot be called as the linear contract's "
+     "prepare phase"),
     ("planted.two_phase:ApplyWithoutPrepared", "ApplyWithoutPrepared.apply(x, lora_a, lora_b, lora_indices, scaling, "
                                                "bias) cannot be called as the linear contract's apply phase"),
     ("planted.two_phase:OnlyPrepare", "planted.two_phase:OnlyPrepare has prepare but no callable apply"),

@@ -71,7 +71,8 @@ def _graph(n, k, block_size, accuracy_level, initializers):
     graph = helper.make_graph([node], "int4_linear", [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])],
                               [numpy_helper.from_array(a, name) for name, a in initializers.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 10  # what ONNX Runtime reads, whichever onnx wrote it
     return model
 

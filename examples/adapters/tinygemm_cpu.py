@@ -13,8 +13,9 @@ apply, every call: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, g, scal
 and rounded to bf16 again: the design "unfused, w in fp32".
 
 Glue, not part of the kernel: K is padded to a whole number of groups (x with zero columns, the weights with
-v = 0) and N to a multiple of 16 (the kernel's rule; the padding rows are cut from the result), scales and zero points of any granularity are spread over the kernel's groups (g = group_size where the
-case is grouped, else 32), and M = 0 returns an empty result.
+v = 0) and N to a multiple of 16 (the kernel's rule; the padding rows are cut from the result), scales and zero
+points of any granularity are spread over the kernel's groups (g = group_size where the case is grouped, else
+32), and M = 0 returns an empty result.
 
 The domain flags, each with its reason:
   --dtypes bf16            scales_and_zeros is built in bf16 at prepare, before any x is seen; apply refuses an
