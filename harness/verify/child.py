@@ -10,6 +10,10 @@ on CUDA they are copied to the device and back after each call. Each call's repl
 result's type, dtype, shape, device) and, where the dtype and shape are the ones the judge expects, the raw
 bytes of the result's torch.Tensor base. Nothing here is trusted: the candidate may patch any of it, so the
 judge computes every check (harness.verify.executor) on the bytes it received.
+
+A two-phase candidate (harness.verify.targets.TwoPhase) is prepared where the judge's message says
+`prepare` (the first call of a case, after an in-place update of a weight, each call on fresh tensors);
+its prepared object is kept for the case's later calls, which only apply.
 """
 import json
 import mmap
@@ -21,6 +25,7 @@ import traceback
 
 HELD_RESULTS = 2  # results of a case kept so the judge can ask whether later calls changed them
 TEXT_CAP = 2000
+UNPREPARED = object()  # a case's two-phase candidate before its first prepare (prepare may return None)
 
 
 def torch_dtype(name):
@@ -88,19 +93,20 @@ class Region:
 
 
 class Holder:
-    """One case: its shared inputs, the keyword arguments of each call, the results kept to re-read later."""
+    """One case: its shared inputs, the keyword arguments of each call, the results kept to re-read later, and a
+    two-phase candidate's prepared object."""
 
     def __init__(self, function, device):
         self.function, self.device = function, device
-        self.region, self.inputs, self.plain, self.results = None, {}, {}, []
+        self.region, self.inputs, self.plain, self.results, self.prepared = None, {}, {}, [], UNPREPARED
 
     def start_case(self, region, plain):
-        self.region, self.plain, self.results = region, plain, []
+        self.region, self.plain, self.results, self.prepared = region, plain, [], UNPREPARED
         self.inputs = region.tensors()
 
-    def call(self, expect, updates=()):
+    def call(self, expect, updates=(), prepare=False):
         self.region.load(self.inputs, updates)
-        reply, out = call_candidate(self.function, {**self.plain, **self.inputs}, self.device, expect)
+        reply, out = self.invoke({**self.plain, **self.inputs}, expect, prepare, keep=True)
         self.region.store(self.inputs)
         reply["aliases"] = self.aliases(out)
         if out is not None and len(self.results) < HELD_RESULTS:
@@ -120,19 +126,42 @@ class Holder:
                             {k: plain_value(v) for k, v in header["plain"].items()})
             return dict(status="ok"), None
         if verb == "call":
-            return self.call(header["expect"], header["updates"])
+            return self.call(header["expect"], header["updates"], header.get("prepare", False))
         if verb == "call_fresh":
-            return self.call_fresh(Region(fds[0], header["layout"], self.device), header["expect"])
+            return self.call_fresh(Region(fds[0], header["layout"], self.device), header["expect"],
+                                   header.get("prepare", False))
         if verb == "result":  # an earlier result as it holds now (the judge compares it with what it got)
             return dict(status="ok"), self.results[header["index"]]
         raise ValueError(f"unknown verb {verb!r}")
 
-    def call_fresh(self, region, expect):
-        """One call on new tensors (a new shared region) holding the values the judge sent last."""
+    def call_fresh(self, region, expect, prepare=False):
+        """One call on new tensors (a new shared region) holding the values the judge sent last; a two-phase
+        candidate prepared on them where `prepare` (the case's own prepared object is kept as it was)."""
         fresh = region.tensors()
-        reply, out = call_candidate(self.function, {**self.plain, **fresh}, self.device, expect)
+        reply, out = self.invoke({**self.plain, **fresh}, expect, prepare, keep=False)
         region.store(fresh)
         reply["aliases"] = self.aliases(out)
+        return reply, out
+
+    def invoke(self, kwargs, expect, prepare, keep):
+        """(reply, result) of one call by keyword. A two-phase candidate is prepared first where `prepare` (the
+        prepared object kept for the case's later calls where `keep`), then applied; a raise in prepare is
+        replied as such (phase 'prepare'), and the reply's seconds are both phases'."""
+        from int4_lora_harness.verify.targets import TwoPhase
+        if not isinstance(self.function, TwoPhase):
+            return call_candidate(self.function, kwargs, self.device, expect)
+        weights, rest = self.function.split(kwargs)
+        prepared, prepare_s = self.prepared, 0.0
+        if prepare:
+            reply, prepared, prepare_s = call_prepare(self.function.prepare, weights, self.device)
+            if reply is not None:
+                return reply, None
+            if keep:
+                self.prepared = prepared
+        if prepared is UNPREPARED:
+            raise ValueError("apply before any prepare of the case (the judge sends prepare with its first call)")
+        reply, out = call_candidate(self.function.apply, dict(rest, prepared=prepared), self.device, expect)
+        reply["seconds"] += prepare_s
         return reply, out
 
 
@@ -143,6 +172,21 @@ def _overlap(a, b):
         return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
     (a0, a1), (b0, b1) = span(a), span(b)
     return a.device == b.device and a0 < b1 and b0 < a1
+
+
+def call_prepare(prepare, weights, device):
+    """(None, the prepared object, seconds) of a two-phase candidate's prepare(**weights), or (its 'raised' reply,
+    None, seconds) where it raised."""
+    import torch
+    start = time.perf_counter()
+    try:
+        prepared = prepare(**weights)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    except BaseException as error:  # SystemExit, KeyboardInterrupt and the rest: each is a verdict
+        seconds = time.perf_counter() - start
+        return dict(raised(error, seconds), phase="prepare"), None, seconds
+    return None, prepared, time.perf_counter() - start
 
 
 def call_candidate(function, kwargs, device, expect):
@@ -224,7 +268,7 @@ def main(argv):
     from int4_lora_harness.verify import wire
     try:
         from int4_lora_harness.kernels.triton_interpreter import fix_bf16
-        from int4_lora_harness.verify.targets import UsageError, load_target, source_of
+        from int4_lora_harness.verify.targets import TwoPhase, UsageError, load_target, source_of
         try:
             fix_bf16()  # under TRITON_INTERPRET=1, the interpreter's bf16 computed as a GPU does; elsewhere a no-op
             function = load_target(config["target"], config["parameters"], config["contract"])
@@ -233,7 +277,8 @@ def main(argv):
     except BaseException as error:  # SystemExit or worse while importing: the candidate ended the run
         return wire.send(sock, dict(raised(error, message=f"while importing {config['target']}: {error}"),
                                     sandbox=walls))
-    wire.send(sock, dict(status="ready", source=source_of(function)[:1000], sandbox=walls))
+    wire.send(sock, dict(status="ready", source=source_of(function)[:1000], sandbox=walls,
+                         two_phase=isinstance(function, TwoPhase)))
     serve(sock, function, config["device"])
 
 

@@ -13,6 +13,9 @@ Every way a candidate can end becomes a CandidateFailure with a kind:
   crashed  the process died (a signal, os._exit, a CUDA error that kills it), or broke the wire format
 How the process ends after the last call is not judged: close() kills it and everything it started, and
 says what kept it alive in `exit_note`.
+A two-phase candidate (harness.verify.targets.TwoPhase) is prepared when the judge says so, in the header of
+a call: on a case's first call, after each in-place update of a weight, and on each call on fresh tensors;
+every other call only applies. The candidate's process keeps the prepared object; the judge decides.
 """
 import hashlib
 import json
@@ -124,13 +127,14 @@ class Judge:
 
     device = "cpu"
     region, expect, held, work, calls = None, None, (), 0.0, 0
+    weights, two_phase, unprepared = (), False, True  # a two-phase candidate's weight names; prepared this case?
 
     def start_case(self, inputs, expect):
         """Share `inputs` ({name: CPU tensor or plain value}); `expect` = (dtype name, shape) of the result."""
         if self.region is not None:
             self.region.close()
         tensors = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-        self.region, self.held = Region(tensors), []
+        self.region, self.held, self.unprepared = Region(tensors), [], True
         self.expect = (str(expect[0]).removeprefix("torch."), [int(n) for n in expect[1]])
         self.work = limits.work(self.expect[1], tensors)
         plain = {k: _plain_value(v) for k, v in inputs.items() if k not in tensors}
@@ -143,22 +147,26 @@ class Judge:
         self.calls += 1
         for name, values in (updates or {}).items():
             self.region.update(name, values)
-        doing = f"updating {', '.join(updates)} in place and calling the candidate" if updates else \
+        prepare = self.unprepared or any(name in self.weights for name in updates or ())
+        again = ", preparing again" if prepare and updates and self.two_phase else ""
+        doing = f"updating {', '.join(updates)} in place{again} and calling the candidate" if updates else \
             "calling the candidate"
-        reply = self._result(self._ask(dict(verb="call", expect=self.expect, updates=list(updates or ())), doing),
-                             send_out, self.region)
+        header = dict(verb="call", expect=self.expect, updates=list(updates or ()), prepare=prepare)
+        reply = self._result(self._ask(header, doing), send_out, self.region, prepare)
+        self.unprepared = False
         if reply.get("digest") is not None and len(self.held) < 2:
             self.held.append(reply["digest"])
         return reply
 
     def call_fresh(self, send_out=False):
-        """The reply of one call on new tensors (a new shared memory) holding the values last sent."""
+        """The reply of one call on new tensors (a new shared memory) holding the values last sent (a two-phase
+        candidate prepared on them first)."""
         self.calls += 1
         fresh = Region(self.region.sent)
         try:
-            reply = self._ask(dict(verb="call_fresh", expect=self.expect, layout=fresh.layout),
+            reply = self._ask(dict(verb="call_fresh", expect=self.expect, layout=fresh.layout, prepare=True),
                               "calling the candidate", [fresh.descriptor()])
-            return self._result(reply, send_out, fresh)
+            return self._result(reply, send_out, fresh, True)
         finally:
             fresh.close()
 
@@ -172,8 +180,9 @@ class Judge:
                 changed.append(index)
         return changed
 
-    def _result(self, reply, send_out, region):
-        """The reply as properties read it: out (a CPU tensor where send_out), digest, modified (the judge's)."""
+    def _result(self, reply, send_out, region, prepared):
+        """The reply as properties read it: out (a CPU tensor where send_out), digest, modified (the judge's), and
+        whether a two-phase candidate was prepared in the call (`prepared`: the judge asked it to be)."""
         if reply.get("status") not in ("ok", "raised"):
             self._kill()
             raise CandidateFailure("crashed", f"the candidate's process answered {str(reply.get('status'))[:40]!r}")
@@ -187,7 +196,7 @@ class Judge:
                      device=_text(reply.get("device")), subclass=reply.get("subclass") and _text(reply["subclass"]),
                      digest=None, out=None, modified=region.modified(),
                      aliases=[int(i) for i in reply.get("aliases") or [] if type(i) is int][:4]
-                     if isinstance(reply.get("aliases"), list) else [])
+                     if isinstance(reply.get("aliases"), list) else [], prepared=prepared and self.two_phase)
         clean["device_ok"] = clean["device"].split(":")[0] == torch.device(self.device).type
         if arrays:
             clean["digest"] = result_digest(self.expect[0], self.expect[1], arrays[0])
@@ -214,7 +223,9 @@ class ChildExecutor(Judge):
 
     def __init__(self, target, parameters, contract, device, timeout, max_slowdown=limits.MAX_SLOWDOWN,
                  sandbox=True):
+        from int4_lora_harness.verify.targets import prepare_parameters
         self.target, self.timeout, self.device, self.max_slowdown = target, timeout, device, max_slowdown
+        self.weights = prepare_parameters(parameters, contract)
         self.transfer_s, self.transfer_bytes, self.calls, self.exit_note = 0.0, 0, 0, None
         start = time.perf_counter()
         self.scratch = tempfile.mkdtemp(prefix="int4-candidate-")
@@ -240,6 +251,7 @@ class ChildExecutor(Judge):
             self.close()
             raise _failure(ready)
         self.source, self.start_s = _text(ready.get("source")), time.perf_counter() - start
+        self.two_phase = ready.get("two_phase") is True  # its word: only how a verdict words a prepare
 
     # --- waiting, sending, receiving --------------------------------------------------------------
 
@@ -348,7 +360,8 @@ def _walls(walls):
 def _failure(reply):
     """CandidateFailure('raised') of a 'raised' reply (its strings capped; the candidate wrote them)."""
     kind = "raised" if reply.get("status") == "raised" else "crashed"
-    return CandidateFailure(kind, f"{_text(reply.get('type'), 200)}: {_text(reply.get('message'))}",
+    phase = "prepare raised " if reply.get("phase") == "prepare" else ""
+    return CandidateFailure(kind, f"{phase}{_text(reply.get('type'), 200)}: {_text(reply.get('message'))}",
                             _text(reply.get("type"), 200), _text(reply.get("traceback", ""), 4000))
 
 

@@ -9,15 +9,18 @@ import signal
 
 from int4_lora_harness.verify import child
 from int4_lora_harness.verify.executor import CandidateFailure, Judge, _walls
+from int4_lora_harness.verify.targets import TwoPhase
 
 
 class InProcessExecutor(Judge):
-    """`function` called in this process; each call may take `timeout` seconds of wall time."""
+    """`function` (or a TwoPhase) called in this process; each call may take `timeout` seconds of wall time."""
 
     def __init__(self, function, device, timeout, source="?"):
         from int4_lora_harness.kernels.triton_interpreter import fix_bf16
         fix_bf16()  # before the candidate's first launch, as the child does (harness.verify.child.main)
         self.holder, self.timeout, self.device, self.source = child.Holder(function, device), timeout, device, source
+        self.two_phase = isinstance(function, TwoPhase)  # harness.verify.targets.load_target's, for a two-phase TARGET
+        self.weights = function.weights if self.two_phase else ()
         self.transfer_s, self.transfer_bytes, self.calls, self.start_s, self.exit_note = 0.0, 0, 0, 0.0, None
         self.sandbox = _walls({"processes": "off (--in-process)", "files": "off (--in-process)"})
 

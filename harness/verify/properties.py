@@ -277,7 +277,15 @@ def _unchanged_outcome(replies):
     if not modified:
         return Outcome(PROPERTIES[2], True, f"all inputs intact after each of {len(replies)} calls")
     return Outcome(PROPERTIES[2], False, "the call modified " + ", ".join(
-        name if i == 1 else f"{name} (call {i} of the case)" for name, i in modified.items()))
+        name + _which_call(replies, i) for name, i in modified.items()))
+
+
+def _which_call(replies, i):
+    """' (call i of the case, prepare or apply)': the call, where not the first, and for a two-phase candidate
+    prepared in it, that either phase may have written (the judge reads the inputs once the call is over)."""
+    words = ([] if i == 1 else [f"call {i} of the case"]) + (["prepare or apply"] if replies[i - 1].get("prepared")
+                                                               else [])
+    return f" ({', '.join(words)})" if words else ""
 
 
 def _case_run(outcomes, executor, start, transfer, candidate):
@@ -340,8 +348,14 @@ def assert_holds(outcomes):
 
 
 def properties_in_process(candidate, case, device="cpu", designs=tuple(DESIGNS), layout="canonical", updates=EACH):
-    """Outcomes of `candidate` (a callable) on `case`, run in this process: for tests and a user's own @given."""
+    """Outcomes of `candidate` (a callable, or a two-phase object with prepare and apply) on `case`, run in this
+    process: for tests and a user's own @given."""
     from int4_lora_harness.verify.in_process import InProcessExecutor
+    from int4_lora_harness.verify.targets import PHASES, parameters, two_phase
+    if all(callable(getattr(candidate, phase, None)) for phase in PHASES):
+        contract = "dequantizer" if isinstance(case, DequantCase) else "linear"
+        candidate = two_phase(candidate, getattr(candidate, "__name__", type(candidate).__name__),
+                              parameters(contract, layout), contract)
     return run_properties(InProcessExecutor(candidate, device, timeout=600.0), case, designs, layout, updates).outcomes
 
 
