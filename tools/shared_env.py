@@ -55,7 +55,7 @@ def install(folder, files):
     if not python.exists():
         venv.create(folder, with_pip=True)
     pip = [str(python), "-I", "-m", "pip", "install", "-q", *(f"--constraint={f}" for f in files)]
-    subprocess.run([*pip, "-e", f"{ROOT}[test,peers]"], check=True)
+    subprocess.run([*pip, "-e", f"{ROOT}[test,peers,ray]"], check=True)
     subprocess.run([*pip, "--no-deps", *EXTRA], check=True)
     return python
 
