@@ -11,7 +11,9 @@ A timing whose result differs from an untimed call's, or that beats the bytes-mo
 with its flag (harness.bench.honesty) and printed as the flag, never as a time.
 Exit status: 0 every benchmark timed, 1 the candidate was refused or flagged on some case, 2 usage error.
 """
+import os
 import sys
+from functools import partial
 
 from int4_lora_harness.progress import bar, say
 
@@ -27,6 +29,9 @@ def add_arguments(b):
     b.add_argument("--bench-dir", default="reports/bench", help="folder for <run-id>.parquet")
     b.add_argument("--no-project-backends", action="store_true", help="time only the TARGET and the baselines")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="time each benchmark as a Ray task (the TARGET imported on the worker), on a local Ray "
+                        "instance or the cluster at ADDRESS; needs pip install 'int4-lora-harness[ray]'")
     return b
 
 
@@ -53,6 +58,9 @@ def run(args):
         grid = grids.select(args.grid)
         device = grids.device_for(grid, args.grid, torch.cuda.is_available())
         function = load_target(label, CONTRACT_PARAMETERS[contract], contract)
+        if args.ray is not None:
+            from int4_lora_harness.verify.ray_jobs import require_ray
+            require_ray()
     except (ValueError, UsageError) as error:
         print(f"usage error: {error}", file=sys.stderr)
         return 2
@@ -61,10 +69,15 @@ def run(args):
     path, rows, verdicts, refused, flagged = f"{args.bench_dir}/{run_id}.parquet", [], {}, [], []
     todo = benchmarks(grid, label, contract, not args.no_project_backends)
     progress = bar(len(todo), f"bench {label}", not args.quiet)
-    for backend, operation, point in todo:
+    if args.ray is None:
+        measured = (((b, o, p), partial(runner.measure, b, o, p, device, grid, verdicts, targets={label: function}))
+                    for b, o, p in todo)
+    else:
+        measured = measured_on_ray(todo, label, contract, device, grid, run_id, args)
+    for (backend, operation, point), measure in measured:
         case = grids.case_id(backend, operation, point)
         try:
-            row = runner.measure(backend, operation, point, device, grid, verdicts, targets={label: function})
+            row = measure()
             row = store.with_rates(dict(fields, test_id=f"bench {case}", **row))
             store.append_row(rows, row, path)
             why = honesty.flag(row)
@@ -81,3 +94,40 @@ def run(args):
     say(f"{len(rows)} rows -> {path}" + (f"; {len(refused)} benchmark(s) refused" if refused else "")
         + (f"; {len(flagged)} timing(s) flagged" if flagged else ""))
     return 1 if any(label in r for r in refused) or label in flagged else 0
+
+
+def measured_on_ray(todo, label, contract, device, grid, run_id, args):
+    """((backend, operation, point), measure) as each benchmark of `todo` lands from its Ray task; measure() gives
+    its row fields (with the worker's host, device and peaks) or raises runner.Skipped / runner.Refused."""
+    import ray
+
+    from int4_lora_harness.verify.ray_jobs import run_tasks
+    tasks = [(item, (item, label, contract, device, grid, args.grid, run_id, os.getcwd())) for item in todo]
+    for item, ref in run_tasks(measure_task, tasks, args.ray, int(device == "cuda")):
+        yield item, partial(_outcome, *ray.get(ref))
+
+
+def measure_task(item, label, contract, device, grid, grid_name, run_id, cwd):
+    """One benchmark on a Ray worker, the TARGET imported there: ('row', fields), ('skipped', why) or
+    ('refused', why)."""
+    from int4_lora_harness.bench import runner
+    from int4_lora_harness.verify.cases import CONTRACT_PARAMETERS
+    from int4_lora_harness.verify.targets import load_target
+    if os.path.isdir(cwd):
+        os.chdir(cwd)  # a TARGET file or module of the driver's folder is found where the driver found it
+    function = load_target(label, CONTRACT_PARAMETERS[contract], contract)
+    try:
+        row = runner.measure(*item, device, grid, {}, targets={label: function})
+    except runner.Skipped as why:
+        return "skipped", str(why)
+    except runner.Refused as why:
+        return "refused", str(why)
+    return "row", dict(runner.run_fields(run_id, grid_name, device), **row)
+
+
+def _outcome(kind, value):
+    """A Ray task's outcome as runner.measure gives it: the row fields, or its Skipped or Refused raised."""
+    from int4_lora_harness.bench import runner
+    if kind == "row":
+        return value
+    raise {"skipped": runner.Skipped, "refused": runner.Refused}[kind](value)
