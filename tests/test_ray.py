@@ -41,8 +41,7 @@ def local_ray(ray_folder):
         patch.setenv("PYTHONPATH", str(ROOT / "tests"))  # the workers' (they inherit it): planted.* are TARGETs
         patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-                 _temp_dir=ray_folder,
-                 object_store_memory=100 * 2**20)
+                 _temp_dir=ray_folder, object_store_memory=100 * 2**20)
         yield ray
         ray.shutdown()
 
@@ -199,5 +198,36 @@ def test_an_interrupt_cancels_the_tasks_and_the_verdict_says_which_finished(tmp_
         while ray_processes(ray_tmp) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert ray_processes(ray_tmp) == []
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def parent_of(pid):
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_task_whose_ray_worker_dies_is_reported_crashed_and_not_judged(tmp_path):
+    pytest.importorskip("ray", reason=NO_RAY)
+    ray_tmp, log = tempfile.mkdtemp(prefix="ray-"), tmp_path / "out.log"
+    try:
+        with open(log, "w") as out:
+            run = run_verify(tmp_path, ray_tmp, "--dequantizer", "planted.forgers:ignores_sigterm_and_sleeps", *FAST,
+                             stdout=out, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 300
+            while len(candidates_under(run.pid)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            candidates = candidates_under(run.pid)
+            parents = {parent_of(p) for p in candidates} - set(candidates)  # the Ray worker that judges it
+            assert len(parents) == 1, candidates
+            os.kill(parents.pop(), signal.SIGKILL)
+            try:
+                code = run.wait(timeout=120)
+            finally:
+                from int4_lora_harness.verify.limits import kill_tree
+                kill_tree(run)
+        result = json.loads((tmp_path / "verify.json").read_text())["results"][0]
+        assert code == 1, log.read_text()
+        assert not result["passed"] and result["failure"]["kind"] == "crashed" and result["node"] is None
+        assert "the Ray worker judging it ended before it returned" in result["failure"]["message"]
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
