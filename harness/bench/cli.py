@@ -20,8 +20,10 @@ above one per core, harness.bench.load) is warned of at the start and the end an
 Exit status: 0 every benchmark timed, 1 the candidate was refused or flagged on some case, 2 usage error.
 """
 import math
+import os
 import sys
 from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 
 from int4_lora_harness.progress import bar, say
@@ -46,6 +48,9 @@ def add_arguments(b):
     folder.add_argument("--bench-dir", help="folder for <run-id>.parquet (default reports/bench)")
     b.add_argument("--no-project-backends", action="store_true", help="time only the TARGET and the baselines")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="time each benchmark as a Ray task (the TARGET imported on the worker), on a local Ray "
+                        "instance or the cluster at ADDRESS; needs pip install 'int4-lora-harness[ray]'")
     verify_cli.add_domain_arguments(b)
     # a grid names its own ranks and adapter counts: by default none is left out (verify's defaults bound a fuzz)
     b.set_defaults(max_rank=verify_cli.MAX_RANK, max_loras=verify_cli.MAX_LORAS)
@@ -109,6 +114,9 @@ def run(args):
     from int4_lora_harness.verify.targets import UsageError
     try:
         label, target, grid, device, domain, todo, outside, folder = setup(args)
+        if args.ray is not None:
+            from int4_lora_harness.verify.ray_jobs import require_ray
+            require_ray()
     except (ValueError, UsageError) as error:
         print(f"usage error: {error}", file=sys.stderr)
         return 2
@@ -118,9 +126,13 @@ def run(args):
     say_load(shared["load_per_core_start"], "start")
     path, rows, verdicts, results = folder / f"{run_id}.parquet", [], {}, []
     progress = bar(len(todo), f"bench {label}", not args.quiet)
-    for backend, operation, point in todo:
-        results.append(one_benchmark(backend, operation, point, device, grid, verdicts, {label: target}, shared,
-                                     rows, path))
+    if args.ray is None:
+        measured = (((b, o, p), partial(runner.measure, b, o, p, device, grid, verdicts, targets={label: target}))
+                    for b, o, p in todo)
+    else:
+        measured = measured_on_ray(todo, label, "linear" if args.linear else "dequantizer", device, grid, args.ray)
+    for (backend, operation, point), measure in measured:
+        results.append(one_benchmark(backend, operation, point, measure, shared, rows, path))
         progress.update(1)
     progress.close()
     end = load.per_core()
@@ -137,14 +149,14 @@ def run(args):
     return 1 if any(r["backend"] == label for r in refused + flagged) else 0
 
 
-def one_benchmark(backend, operation, point, device, grid, verdicts, targets, shared, rows, path):
+def one_benchmark(backend, operation, point, measure, shared, rows, path):
     """One benchmark measured, stored (its row appended to `rows` and the file) and said: the closing table's
     result, dict(backend, operation, point, row (None unless its timing stands), status)."""
     from int4_lora_harness.bench import grids, honesty, runner, store
     case = grids.case_id(backend, operation, point)
     result = dict(backend=backend, operation=operation, point=point, row=None, status="")
     try:
-        row = runner.measure(backend, operation, point, device, grid, verdicts, targets=targets)
+        row = measure()  # runner.measure here, or its fields from a Ray task (measured_on_ray)
         row = store.with_rates(dict(shared, test_id=f"bench {case}", **row))
         store.append_row(rows, row, path)
         why = honesty.flag(row)
@@ -175,3 +187,38 @@ def say_load(reading, when):
     line = load.warning(reading, when)
     if line:
         say(line)
+
+
+def measured_on_ray(todo, label, contract, device, grid, address):
+    """((backend, operation, point), measure) as each benchmark of `todo` lands from its Ray task; measure() gives
+    its row fields (measured on the worker) or raises runner.Skipped / runner.Refused."""
+    import ray
+
+    from int4_lora_harness.verify.ray_jobs import run_tasks
+    tasks = [(item, (item, label, contract, device, grid, os.getcwd())) for item in todo]
+    for item, ref in run_tasks(measure_task, tasks, address, int(device == "cuda")):
+        yield item, partial(_outcome, *ray.get(ref))
+
+
+def measure_task(item, label, contract, device, grid, cwd):
+    """One benchmark on a Ray worker, the TARGET imported there: ('row', fields), ('skipped', why) or
+    ('refused', why)."""
+    from int4_lora_harness.bench import devices, runner, two_phase
+    if os.path.isdir(cwd):
+        os.chdir(cwd)  # a TARGET file or module of the driver's folder is found where the driver found it
+    target = two_phase.resolve(label, contract)
+    try:
+        row = runner.measure(*item, device, grid, {}, targets={label: target})
+    except runner.Skipped as why:
+        return "skipped", str(why)
+    except runner.Refused as why:
+        return "refused", str(why)
+    return "row", dict(row, **devices.describe(device))  # the worker's host, device and peaks, not the driver's
+
+
+def _outcome(kind, value):
+    """A Ray task's outcome as runner.measure gives it: the row fields, or its Skipped or Refused raised."""
+    from int4_lora_harness.bench import runner
+    if kind == "row":
+        return value
+    raise {"skipped": runner.Skipped, "refused": runner.Refused}[kind](value)

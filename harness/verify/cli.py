@@ -147,6 +147,10 @@ def add_arguments(v):
                    help="run the TARGET in this process (debugging: a crash or a swallowed timeout then ends the run)")
     v.add_argument("--isolate", action="store_true", help=argparse_suppress())
     v.add_argument("--jobs", type=at_most(MAX_PROCESSES, "a process each"), default=1, help="candidates, contracts and seeds judged at once")
+    v.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="judge each candidate x contract x seed as a Ray task: on a local Ray instance started (and "
+                        "stopped) by the run, or on the cluster at ADDRESS (e.g. auto, HOST:6379); needs the ray extra, "
+                        "pip install 'int4-lora-harness[ray]' (docs/scaling.md)")
     v.add_argument("--quiet", action="store_true", help="no progress bars")
     v.add_argument("--report", default="reports", help="folder for verify/<run>.json, verify.json and repro scripts")
     v.add_argument("--checkpoint", metavar="FILE.safetensors",

@@ -17,7 +17,7 @@ def options_from(args):
     """The run's options (a plain dict, picklable for --jobs); UsageError naming the flag for what is wrong."""
     profile = checked_environment(args.profile)
     import torch
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if args.device == "cuda" and args.ray is None and not torch.cuda.is_available():  # --ray: the workers' GPUs
         raise UsageError("--device cuda: CUDA is not available on this machine")
     if bool(args.checkpoint) != bool(args.checkpoint_layer):
         raise UsageError("--checkpoint FILE.safetensors and --checkpoint-layer PREFIX go together")
@@ -28,6 +28,9 @@ def options_from(args):
     if args.layout != "canonical" and not (args.linear or args.dequantizer):
         raise UsageError(f"--layout {args.layout} needs a TARGET (--linear or --dequantizer): the project's own "
                          "backends take the canonical layout")
+    if args.ray is not None:
+        from int4_lora_harness.verify.ray_jobs import check_usage
+        check_usage(args)
     try:
         folder = record.prepare_folder(args.report)
     except ValueError as error:
@@ -40,7 +43,7 @@ def options_from(args):
                 seeds=list(args.seeds or (args.seed,)), domain=domain,
                 designs=args.designs, layout=args.layout, timeout=args.timeout, in_process=args.in_process,
                 max_slowdown=args.max_slowdown, sandbox=not args.no_sandbox,
-                jobs=args.jobs, progress=not args.quiet, checkpoint={},
+                jobs=args.jobs, ray=args.ray, progress=not args.quiet, checkpoint={},
                 gpus=list(range(torch.cuda.device_count())) if args.device == "cuda" else [])
 
 
@@ -128,6 +131,9 @@ def main(args, argv):
     try:
         options["checkpoint"] = checkpoint_examples(args, options["domain"], options["seed"])
         found, skipped = candidates(args, options)
+        if options["ray"] is not None:
+            from int4_lora_harness.verify.ray_jobs import judge_run as judge_run_on_ray
+            return judge_run_on_ray(found, skipped, options, argv)
         return judge_run(found, skipped, options, argv)
     except (UsageError, TargetRefused) as error:
         usage_error_verdict(options, argv, str(error))

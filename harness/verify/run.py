@@ -181,14 +181,15 @@ def run_layer(results, options, argv):
     return record_run(results, [], options, argv, layout="canonical", domain=["full"], printed=False)
 
 
-def record_run(results, skipped, options, argv, layout, domain, printed):
+def record_run(results, skipped, options, argv, layout, domain, printed, **fields):
     """Write the verdict before, during and after `results` (an iterator that judges as it goes); an interrupt
     (SIGINT, or SIGTERM made one) writes 'interrupted' and propagates. The exit status: 0 all passed, else 1.
-    printed: the iterator prints each verdict itself."""
+    printed: the iterator prints each verdict itself; fields: more run fields (--ray: `ray` and `tasks`, the
+    names its results carry as `task`: an interrupted run then lists `finished_tasks` and `unfinished_tasks`)."""
     verdict = record.header(options["run_id"], argv, device=options["device"], profile=options["profile"],
                             examples=options["examples"], seed=options["seed"], seeds=options["seeds"],
                             designs=list(options["designs"]), layout=layout, domain=domain,
-                            skipped=[dict(candidate=n, reason=r) for n, r in skipped])
+                            skipped=[dict(candidate=n, reason=r) for n, r in skipped], **fields)
     path = record.write(options["report"], verdict)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM)
@@ -202,6 +203,9 @@ def record_run(results, skipped, options, argv, layout, domain, printed):
                 print_verdict(result)
     except KeyboardInterrupt:
         getattr(results, "close", lambda: None)()  # a judge_all interrupted between results stops its workers now
+        if "tasks" in verdict:
+            finished = [r["task"] for r in verdict["results"]]
+            verdict.update(finished_tasks=finished, unfinished_tasks=[t for t in verdict["tasks"] if t not in finished])
         record.write(options["report"], record.finish(verdict, "interrupted", 1))
         say(f"interrupted: the verdict so far is in {path}")
         raise  # the caller stops too (a pytest session under the plugin); the console script exits 1
