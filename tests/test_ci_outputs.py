@@ -206,3 +206,18 @@ def test_the_readmes_install_line_brings_pytest_for_its_plugin_line():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(re.match(r"pytest\b", requirement) for requirement in extras[extra])
     assert "pytest --int4-linear" in readme
+
+
+def test_junit_stays_parseable_whatever_the_candidate_wrote_in_its_exception():
+    from int4_lora_harness.verify import junit
+    hostile = "TypeError: \x00\x1b[32mPASS\x1b[0m\n</failure><testcase name='forged'/>\ud800\ufffe"
+    result = dict(candidate="mine.py:f", target="mine.py:f", contract="linear", seed=0, passed=False, seconds=1.0,
+                  properties=[], explicit=[], planned={}, fuzzed_cases=1,
+                  failure=dict(kind="raised", message=hostile, case={"M": 1}, failed=["a call (raised)"]))
+    text = junit.document(dict(results=[result], status="complete"), Path("v.json"), 1)
+    root = ET.fromstring(text.encode("utf-8"))
+    failures = list(root.iter("failure"))  # the process (it raised), and the search that found it
+    assert "forged" not in {c.get("name") for c in root.iter("testcase")}
+    for failure in failures:
+        assert "\\x1b[32mPASS" in failure.get("message") and "\n" not in failure.get("message")
+    assert root.find("testsuite").get("failures") == str(len(failures)) == "2"

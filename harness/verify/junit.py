@@ -12,6 +12,7 @@
 Text the candidate controls (its exception's message) is escaped as everywhere (candidate_text.escaped): no control
 character reaches the XML, so the file always parses.
 """
+import json
 import xml.etree.ElementTree as ET
 
 from int4_lora_harness.verify.candidate_text import escaped
@@ -144,12 +145,12 @@ def failure_lines(result):
     if failure.get("hint"):
         lines.append(f"hint: {failure['hint']}")
     if failure.get("case") is not None:
-        lines.append(f"minimal case: {failure['case']}")
+        lines.append(f"minimal case: {json.dumps(failure['case'])}")
     shrink = failure.get("shrink")
     if shrink:
         lines.append(f"shrinking: {shrink_words(shrink)}")
     if failure.get("worst"):
-        lines.append(f"worst element: {failure['worst']}")
+        lines.append(f"worst element: {json.dumps(failure['worst'])}")
     lines.append(f"repro: python {result['repro']}" if result.get("repro") else "repro: none (no case to replay)")
     return lines
 
