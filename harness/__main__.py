@@ -59,9 +59,23 @@ def command(argv):
     return commands[args.command](args)
 
 
+def verify_parser():
+    """The `int4-verify` console script's parser: `int4-harness verify`'s flags, under its own name (its --help
+    says `usage: int4-verify`, its errors `usage error: int4-verify: ...`)."""
+    return verify_cli.add_arguments(Parser(prog="int4-verify", description=verify_cli.DESCRIPTION,
+                                           formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
 def verify_main(argv=None):
     """The `int4-verify` console script: `int4-harness verify` without the subcommand word."""
-    return main(["verify", *(sys.argv[1:] if argv is None else argv)])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        sys.stdout.reconfigure(line_buffering=True)  # piped output arrives as it is printed
+        args = verify_parser().parse_args(argv)
+        from int4_lora_harness.verify.main import run  # torch, hypothesis: after the flags are parsed
+        return run(args, argv)
+    except KeyboardInterrupt:
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 
 adds one test per contract, `int4-verify[linear mypkg.ops:linear]`, that runs the same verification as
 `int4-verify` (the candidate in a child process; fuzzed cases, the coverage floor, the large tier and the
-probes) and fails with the verdict's lines. The verdict file goes to --int4-report (default
-reports/). For a user's own @given tests, see int4_lora_harness.testing; the `int4_settings` fixture is
+probes) and fails with the verdict's lines. The verdict file, the repro scripts and Hypothesis's own files
+(REPORT/.hypothesis) go to --int4-report (default reports/): the run writes nothing else to the cwd, and the
+session's own tests keep their Hypothesis home (harness.verify.hypothesis_home). For a user's own @given tests, see int4_lora_harness.testing; the `int4_settings` fixture is
 the harness's Hypothesis settings for --int4-profile (nothing is registered on import).
 """
 import json
@@ -28,7 +29,8 @@ def pytest_addoption(parser):
                     help="fuzzed cases per contract (overrides --int4-profile)")
     group.addoption("--int4-device", default="cpu", choices=["cpu", "cuda"], help="where the inputs are created")
     group.addoption("--int4-no-large-tier", action="store_true", help="skip the real layer shapes and probes")
-    group.addoption("--int4-report", default="reports", help="folder for the verdict file and repro scripts")
+    group.addoption("--int4-report", default="reports",
+                    help="folder for the verdict file, repro scripts and Hypothesis's files (.hypothesis/)")
 
 
 class VerifyItem(pytest.Item):

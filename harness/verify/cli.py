@@ -1,25 +1,31 @@
-"""`verify`: judge the project's backends, or anyone's dequantizer / linear, and write the verdict.
+"""Judge the project's backends, or your dequantizer / linear / serving layer, against the contract of
+docs/contract.md, and write the verdict.
 
     int4-verify                                    # every backend of kernels.registry available here
-    int4-verify --linear pkg.mod:fn                # a third-party linear (SPEC §4)
+    int4-verify --linear pkg.mod:fn                # your linear (docs/contract.md#linear)
     int4-verify --dequantizer file.py:fn --layout awq --profile thorough
-    int4-verify --layer pkg.mod:layer --tp 2                 # a serving layer on 2 ranks (docs/serving.md)
+    int4-verify --layer pkg.mod:layer --tp 2       # a serving layer on 2 ranks (docs/serving.md)
+    int4-verify --linear pkg.mod:fn --list-checks  # what a run with these flags checks, without running it
+    int4-verify --linear pkg.mod:fn --junit-xml reports/int4.xml --summary-json   # for CI
 
-Both contracts call the candidate by keyword (docs/contract.md):
+Both contracts call the candidate by keyword (docs/contract.md#dequantizer, docs/contract.md#linear):
     dequantizer(packed_weights, scales, zero_points, group_size, output_dtype) -> [out, in] of output_dtype
     linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias)
         -> [M, out] of x.dtype
 (with --layout NAME, the weight arguments are that layout's own tensors: docs/layouts/NAME.md).
 The candidate runs in a child process; whatever it does, the run ends with a verdict.
+A kernel that supports part of the contract says so with the domain flags (docs/contract.md#domain).
 
 Exit status: 0 every property held, 1 a property failed or the candidate raised, hung or crashed,
 2 usage error (bad flag, bad TARGET, import failure, signature that cannot take the contract's keywords).
 """
 import argparse
 
+from int4_lora_harness.reference.layer import STYLES
 from int4_lora_harness.verify.designs import SETS, parse_designs
 from int4_lora_harness.verify.domain import (DTYPES, FULL, GRANULARITIES, LAYOUT_NAMES, OUTPUT, POPULARITIES,
                                              PROFILE_EXAMPLES, ZERO_POINTS, Domain)
+from int4_lora_harness.verify.shrink import SHRINK_BUDGET
 from int4_lora_harness.verify.targets import UsageError
 
 DESCRIPTION = __doc__
@@ -116,24 +122,31 @@ def designs_type(text):
 def add_arguments(v):
     """The `verify` subcommand's flags (each validated: a bad value is a one-line usage error, exit 2)."""
     target = v.add_mutually_exclusive_group()
-    target.add_argument("--linear", metavar="TARGET", help="a linear (SPEC §4): pkg.module:function or file.py:function")
-    target.add_argument("--dequantizer", metavar="TARGET", help="a dequantizer (SPEC §3): pkg.module:function or file.py:function")
+    target.add_argument("--linear", metavar="TARGET",
+                        help="a linear (docs/contract.md#linear): pkg.module:function or file.py:function")
+    target.add_argument("--dequantizer", metavar="TARGET",
+                        help="a dequantizer (docs/contract.md#dequantizer): pkg.module:function or file.py:function")
     target.add_argument("--layer", metavar="TARGET",
-                        help="a serving layer (SPEC §7, docs/serving.md), run on --tp ranks over torch.distributed")
+                        help="a serving layer (docs/contract.md#layer, docs/serving.md), run on --tp ranks over "
+                             "torch.distributed")
     v.add_argument("--tp", type=at_most(MAX_PROCESSES, "a process each"), default=1, help="tensor-parallel ranks for --layer (gloo on CPU, NCCL on CUDA)")
-    v.add_argument("--styles", type=listed(("column", "row", "column-fully-sharded")), default=None,
-                   help="--layer sharding styles (default all three)")
+    v.add_argument("--styles", type=listed(STYLES), default=None,
+                   help=f"--layer sharding styles, comma-separated: {', '.join(STYLES)} (default all three)")
     v.add_argument("--layout", choices=LAYOUT_NAMES, default="canonical",
                    help="the weight layout the TARGET takes (docs/layouts/); its own domain limits apply")
     v.add_argument("--profile", choices=sorted(PROFILE_EXAMPLES), default=None,
                    help="how hard to search: ci (40 fuzzed cases) or thorough (600); default $HYPOTHESIS_PROFILE, else ci")
+    v.add_argument("--shrink-budget", type=non_negative_int, default=SHRINK_BUDGET, metavar="N",
+                   help=f"cases a failure's shrinking may run (default {SHRINK_BUDGET}; 0: report the failure as "
+                        "found); past it the smallest failing case found so far is reported")
     v.add_argument("--examples", type=positive_int, default=None, help="fuzzed cases per contract (overrides --profile)")
     seeds = v.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=non_negative_int, default=0, help="same seed, same cases, same verdict")
     seeds.add_argument("--seeds", type=int_list(0), default=None, help="several seeds, e.g. 0,1,2 (one judgement each)")
     v.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the inputs are created")
     v.add_argument("--designs", type=designs_type, default=tuple(SETS["all"]),
-                   help=f"correct designs to accept: {', '.join(SETS)} or design names (default all)")
+                   help=f"correct designs to accept (docs/contract.md#linear): {', '.join(SETS)} or design names "
+                        "(default all)")
     add_domain_arguments(v)
     v.add_argument("--no-large-tier", action="store_true", help="skip the real layer shapes and probes (not a full verdict)")
     v.add_argument("--timeout", type=positive_seconds, default=60.0,
@@ -152,7 +165,16 @@ def add_arguments(v):
                         "stopped) by the run, or on the cluster at ADDRESS (e.g. auto, HOST:6379); needs the ray extra, "
                         "pip install 'int4-lora-harness[ray]' (docs/scaling.md)")
     v.add_argument("--quiet", action="store_true", help="no progress bars")
-    v.add_argument("--report", default="reports", help="folder for verify/<run>.json, verify.json and repro scripts")
+    v.add_argument("--report", default="reports",
+                   help="folder for verify/<run>.json, verify.json, repro scripts and Hypothesis's files (.hypothesis/); "
+                        "the run writes nothing else")
+    ci = v.add_argument_group("CI", "machine-readable outputs (docs/verify_schema.md)")
+    ci.add_argument("--junit-xml", metavar="FILE",
+                    help="also write a JUnit XML file: a testsuite per result, a testcase per property and plan group")
+    ci.add_argument("--summary-json", action="store_true",
+                    help="print exactly one line of JSON on stdout at the end (every other line goes to stderr)")
+    ci.add_argument("--list-checks", action="store_true",
+                    help="print the properties and the planned cases for these flags, then exit 0 (runs nothing)")
     v.add_argument("--checkpoint", metavar="FILE.safetensors",
                    help="also check a real layer of this checkpoint (compressed-tensors, GPTQ or AWQ) as explicit examples")
     v.add_argument("--checkpoint-layer", metavar="PREFIX",
@@ -166,19 +188,25 @@ def add_arguments(v):
 
 def add_domain_arguments(v):
     """The domain flags (what the kernel supports), shared by `verify` and `bench`; parse_domain reads them."""
-    domain = v.add_argument_group("domain", "what the kernel supports; every narrowing is printed in the verdict")
-    domain.add_argument("--dtypes", type=listed(DTYPES), help="activation / output dtypes, e.g. fp16,bf16")
+    domain = v.add_argument_group("domain", "what the kernel supports (docs/contract.md#domain); every narrowing "
+                                            "is printed in the verdict")
+    domain.add_argument("--dtypes", type=listed(DTYPES),
+                        help=f"activation / output dtypes, comma-separated: {', '.join(DTYPES)} (e.g. fp16,bf16)")
     domain.add_argument("--scale-dtypes", type=listed((*DTYPES, OUTPUT)),
-                        help="the scales' dtypes, or 'output' for scales in the output dtype")
+                        help=f"the scales' dtypes, comma-separated: {', '.join(DTYPES)}, or {OUTPUT} for scales in "
+                             "the output dtype")
     domain.add_argument("--group-sizes", type=int_list(1), help="group sizes to draw from, e.g. 32,64,128")
-    domain.add_argument("--granularity", type=listed(GRANULARITIES), help="scale and zero-point granularities")
-    domain.add_argument("--zero-points", choices=ZERO_POINTS, default=None, help="which zero points the kernel takes")
+    domain.add_argument("--granularity", type=listed(GRANULARITIES),
+                        help=f"scale and zero-point granularities, comma-separated: {', '.join(GRANULARITIES)}")
+    domain.add_argument("--zero-points", choices=ZERO_POINTS, default=None,
+                        help="which zero points the kernel takes (default any)")
     domain.add_argument("--no-zero-points", action="store_true", help="the same as --zero-points none")
     domain.add_argument("--same-granularity", action="store_true", help="zero points always have the scales' granularity")
     domain.add_argument("--no-ragged", action="store_true", help="in_features always a multiple of the group size")
     domain.add_argument("--in-multiple-of", type=at_most(MAX_UNIT, "the narrowest layer drawn"), default=2, help="in_features a multiple of this (even)")
     domain.add_argument("--out-multiple-of", type=at_most(MAX_UNIT, "the narrowest layer drawn"), default=1, help="out_features a multiple of this")
-    domain.add_argument("--lora-patterns", type=listed(POPULARITIES), help="how tokens pick adapters")
+    domain.add_argument("--lora-patterns", type=listed(POPULARITIES),
+                        help=f"how tokens pick adapters, comma-separated: {', '.join(POPULARITIES)}")
     domain.add_argument("--max-rank", type=at_most(MAX_RANK, "vLLM's largest LoRA rank"), default=64, help="largest LoRA rank drawn")
     domain.add_argument("--max-loras", type=at_most(MAX_LORAS, "memory: up to 256 x 512 x 4096 LoRA values", 0), default=8, help="most adapters in one call")
     domain.add_argument("--no-bias", action="store_true", help="never pass a bias")

@@ -1,26 +1,31 @@
 """Judge one candidate on one contract: a Hypothesis search, then the explicit examples of harness.verify.plan.
 
 `verify_candidate` runs the shared properties (harness.verify.properties) through an executor on
-fuzzed cases until one fails (Hypothesis then shrinks it to a minimal case) or the budget is spent,
+fuzzed cases until one fails (Hypothesis then shrinks it towards a minimal case, within --shrink-budget cases:
+harness.verify.shrink) or the budget is spent,
 then on the coverage floor, the large tier, the probes and any checkpoint layer, stopping at the
 first failure. It returns a plain dict (harness.verify.record documents it): a verdict per property
 with the cases it held on, the numbers judged by (largest error / allowed, worst element, a bounded
 sample of per-element ulps and ratios), the designs that explained the results, the failure with its
-kind (raised, hung, crashed, wrong) and where the time went (candidate, judge, the child process).
+kind (raised, hung, crashed, wrong), a hint naming the domain flag where the candidate refused part of the
+domain (harness.verify.hints), and where the time went (candidate, judge, shrinking, the child process).
 """
 import time
 from collections import Counter, defaultdict
 
 import numpy as np
 from hypothesis import Phase, given, seed, settings
+from hypothesis.reporting import with_reporter
 
 from int4_lora_harness.verify.candidate_text import raised_at
 from int4_lora_harness.verify.cases import DequantCase
 from int4_lora_harness.verify.designs import words
 from int4_lora_harness.verify.domain import FULL
 from int4_lora_harness.verify.executor import CandidateFailure
+from int4_lora_harness.verify.hints import domain_hint
 from int4_lora_harness.verify.numerics import judged
 from int4_lora_harness.verify.properties import EACH, PROPERTIES, QUICK, REPEAT, REPEATED, fitted, run_properties
+from int4_lora_harness.verify.shrink import SHRINK_BUDGET, Shrinking
 from int4_lora_harness.verify.strategies import dequant_cases, linear_cases
 
 STRATEGIES = {"dequantizer": dequant_cases, "linear": linear_cases}
@@ -37,14 +42,17 @@ class Record:
         self.rng = np.random.default_rng(0)
         self.explicit, self.candidate_s, self.judge_s, self.failure = [], 0.0, 0.0, None
         self.max_ratio, self.worst, self.last_run = 0.0, None, None
+        self.shrink = None  # harness.verify.shrink.Shrinking.finish() of the search, once it failed
+        self.shrinking = False  # the search failed: what runs now is timed as shrinking, not candidate and judge
 
     def add(self, run, case):
         for o in run.outcomes:
             self.counts[o.name]["passed" if o.passed else "failed" if o.passed is False else "not judged"] += 1
             if o.judgement is not None:
                 self._judged(o.judgement, case)
-        self.candidate_s += run.candidate_s
-        self.judge_s += run.judge_s
+        if not self.shrinking:  # a case run while shrinking is timed as shrinking (timing.shrink_s)
+            self.candidate_s += run.candidate_s
+            self.judge_s += run.judge_s
 
     def _judged(self, judgement, case):
         if judgement.passed:  # a design explained this case; a failing one is the failure's, not a design's
@@ -102,22 +110,38 @@ def attempt(executor, case, record, options):
 
 
 def search(executor, contract, record, options, progress):
-    """The Hypothesis search; the minimal failing case (or None) is in record.failure."""
+    """The Hypothesis search; the smallest failing case found (or None) is in record.failure, how its shrinking
+    went in record.shrink. report_multiple_bugs=False: the search stops at its first failure (Hypothesis would
+    otherwise go on looking for others for up to 10 s of wall time, so the case found would depend on the
+    machine's speed)."""
+    budget = options.get("shrink_budget")
+    shrinking = Shrinking(SHRINK_BUDGET if budget is None else budget)
+
     @seed(options["seed"])  # same seed, same cases, same verdict
     @settings(max_examples=options["examples"], database=None, deadline=None, print_blob=False,
-              phases=[Phase.explicit, Phase.generate, Phase.shrink])
+              report_multiple_bugs=False, phases=[Phase.explicit, Phase.generate, Phase.shrink])
     @given(case=STRATEGIES[contract](options["domain"]).map(lambda c: fitted(c, options["layout"])))
     def fuzz(case):
+        if not shrinking.may_run(case):
+            return  # past the shrink budget: not run (harness.verify.shrink)
         failure = attempt(executor, case, record, dict(options, updates=EACH))
+        shrinking.ran(case, failure is not None)
+        record.shrinking = shrinking.started
         progress.update(1)
         if failure is not None:
             raise AssertionError(failure["message"])
 
+    def heard(text):  # Hypothesis's own reports: its five-minute stop becomes failure.shrink.stopped
+        if shrinking.heard(text) is not None:
+            progress.write(text)
+
     try:
-        fuzz()
+        with with_reporter(heard):
+            fuzz()
     except Exception:  # AssertionError, or Hypothesis's own error around it (e.g. a flaky candidate)
         if record.failure is None:
             raise
+    record.shrink = shrinking.finish()
     if record.failure is not None and record.failure.get("run") is not None:
         record.add(record.failure["run"], record.failure["case"])  # the minimal failing case counts as run
 
@@ -159,15 +183,24 @@ def verify_candidate(contract, executor, explicit, options, progress):
                                          options.get("label", contract)))
     return dict(contract=contract, passed=record.failure is None, fuzzed_cases=fuzzed,
                 properties=record.property_lines(), explicit=record.explicit,
+                planned=planned(explicit),
                 designs={d: dict(cases=n, words=words(d)) for d, n in record.designs.most_common()},
                 max_ratio=record.max_ratio, worst=record.worst, samples=_samples(record),
-                failure=_failure(record.failure), seconds=round(time.perf_counter() - start, 2),
+                failure=_failure(record.failure, record.shrink, options.get("domain", FULL)),
+                seconds=round(time.perf_counter() - start, 2),
                 timing=dict(candidate_s=round(record.candidate_s, 3), judge_s=round(record.judge_s, 3),
+                            shrink_s=round((record.shrink or {}).get("seconds", 0.0), 3),
+                            shrink_cases=(record.shrink or {}).get("cases", 0),
                             cases_s=round(options.get("cases_s", 0.0), 3),
                             child_start_s=round(getattr(executor, "start_s", 0.0), 3),
                             transfer_s=round(getattr(executor, "transfer_s", 0.0), 3),
                             transfer_mb=round(getattr(executor, "transfer_bytes", 0) / 1e6, 1),
                             calls=getattr(executor, "calls", 0))), record.failure
+
+
+def planned(explicit):
+    """{group: cases} of the explicit examples, in their order: what the run set out to check after the search."""
+    return dict(Counter(group for group, _, _ in explicit))
 
 
 def weights_of(case):
@@ -212,17 +245,19 @@ def _rounded(values):
     return [float(f"{v:.4g}") if np.isfinite(v) else (None if np.isnan(v) else float(v)) for v in values]
 
 
-def _failure(failure):
-    """The failure as the verdict records it: kind, message, the case in words (and its values when small)."""
+def _failure(failure, shrink=None, domain=FULL):
+    """The failure as the verdict records it: kind, message, the case in words (and its values when small), how
+    its shrinking went (None: found among the explicit examples) and the domain flag a refusal points to."""
     if failure is None:
         return None
     from int4_lora_harness.verify.values import case_values
     outcomes = failure.get("outcomes") or []
     worst = next((o.worst for o in outcomes if o.worst and o.passed is False), None)
+    hint = domain_hint(failure.get("exception"), failure["message"], domain) if failure["kind"] == "raised" else None
     return dict(kind=failure["kind"], message=failure["message"], exception=failure.get("exception"),
                 where=failure.get("where"), case=failure["case"].describe(), values=case_values(failure["case"]),
                 failed=[o.name for o in outcomes if o.passed is False] or [f"a call ({failure['kind']})"],
-                worst=worst, design_words=worst and words(worst.get("design", "")))
+                worst=worst, design_words=worst and words(worst.get("design", "")), shrink=shrink, hint=hint)
 
 
 def batch_invariance(executor, domain=FULL, seed=0, m=33):

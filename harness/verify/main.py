@@ -1,20 +1,22 @@
-"""`verify` from parsed flags to an exit status: options, candidates, the verdict file, harness.verify.run."""
+"""`verify` from parsed flags to an exit status: options, candidates, the verdict file, harness.verify.run;
+then the CI outputs (harness.verify.ci: --junit-xml, --summary-json), or only the list of checks (--list-checks)."""
 from pathlib import Path
 
 from int4_lora_harness import environment
 from int4_lora_harness.progress import say
-from int4_lora_harness.verify import record
+from int4_lora_harness.verify import ci, record
 from int4_lora_harness.verify.cli import parse_domain
 from int4_lora_harness.verify.domain import PROFILE_EXAMPLES
 from int4_lora_harness.verify.executor import TargetRefused
+from int4_lora_harness.verify.hypothesis_home import hypothesis_home
 from int4_lora_harness.verify.run import Candidate, judge_run, run_layer, usage_error_verdict
 from int4_lora_harness.verify.targets import UsageError, split_target
 
 INTERPRETED = "Triton's CPU interpreter would take hours on layer shapes; verify on CUDA for them"
 
 
-def options_from(args):
-    """The run's options (a plain dict, picklable for --jobs); UsageError naming the flag for what is wrong."""
+def checked_options(args):
+    """The options every flag decides (no folder made, nothing written); UsageError naming the flag."""
     profile = checked_environment(args.profile)
     import torch
     if args.device == "cuda" and args.ray is None and not torch.cuda.is_available():  # --ray: the workers' GPUs
@@ -31,20 +33,30 @@ def options_from(args):
     if args.ray is not None:
         from int4_lora_harness.verify.ray_jobs import check_usage
         check_usage(args)
+    if args.list_checks and (args.junit_xml or args.summary_json):
+        raise UsageError("--list-checks runs nothing: it takes no --junit-xml or --summary-json")
+    domain = parse_domain(args)
+    if args.layout != "canonical":
+        domain = layout_domain(args.layout, domain)
+    return dict(device=args.device, profile=profile, examples=args.examples or PROFILE_EXAMPLES[profile],
+                seed=(args.seeds or (args.seed,))[0], seeds=list(args.seeds or (args.seed,)), domain=domain,
+                designs=args.designs, layout=args.layout, timeout=args.timeout, in_process=args.in_process,
+                max_slowdown=args.max_slowdown, sandbox=not args.no_sandbox, shrink_budget=args.shrink_budget,
+                jobs=args.jobs, ray=args.ray, progress=not args.quiet, checkpoint={},
+                gpus=list(range(torch.cuda.device_count())) if args.device == "cuda" else [])
+
+
+def options_from(args):
+    """The run's options (a plain dict, picklable for --jobs): checked_options, the report folder (made) and the run's
+    id; UsageError naming the flag for what is wrong."""
+    options = checked_options(args)
+    if args.junit_xml:
+        ci.check_junit_path(args.junit_xml)
     try:
         folder = record.prepare_folder(args.report)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    domain = parse_domain(args)
-    if args.layout != "canonical":
-        domain = layout_domain(args.layout, domain)
-    return dict(run_id=record.new_run_id(), report=str(folder), device=args.device, profile=profile,
-                examples=args.examples or PROFILE_EXAMPLES[profile], seed=(args.seeds or (args.seed,))[0],
-                seeds=list(args.seeds or (args.seed,)), domain=domain,
-                designs=args.designs, layout=args.layout, timeout=args.timeout, in_process=args.in_process,
-                max_slowdown=args.max_slowdown, sandbox=not args.no_sandbox,
-                jobs=args.jobs, ray=args.ray, progress=not args.quiet, checkpoint={},
-                gpus=list(range(torch.cuda.device_count())) if args.device == "cuda" else [])
+    return dict(options, run_id=record.new_run_id(), report=str(folder))
 
 
 def checked_environment(profile_flag):
@@ -119,9 +131,22 @@ def layer_results(args, options):
             yield dict(result, kind="third-party", layout="canonical", domain=["full"], explicit=[], seed=seed)
 
 
-def main(args, argv):
-    """Exit status: 0 all passed, 1 a failure, 2 usage error (raised as UsageError; a verdict says so)."""
+def main(args, argv, known):
+    """Exit status: 0 all passed, 1 a failure, 2 usage error (raised as UsageError; a verdict says so).
+    known: filled with the run's options once they hold (where its verdict is)."""
+    if args.list_checks:
+        from int4_lora_harness.verify.checks import list_checks
+        options = checked_options(args)
+        options["checkpoint"] = checkpoint_examples(args, options["domain"], options["seed"])
+        return list_checks(args, options)
     options = options_from(args)
+    known.update(options)
+    with hypothesis_home(options["report"]):  # Hypothesis's files under --report, never the cwd
+        return judge(args, argv, options)
+
+
+def judge(args, argv, options):
+    """Run the candidates (or the --layer TARGET) and write the verdict; the exit status (0 or 1)."""
     if args.layer:
         try:
             return run_layer(layer_results(args, options), options, argv)
@@ -142,13 +167,20 @@ def main(args, argv):
 
 def run(args, argv=()):
     """Exit status of one `verify` run: 0 pass, 1 fail, 2 usage error (one line on stderr); the whole run under
-    the judge's own numeric state (harness.verify.numerics), whatever the calling process set."""
+    the judge's own numeric state (harness.verify.numerics), whatever the calling process set. Then the CI
+    outputs, from the verdict file: --junit-xml FILE, and --summary-json's one line (the only line on stdout:
+    every other goes to stderr), an interrupted run's included."""
     import sys
 
     from int4_lora_harness.verify.numerics import judge_numerics
+    known, error = {}, None
     try:
-        with judge_numerics():
-            return main(args, list(argv))
-    except UsageError as error:
-        print(f"usage error: {error}", file=sys.stderr)
-        return 2
+        with ci.humans_on_stderr(args.summary_json), judge_numerics():
+            status = main(args, list(argv), known)
+    except UsageError as usage:
+        print(f"usage error: {usage}", file=sys.stderr)
+        status, error = 2, str(usage)
+    except KeyboardInterrupt:
+        ci.write_outputs(args, known, 1, "interrupted")
+        raise
+    return ci.write_outputs(args, known, status, error)

@@ -143,14 +143,22 @@ def probe_cases(domain=FULL, seed=0, shapes=LARGE_TIER, only=None):
     for i, (name, shape, row) in enumerate(large_tier_rows("linear", domain, shapes)):
         if only is not None and name not in only:
             continue
-        kinds = ("columns",) if shape[0] >= WIDE else ("exact", "columns")
+        kinds = probe_kinds(shape, domain)
         for kind, case in bigpath.row_cases("linear", row, shape, seed + 10 * i, m=EXACT_M,
                                             columns_m=bigpath.M_BUCKETS[row["M"]], kinds=kinds):
             cases.append(("probes", f"{kind} {_label(name, shape)} {row['x']}", case))
-        if domain.max_loras and shape[0] < WIDE:
+        if "lora" in kinds:
             cases.append(("probes", f"lora {_label(name, shape)} {row['x']}", lora_probe(
                 seed + 10 * i, shape[0], shape[1], row["x"], num_loras=row["adapters"], rank=row["rank"])))
     return cases
+
+
+def probe_kinds(shape, domain=FULL):
+    """The probes at a large-tier shape (out, in, group size): the columns probe; below WIDE rows the exact one,
+    and the lora one where the domain has adapters."""
+    if shape[0] >= WIDE:
+        return ("columns",)
+    return ("exact", "columns") + (("lora",) if domain.max_loras else ())
 
 
 def plan_coverage(contract, cases, domain=FULL):

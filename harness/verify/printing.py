@@ -8,6 +8,7 @@ import json
 
 from int4_lora_harness import progress
 from int4_lora_harness.verify.candidate_text import escaped
+from int4_lora_harness.verify.shrink import shrink_words
 
 STATUS = {"passed": "PASS", "failed": "FAIL", "not judged": "----", "not run": "----"}
 
@@ -29,9 +30,10 @@ def time_split(result):
     t = result.get("timing") or {}
     if not t:
         return f"{result.get('seconds', '?')} s"
-    return (f"{result['seconds']} s: candidate {t['candidate_s']:.1f} s, judge {t['judge_s']:.1f} s, building cases "
-            f"{t.get('cases_s', 0):.1f} s, child start {t['child_start_s']:.1f} s, transfer {t['transfer_s']:.1f} s "
-            f"({t['transfer_mb']:.0f} MB)")
+    shrinking = f", shrinking {t['shrink_s']:.1f} s ({t.get('shrink_cases', 0)} cases)" if t.get("shrink_s") else ""
+    return (f"{result['seconds']} s: candidate {t['candidate_s']:.1f} s, judge {t['judge_s']:.1f} s{shrinking}, "
+            f"building cases {t.get('cases_s', 0):.1f} s, child start {t['child_start_s']:.1f} s, transfer "
+            f"{t['transfer_s']:.1f} s ({t['transfer_mb']:.0f} MB)")
 
 
 def print_verdict(result):
@@ -56,13 +58,16 @@ def print_verdict(result):
     failure = result["failure"]
     if failure:
         if failure["kind"] != "wrong":
-            say(f"    the candidate {failure['kind']}: {failure['message']}")
+            hint = f" \u2014 {failure['hint']}" if failure.get("hint") else ""
+            say(f"    the candidate {failure['kind']}: {failure['message']}{hint}")
         if failure.get("where"):
             say(f"    raised at {failure['where']} (the innermost frame of the candidate's code)")
         for line in failure.get("output_tail") or []:
             say(f"    candidate| {line}")
         if failure.get("case") is not None:
             say(f"    minimal case: {json.dumps(failure['case'])}")
+        if failure.get("shrink"):
+            say(f"    shrinking: {shrink_words(failure['shrink'])}")
         small = {k: v for k, v in (failure.get("values") or {}).items() if isinstance(v, list)}
         if failure.get("case") is None:
             small = {}

@@ -58,10 +58,19 @@ def write(folder, verdict):
     text = json.dumps(verdict, indent=1, default=_plain, allow_nan=True)
     paths = [Path(folder) / "verify" / f"{verdict['run_id']}.json", Path(folder) / "verify.json"]
     for path in paths:
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        write_atomic(path, text)
+    return paths[0]
+
+
+def write_atomic(path, text):
+    """Write `text` (UTF-8) to `path` (a Path) atomically: a temp file in the same folder, then os.replace; a reader
+    sees the old file or the new one, never a part."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
         temp.write_text(text, encoding="utf-8")
         os.replace(temp, path)
-    return paths[0]
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def finish(verdict, status, exit_status):

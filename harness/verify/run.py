@@ -89,7 +89,7 @@ def judge_with(executor, candidate, options, progress_enabled):
                    progress_enabled and options["progress"])
     run_options = dict(seed=candidate.seed, examples=options["examples"], domain=options["domain"],
                        designs=options["designs"], layout=options["layout"], cases_s=cases_s,
-                       label=f"{candidate.label} [{candidate.contract}]")
+                       shrink_budget=options.get("shrink_budget"), label=f"{candidate.label} [{candidate.contract}]")
     result, failure = verify_candidate(candidate.contract, executor, explicit, run_options, progress)
     progress.close()
     if result["passed"] and candidate.contract == "linear" and options["layout"] == "canonical":
@@ -120,6 +120,8 @@ def write_repro(candidate, failure, options):
 
 def _job(candidate, options):
     """One job of a --jobs run, in a worker process: its own GPU where several are present."""
+    from int4_lora_harness.verify import hypothesis_home
+    hypothesis_home.use(options["report"])  # Hypothesis's files under --report, never the cwd
     gpus = options.get("gpus") or []
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus[os.getpid() % len(gpus)])
