@@ -241,8 +241,8 @@ def ratio_chart(samples, title, name):
         ax.axvline(1.0, color="C3", linewidth=1, linestyle="--")
         ax.text(0.97, 0.97, "\n".join(notes), fontsize=6, ha="right", va="top", transform=ax.transAxes, **LITERAL)
         ax.set_xscale("log")
+        ax.set_ylim(1e-4, 2)  # before the log scale: a panel of exact results only has no positive count to fit
         ax.set_yscale("log")
-        ax.set_ylim(1e-4, 2)
         ax.set_title(f"{title}, {dtype}", fontsize=9, **LITERAL)
         ax.set_xlabel("error / allowed (bound at 1)")
         ax.set_ylabel("share of sampled elements")
