@@ -157,12 +157,17 @@ def test_the_embedded_default_starts_a_local_instance_and_shuts_it_down(tmp_path
         out, _ = run.communicate(timeout=600)
         assert run.returncode == 0, out
         assert json.loads((tmp_path / "verify.json").read_text())["results"][0]["node"]["host"] == socket.gethostname()
-        deadline = time.monotonic() + 30
-        while ray_processes(ray_tmp) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert ray_processes(ray_tmp) == []
+        assert_ray_gone(ray_tmp)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def assert_ray_gone(ray_tmp, seconds=30):
+    """Within `seconds`, no process of the local Ray instance whose files are in `ray_tmp` is left."""
+    deadline = time.monotonic() + seconds
+    while ray_processes(ray_tmp) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_processes(ray_tmp) == []
 
 
 def candidates_under(pid):
@@ -194,10 +199,7 @@ def test_an_interrupt_cancels_the_tasks_and_the_verdict_says_which_finished(tmp_
         assert verdict["status"] == "interrupted" and verdict["finished_tasks"] == []
         assert sorted(verdict["unfinished_tasks"]) == sorted(verdict["tasks"]) and len(verdict["tasks"]) == 2
         assert len(started) == 4 and not any(os.path.exists(f"/proc/{p}") for p in started)
-        deadline = time.monotonic() + 30
-        while ray_processes(ray_tmp) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert ray_processes(ray_tmp) == []
+        assert_ray_gone(ray_tmp)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
