@@ -228,7 +228,7 @@ def test_a_two_phase_apply_that_cannot_take_the_contract_is_a_usage_error(capsys
     code = main(["bench", "--linear", "planted.two_phase_toy:linear_without_bias", "--bench-dir", "unused"])
     assert code == 2
     assert "usage error: linear_without_bias.apply(prepared, x, lora_a, lora_b, lora_indices, scaling) cannot be " \
-           "called as a two-phase linear is" in capsys.readouterr().err
+           "called as the linear contract's apply phase calls it" in capsys.readouterr().err
 
 
 def test_report_and_bench_dir_together_are_a_usage_error(capsys):

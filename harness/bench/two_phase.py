@@ -9,13 +9,13 @@ bench checks it through `one_call` (prepare then apply on every call, so the ver
 contract), then per case times prepare once (the row's prepare_s) and apply alone on what it prepared
 (`timed_target`): a kernel that repacks its weights at load is no longer timed repacking them on every call.
 """
-import inspect
 from dataclasses import dataclass
 from functools import partial
 
 from int4_lora_harness.bench.timing import time_once
 from int4_lora_harness.verify.cases import CONTRACT_PARAMETERS
-from int4_lora_harness.verify.targets import UsageError, check_signature, import_module, split_target
+from int4_lora_harness.verify import targets
+from int4_lora_harness.verify.targets import load_target
 
 WEIGHTS = CONTRACT_PARAMETERS["dequantizer"][:4]  # what prepare takes: packed_weights, scales, zero_points, group_size
 APPLY = {"linear": tuple(p for p in CONTRACT_PARAMETERS["linear"] if p not in WEIGHTS),  # x, lora_a, ..., bias
@@ -46,41 +46,8 @@ class TwoPhase:
         return prepare_s, partial(self.apply, prepared, **{name: inputs[name] for name in APPLY["linear"]})
 
 
-def is_two_phase(found):
-    return callable(getattr(found, "prepare", None)) and callable(getattr(found, "apply", None))
-
-
-def check_apply(apply, name, contract):
-    """UsageError unless `apply` takes the prepared object first and APPLY[contract] by keyword."""
-    try:
-        signature = inspect.signature(apply)
-    except (TypeError, ValueError):
-        return  # builtins without a signature: let the call decide
-    try:
-        signature.bind(None, **{p: None for p in APPLY[contract]})
-    except TypeError as error:
-        raise UsageError(f"{name}.apply{signature} cannot be called as a two-phase {contract} is: apply(prepared, "
-                         f"{', '.join(APPLY[contract])}), the rest by keyword: {error} "
-                         "(see docs/contract.md)") from None
-
-
 def resolve(target, contract):
-    """What the TARGET string names: a TwoPhase when it has callable `prepare` and `apply`, else the one-call
-    contract function (harness.verify.targets' rules). UsageError (one line) for a malformed TARGET, an import that
-    raises an Exception, a missing name or a signature that cannot take the contract's arguments."""
-    module_name, name = split_target(target)
-    try:
-        module = import_module(module_name)
-    except UsageError:
-        raise
-    except Exception as error:  # an import failure is the caller's to fix: one line, as load_target says it
-        raise UsageError(f"cannot import {module_name}: {type(error).__name__}: {error}") from None
-    found = getattr(module, name, None)
-    if is_two_phase(found):
-        check_signature(found.prepare, f"{name}.prepare", WEIGHTS, f"two-phase {contract}'s prepare")
-        check_apply(found.apply, name, contract)
-        return TwoPhase(found.prepare, found.apply)
-    if not callable(found):
-        raise UsageError(f"{module_name} has no function {name!r} (nor an object with callable prepare and apply)")
-    check_signature(found, name, CONTRACT_PARAMETERS[contract], contract)
-    return found
+    """What the TARGET string names, by harness.verify.targets.load_target's rules (the same usage errors as
+    verify): a TwoPhase for a two-phase TARGET, else the one-call contract function."""
+    found = load_target(target, CONTRACT_PARAMETERS[contract], contract)
+    return TwoPhase(found.prepare, found.apply) if isinstance(found, targets.TwoPhase) else found
