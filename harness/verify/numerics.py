@@ -36,7 +36,9 @@ def torch_state():
 def set_torch_state(state):
     import torch
     torch.set_default_dtype(state["dtype"])
-    torch.use_deterministic_algorithms(state["deterministic"][0], warn_only=state["deterministic"][1])
+    now = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    if state["deterministic"] != now:  # setting it imports torch._inductor: seconds, so only when it changes
+        torch.use_deterministic_algorithms(state["deterministic"][0], warn_only=state["deterministic"][1])
     torch.set_flush_denormal(state["flush_denormal"])
     torch.set_float32_matmul_precision(state["matmul_precision"])
 
