@@ -15,7 +15,8 @@ import signal
 import time
 from pathlib import Path
 
-POLL_S = 0.25  # how often a waiting judge looks at the candidate's CPU time
+POLL_S = 0.25  # how often a waiting judge wakes (an answer is read within this)
+SCAN_S = 1.0  # how often it reads the candidate's CPU time from /proc (a scan of every process: not free at load)
 PROGRESS_SHARE = 0.01  # less than 1 % of a core over a whole window is no progress
 MAX_SLOWDOWN = 1000.0  # default: a call may take 1000x a dense fp32 matmul of its work, in CPU seconds
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -89,14 +90,18 @@ def work(expect_shape, inputs):
 
 class Watch:
     """One wait for the candidate: called whenever POLL_S passes with no answer, it raises LimitPassed. It reads
-    /proc only from its first call on (a quick answer costs no scan): the first POLL_S is not counted."""
+    /proc only from its first call on (a quick answer costs no scan): the first POLL_S is not counted; then at
+    most once per SCAN_S."""
 
     def __init__(self, pid, stall_s, budget_s, doing):
         self.pid, self.stall_s, self.budget_s, self.doing = pid, stall_s, budget_s, doing
-        self.start_cpu = None
+        self.start_cpu, self.scanned = None, None
 
     def __call__(self):
-        now, used = time.monotonic(), cpu_seconds(self.pid)
+        now = time.monotonic()
+        if self.scanned is not None and now - self.scanned < SCAN_S:
+            return
+        self.scanned, used = now, cpu_seconds(self.pid)
         if self.start_cpu is None:
             self.start_cpu = self.window_cpu = used
             self.window_start = now
