@@ -37,7 +37,7 @@ def test_table_lookups_equal_the_weight_by_weight_values(granularity, zero_kind,
         assert weights_width(w.scales, w.zero_points, *w.shape, w.group_size) >= tables.TABLE_MIN_WIDTH
         exact = dequantize_exact(w.packed, w.scales, w.zero_points, w.group_size)
         with np.errstate(over="ignore", invalid="ignore"):
-            got, got_exact, _ = tables.block_weights(w.packed, w.scales, w.zero_points, w.group_size, x_dtype,
+            got, got_exact, *_ = tables.block_weights(w.packed, w.scales, w.zero_points, w.group_size, x_dtype,
                                                      need_exact=True)
             assert_same(got, rounded(exact, x_dtype))
         assert_same(got_exact, exact)
@@ -45,11 +45,35 @@ def test_table_lookups_equal_the_weight_by_weight_values(granularity, zero_kind,
             is None
 
 
+@pytest.mark.parametrize("weights_kind", ["x", "fp32"])
+@pytest.mark.parametrize("zero_kind", ["int8", "float", "fp32"])
+@pytest.mark.parametrize("granularity", GRANULARITIES, ids=lambda g: f"{g[0]}-{g[1]}")
+def test_term_3_read_from_the_tables_equals_its_weight_by_weight_values(granularity, zero_kind, weights_kind):
+    from dataclasses import replace
+    from functools import partial
+
+    from int4_lora_harness.verify.tolerance import weight_slack
+    rng = np.random.default_rng(7)
+    for group_size, in_features, exponent in ((16, 64, -4.0), (17, 70, -20.0), (128, 300, 10.0)):
+        w = make_weights(rng, 7, in_features, group_size, *granularity, zero_kind, "fp32", exponent)
+        midpoint = np.float32(1 + 2.0 ** -11)  # (v - z) s of fp16's midpoints for v - z = +-1, +-2, +-4: flips
+        w = replace(w, scales=np.where(np.arange(w.scales.size).reshape(w.scales.shape) % 2, w.scales, midpoint))
+        term = partial(weight_slack, weights_kind, "fp16")
+        exact = dequantize_exact(w.packed, w.scales, w.zero_points, w.group_size)
+        with np.errstate(over="ignore", invalid="ignore"):
+            expected = term(w.packed, w.scales, w.zero_points, w.group_size, exact)
+            got = tables.block_weights(w.packed, w.scales, w.zero_points, w.group_size, "fp16", need_exact=False,
+                                       per_weight=term).per_weight
+        assert_same(got, expected)
+        if weights_kind == "x" and (w.zero_points is None or zero_kind == "int8"):
+            assert 0 < np.count_nonzero(expected) < expected.size  # some weights flip, not all
+
+
 def test_narrow_groups_are_computed_weight_by_weight_and_give_the_same_values():
     w = make_weights(np.random.default_rng(4), 5, 40, 4, "grouped", "grouped", "float")
     assert weights_width(w.scales, w.zero_points, *w.shape, w.group_size) < tables.TABLE_MIN_WIDTH
     with mock.patch.object(tables, "lookup", side_effect=AssertionError("no table for 4-column groups")):
-        got, exact, _ = tables.block_weights(w.packed, w.scales, w.zero_points, 4, "fp16", need_exact=False)
+        got, exact, *_ = tables.block_weights(w.packed, w.scales, w.zero_points, 4, "fp16", need_exact=False)
     assert exact is None
     assert_same(got, rounded(dequantize_exact(w.packed, w.scales, w.zero_points, 4), "fp16"))
 

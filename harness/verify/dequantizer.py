@@ -31,7 +31,7 @@ def dequant_judgement(got, weights, output_dtype):
                                                         expected, got[rows], 0.0, 0.0, 0.0))
             continue
         with np.errstate(over="ignore"):
-            expected, exact, _ = block_weights(packed, scales, zeros, weights.group_size, output_dtype,
+            expected, exact, *_ = block_weights(packed, scales, zeros, weights.group_size, output_dtype,
                                                need_exact=True, space=space)
         got_block = np.asarray(got[rows], np.float64)
         ulps = ulp_distance(got_block, expected, output_dtype)
@@ -71,7 +71,7 @@ def element_inputs(packed, scales, zero_points, group_size, i, j, exact):
 def dequant_error(got, packed_weights, scales, zero_points, group_size, output_dtype):
     """got: float64 [out, in] values of `output_dtype` -> ErrorReport with every element (small cases)."""
     with np.errstate(over="ignore"):
-        expected, exact, _ = block_weights(packed_weights, scales, zero_points, group_size, output_dtype,
+        expected, exact, *_ = block_weights(packed_weights, scales, zero_points, group_size, output_dtype,
                                            need_exact=True)
     ulps = ulp_distance(got, expected, output_dtype)
     allowed = np.where(expected == exact, 0.0, 1.0)

@@ -51,17 +51,25 @@ def reader():
     return f"NumPy ({lib.why})" if isinstance(lib, cbuild.Missing) else "C gather"
 
 
-def nibble_table(packed, scales, zero_points, group_size, width):
-    """float64 [rows, groups, 16]: entry [o, g, q] = reference.dequantize_exact's weight of row o, group g for
-    nibble q. packed: uint8 [rows, in // 2]; scales, zero_points: as reference.dequantize_exact takes them."""
+def table_layer(packed, scales, zero_points, group_size, width):
+    """(packed uint8 [rows, groups * 8], scales [rows, groups], zero_points [rows, groups] | None): a layer whose
+    groups of 16 columns hold the nibbles v = -8..7 with the scale and zero point of each group of the block.
+    A function of a weight's (v, scale, zero point) computed on it, with group size 16, is that function's table.
+    packed: uint8 [rows, in // 2]; scales, zero_points: as reference.dequantize_exact takes them."""
     rows, in_features = packed.shape[0], 2 * packed.shape[1]
     groups = -(-in_features // width)
     of_group = lambda t, name: np.broadcast_to(per_group(t, rows, in_features, group_size, name, width)[..., 0],  # noqa
                                                (rows, groups))  # [rows, groups] float64, as the reference reads it
-    scales_g = of_group(scales, "scales")
     zeros_g = None if zero_points is None else of_group(zero_points, "zero_points")
     every_nibble = pack(np.broadcast_to(NIBBLES, (rows, groups, 16)).reshape(rows, groups * 16))
-    return dequantize_exact(every_nibble, scales_g, zeros_g, 16).reshape(rows, groups, 16)
+    return every_nibble, of_group(scales, "scales"), zeros_g
+
+
+def nibble_table(packed, scales, zero_points, group_size, width):
+    """float64 [rows, groups, 16]: entry [o, g, q] = reference.dequantize_exact's weight of row o, group g for
+    nibble q. packed: uint8 [rows, in // 2]; scales, zero_points: as reference.dequantize_exact takes them."""
+    layer = table_layer(packed, scales, zero_points, group_size, width)
+    return dequantize_exact(*layer, 16).reshape(packed.shape[0], -1, 16)
 
 
 def table_index(packed, width):
@@ -117,11 +125,15 @@ class BlockWeights(NamedTuple):
     w: np.ndarray  # float64 [rows, in]: each exact weight rounded once to the dtype asked (or exact, dtype None)
     exact: np.ndarray | None  # float64 [rows, in]: reference.dequantize_exact's weights, where asked
     w_abs: np.ndarray | None  # float32 [rows, in]: |w| rounded to nearest, where asked
+    per_weight: np.ndarray | None = None  # float64 [rows, in]: per_weight's values, where asked
 
 
-def block_weights(packed, scales, zero_points, group_size, dtype, need_exact, need_abs=False, space=None):
+def block_weights(packed, scales, zero_points, group_size, dtype, need_exact, need_abs=False, space=None,
+                  per_weight=None):
     """BlockWeights of a block: w rounded to `dtype` ('fp16' | 'bf16' | 'fp32', or None for the exact weights),
     the exact weights where need_exact, |w| in float32 where need_abs. Arrays may live in `space` (scratch).
+    per_weight: None, or f(packed, scales, zero_points, group_size, exact) -> float64 [rows, in], a function of
+    each weight's nibble, scale and zero point (and its exact value) only, computed on the tables too.
 
     By tables where groups are TABLE_MIN_WIDTH wide or more, else weight by weight: the same values either way.
     """
@@ -131,8 +143,14 @@ def block_weights(packed, scales, zero_points, group_size, dtype, need_exact, ne
         w = exact if dtype is None else rounded(exact, dtype)
         with np.errstate(over="ignore"):  # |w| past float32's range: inf
             w_abs = np.abs(w).astype(np.float32) if need_abs else None
-        return BlockWeights(w, exact if need_exact else None, w_abs)
-    table = nibble_table(packed, scales, zero_points, group_size, width)
+        extra = None if per_weight is None else per_weight(packed, scales, zero_points, group_size, exact)
+        return BlockWeights(w, exact if need_exact else None, w_abs, extra)
+    layer = table_layer(packed, scales, zero_points, group_size, width)
+    table = dequantize_exact(*layer, 16).reshape(packed.shape[0], -1, 16)
     exact = lookup(table, packed, width, space=space, name="exact")[0] if need_exact and dtype is not None else None
+    extra = None
+    if per_weight is not None:
+        extra = lookup(per_weight(*layer, 16, table.reshape(packed.shape[0], -1)).reshape(table.shape), packed,
+                       width, space=space, name="per weight")[0]
     w, w_abs = lookup(table if dtype is None else rounded(table, dtype), packed, width, need_abs, space)
-    return BlockWeights(w, w if need_exact and dtype is None else exact, w_abs)
+    return BlockWeights(w, w if need_exact and dtype is None else exact, w_abs, extra)

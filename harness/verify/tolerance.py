@@ -34,6 +34,8 @@ the probes of harness.verify.probes, whose inputs make every correct design bit-
 Everything is computed in blocks of weight rows (BLOCK_ELEMENTS float64 values per [rows, in] array),
 so judging a 14336 x 4096 layer never holds a float64 copy of the whole weight.
 """
+import functools
+
 import numpy as np
 
 from int4_lora_harness.reference.granularity import from_groups, in_groups, per_group, weights_width
@@ -49,6 +51,7 @@ U32 = FORMATS["fp32"].unit_roundoff  # 2**-24: unit roundoff of the fp32 accumul
 ETA32 = FORMATS["fp32"].underflow_error  # 2**-150: absolute error of one fp32 rounding that underflows
 WINDOW = 4.0  # fp32 roundings allowed while computing one weight (term 3)
 EXPAND_PRODUCT = 8.0  # a 3xTF32 product in the LoRA expand, in units of u32 (term 4)
+SPARSE = 16  # abs_products sums the nonzero products alone where at most 1 element in SPARSE is nonzero
 
 
 # --- the terms -----------------------------------------------------------------------------------
@@ -75,6 +78,14 @@ def weight_flips(exact, window, dtype):
     window of a midpoint of x.dtype's grid (then a weight computed in fp32 may round either way)."""
     with np.errstate(over="ignore", invalid="ignore"):
         return np.abs(rounded(exact + window, dtype) - rounded(exact - window, dtype))
+
+
+def weight_slack(weights_kind, x_dtype, packed_weights, scales, zero_points, group_size, exact):
+    """Term 3 per weight, float64 [rows, in], before its product with |x|: the window ("fp32" weights) or the
+    flips of RN_x inside it ("x" weights). A function of each weight's nibble, scale and zero point only, so the
+    judge computes it on its tables (harness.verify.tables.block_weights: per_weight)."""
+    window = weight_window(packed_weights, scales, zero_points, group_size)
+    return weight_flips(exact, window, x_dtype) if weights_kind == "x" else window
 
 
 def fp32_exact(weights):
@@ -199,26 +210,32 @@ def _base_block(case, rows, weights_kind, space=None):
     x = case.x.astype(np.float64)
     x_abs = np.abs(case.x).astype(np.float32)  # exact: x holds values of fp16, bf16 or fp32
     packed, scales, zeros = weight_rows(w, rows)
-    window = None if fp32_exact(w) else weight_window(packed, scales, zeros, w.group_size)
     dtype = case.x_dtype if weights_kind == "x" else None  # "fp32": the exact weights themselves
-    w_d, exact, w_abs = block_weights(packed, scales, zeros, w.group_size, dtype, need_exact=window is not None,
-                                      need_abs=True, space=space)
+    term_3 = None if fp32_exact(w) else functools.partial(weight_slack, weights_kind, case.x_dtype)
+    w_d, _, w_abs, slack = block_weights(packed, scales, zeros, w.group_size, dtype, need_exact=False, need_abs=True,
+                                         space=space, per_weight=term_3)
     bias = None if case.bias is None else case.bias.astype(np.float64)[rows]
     with np.errstate(over="ignore", invalid="ignore"):
-        slack = 0.0
-        if window is not None:
-            slack = abs_products(x_abs, weight_flips(exact, window, case.x_dtype) if weights_kind == "x" else window)
+        slack = 0.0 if slack is None else abs_products(x_abs, slack, sparse=weights_kind == "x")
         y_base = base_exact(x, w_d, bias)
         s_abs = abs_products(x_abs, w_abs) + (0.0 if bias is None else np.abs(bias))
         bound = accumulation(s_abs, x.shape[1]) + slack
     return y_base, bound, s_abs
 
 
-def abs_products(x_abs, weights_abs):
+def abs_products(x_abs, weights_abs, sparse=False):
     """An upper bound of |x| @ |W|^T [M, rows] (both non-negative) by an fp32 GEMM: its relative error is below
-    K u32 (K additions of non-negative terms, each product exact or rounded once), so it is scaled up by that."""
+    K u32 (K additions of non-negative terms, each product exact or rounded once), so it is scaled up by that.
+    sparse: W is mostly zeros (term 3's flips): where under 1/SPARSE of it is nonzero, the products of its
+    nonzero elements only, summed per row in float64 (then scaled up as the GEMM's)."""
     k = x_abs.shape[1]
-    product = x_abs @ weights_abs.astype(np.float32, copy=False).T
+    rows, cols = np.nonzero(weights_abs) if sparse else ((), ())
+    if sparse and len(rows) * SPARSE <= weights_abs.size:
+        values = weights_abs[rows, cols]
+        product = np.stack([np.bincount(rows, weights=x_abs[m, cols] * values, minlength=weights_abs.shape[0])
+                            for m in range(x_abs.shape[0])]).reshape(x_abs.shape[0], weights_abs.shape[0])
+    else:
+        product = x_abs @ weights_abs.astype(np.float32, copy=False).T
     return product.astype(np.float64) * (1 + (k + 2) * U32) + (k + 1) * ETA32
 
 
