@@ -38,7 +38,7 @@ PREFILL_CONFIGS = [dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=w, num_sta
 
 
 def make_problem(n, k, m, group_size, rank, num_loras, zero_points, seed=0):
-    """Random fp16 problem on the GPU: dict of the SPEC §4 arguments (no bias)."""
+    """Random fp16 problem on the GPU: dict of the docs/contract.md#linear arguments (no bias)."""
     gen = torch.Generator(device="cuda").manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, generator=gen, device="cuda")  # noqa: E731
     groups = -(-k // group_size)

@@ -1,4 +1,4 @@
-"""Argument checks of SPEC §2 and §4 for torch implementations, shared by every fast path.
+"""Argument checks of docs/contract.md#packed-weight, #linear for torch implementations, shared by every fast path.
 
 Nothing is guessed. The wrong kind of object (None, a list or a number where a tensor is needed; a
 float group_size; a str scaling; an output_dtype that is not a torch.dtype) is a TypeError; a tensor
@@ -49,7 +49,7 @@ def validate_weights(packed_weights, scales, zero_points, group_size):
 
 
 def validate_output_dtype(output_dtype):
-    """SPEC §3: the dequantizer's output dtype is torch.float16, torch.bfloat16 or torch.float32."""
+    """docs/contract.md#dequantizer: the dequantizer's output dtype is torch.float16, torch.bfloat16 or torch.float32."""
     if not isinstance(output_dtype, torch.dtype):
         raise TypeError(f"output_dtype must be a torch.dtype (torch.float16, torch.bfloat16 or torch.float32), "
                         f"got {type(output_dtype).__name__} {output_dtype!r}")
@@ -58,12 +58,12 @@ def validate_output_dtype(output_dtype):
 
 
 def validate_scaling(scaling):
-    """SPEC §4: scaling is an int, float or NumPy real scalar, finite or not; bool, str and tensors are refused."""
+    """docs/contract.md#linear: scaling is an int, float or NumPy real scalar, finite or not; bool, str and tensors are refused."""
     check_scaling(scaling)
 
 
 def same_device(first, **tensors):
-    """SPEC §3-4: every tensor given (None skipped) lives on the device of tensors[first]."""
+    """docs/contract.md#dequantizer, #linear: every tensor given (None skipped) lives on the device of tensors[first]."""
     device = tensors[first].device
     for name, t in tensors.items():
         if t is not None and t.device != device:
@@ -71,7 +71,7 @@ def same_device(first, **tensors):
 
 
 def validate_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, bias):
-    """Validate SPEC §4's tensor arguments; return (out_features, in_features, scale_kind, zero_kind).
+    """Validate docs/contract.md#linear's tensor arguments; return (out_features, in_features, scale_kind, zero_kind).
 
     x: fp16/bf16/fp32 [M, in] (M may be 0); bias: None or floating [out]; the adapters as in
     validate_lora. scaling has its own check (validate_scaling).
@@ -97,7 +97,7 @@ def validate_linear(x, packed_weights, scales, zero_points, group_size, lora_a, 
 
 
 def validate_lora(lora_a, lora_b, lora_indices, m, out_features, in_features):
-    """SPEC §4's adapters: lora_a [L, rank, in] and lora_b [L, out, rank], or both None (then L = 0);
+    """docs/contract.md#linear's adapters: lora_a [L, rank, in] and lora_b [L, out, rank], or both None (then L = 0);
     lora_indices int32/int64 [m] in [-1, L - 1]. L = 0 is valid (every index must then be -1), rank = 0 too."""
     if lora_indices.dtype not in (torch.int32, torch.int64) or lora_indices.shape != (m,):
         raise ValueError(f"lora_indices must be int32 or int64 of shape [{m}], got {lora_indices.dtype} {list(lora_indices.shape)}")

@@ -44,7 +44,7 @@ def unavailable_reason():
 def group_operand(t, kind, num_groups):
     """Scales or zero points as (float64 contiguous tensor, row stride, group stride) for int4_dequantize.
 
-    kind: 'per-tensor' | 'per-channel' | 'grouped' (SPEC §2); t is converted exactly (integers as NumPy
+    kind: 'per-tensor' | 'per-channel' | 'grouped' (docs/contract.md#packed-weight); t is converted exactly (integers as NumPy
     converts them to float64, to nearest).
     """
     t64 = t.to(torch.float64).contiguous()

@@ -1,4 +1,4 @@
-"""The serving layer of SPEC §7 in torch, as rank tp_rank of a tensor-parallel group computes it (CPU and CUDA).
+"""The serving layer of docs/contract.md#layer in torch, as rank tp_rank of a tensor-parallel group computes it (CPU and CUDA).
 
 Built on kernels.torch_path: the rank's shard of the base is dequantized there (to x.dtype), products are
 summed in fp32, every slice's LoRA delta is torch_path.lora_delta (fp32 shrink and expand, one-hot per
@@ -22,7 +22,7 @@ from int4_lora_harness.reference.layer import STYLES, check_shard, check_slices,
 
 def validate_layer(x, packed_weights, scales, zero_points, group_size, lora_a_stacked, lora_b_stacked, output_slices,
                    lora_indices, bias, tp_rank, tp_size, style):
-    """SPEC §4's argument rules plus §7's (slices, stacks, shards); return the group size a row shard must respect."""
+    """the argument rules of docs/contract.md#linear and #layer (slices, stacks, shards); return the group size a row shard must respect."""
     out_features, in_features, scale_kind, zero_kind = validate_weights(packed_weights, scales, zero_points, group_size)
     if x.dtype not in FLOAT_DTYPES or x.dim() != 2 or x.shape[1] != in_features:
         raise ValueError(f"x must be fp16, bf16 or fp32 of shape [M, {in_features}], got {x.dtype} {list(x.shape)}")
@@ -143,7 +143,7 @@ def row_shard(x, packed_weights, scales, zero_points, group_size, lora_a_stacked
 
 def layer(x, packed_weights, scales, zero_points, group_size, lora_a_stacked, lora_b_stacked, output_slices,
           lora_indices, scaling, bias, *, tp_rank=0, tp_size=1, style="column"):
-    """SPEC §7 for rank tp_rank of tp_size: column styles [M, out / tp], row [M, out] (a partial sum), in x.dtype.
+    """docs/contract.md#layer for rank tp_rank of tp_size: column styles [M, out / tp], row [M, out] (a partial sum), in x.dtype.
 
     Arguments as reference.layer.layer_exact takes them, as tensors on x's device (every rank gets them whole);
     style: one of reference.layer.STYLES. The fully sharded style calls torch.distributed.all_gather when

@@ -1,4 +1,4 @@
-"""The vectorized torch path: SPEC §3 and §4 with the same code on CPU and CUDA.
+"""The vectorized torch path: docs/contract.md#dequantizer, #linear with the same code on CPU and CUDA.
 
 Dequantizer: bit for bit the reference, RN_out(fl64(fl64(v - z) * s)), by one of three exact ways,
 chosen once per call (`plan_dequantize`). On the CPU, where kernels.native could build it, the C
@@ -109,7 +109,7 @@ def native_ready(packed_weights):
 
 
 def plan_dequantize(packed_weights, scales, zero_points, group_size):
-    """Validate SPEC §2's arguments and choose how to compute them, block by block; a Plan."""
+    """Validate docs/contract.md#packed-weight's arguments and choose how to compute them, block by block; a Plan."""
     out_features, in_features, scale_kind, zero_kind = validate_weights(packed_weights, scales, zero_points, group_size)
     grouped = "grouped" in (scale_kind, zero_kind)
     width = max(1, min(int(group_size), in_features) if grouped else in_features)  # in_features 0: one empty group
@@ -244,7 +244,7 @@ def fp32_scratch(plan, output_dtype):
 
 
 def dequantize(packed_weights, scales, zero_points=None, group_size=None, output_dtype=torch.float16):
-    """uint8 [out, in // 2] + scales/zero points (SPEC §2) -> `output_dtype` [out, in], each weight rounded once.
+    """uint8 [out, in // 2] + scales/zero points (docs/contract.md#packed-weight) -> `output_dtype` [out, in], each weight rounded once.
 
     scales: fp16/bf16/fp32, per-tensor, [out] or [out, ceil(in / group_size)]; zero_points:
     None, integer or floating point, the same kinds of shape; group_size: int (or a NumPy
@@ -282,7 +282,7 @@ def lora_delta(x, lora_a, lora_b, lora_indices, scaling=1.0):
 
 
 def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias):
-    """SPEC §4: x [M, in] (fp16/bf16/fp32) -> [M, out] in x.dtype.
+    """docs/contract.md#linear: x [M, in] (fp16/bf16/fp32) -> [M, out] in x.dtype.
 
     Weights rounded once to x.dtype, block by block; fp32 GEMM, bias and LoRA; one final rounding.
     """

@@ -1,4 +1,4 @@
-"""Triton fast path for SPEC §3-4: a fused INT4 W4A16 GEMM with per-token multi-LoRA.
+"""Triton fast path for docs/contract.md#dequantizer, #linear: a fused INT4 W4A16 GEMM with per-token multi-LoRA.
 
     y[m] = x[m] @ W^T + bias + scaling * (x[m] @ A[i_m]^T) @ B[i_m]^T     (i_m = -1: no adapter)
 
@@ -174,7 +174,7 @@ def check_device(first, tensor):
 
 def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias, *,
            ptx_unpack=False):
-    """SPEC §4 INT4 base + multi-LoRA linear -> [M, out_features] in x.dtype, on x.device.
+    """docs/contract.md#linear INT4 base + multi-LoRA linear -> [M, out_features] in x.dtype, on x.device.
 
     x: fp16/bf16/fp32 [M, in]; packed_weights: uint8 [out, in // 2]; scales: float, per-tensor,
     [out] or [out, ceil(in / group_size)]; zero_points: None or int/float of any of those shapes;
@@ -273,7 +273,7 @@ def lora_shrink(x, lora_a, lora_indices, fp32_dot):
 
 
 def dequantize(packed_weights, scales, zero_points=None, group_size=None, output_dtype=torch.float16):
-    """SPEC §3 dequantizer -> output_dtype [out, in] on packed_weights' device.
+    """docs/contract.md#dequantizer dequantizer -> output_dtype [out, in] on packed_weights' device.
 
     (v - z) * s is computed in fp32 (in fp64 for fp32 output with fractional or huge integer zero
     points, where fp32 could not round once) and rounded once to output_dtype (fp16, bf16 or fp32).

@@ -2,7 +2,7 @@
 
 Imports triton at the top: import it through kernels/triton_int4.py, which copes with its absence.
 
-Nibbles (SPEC §1): byte [o, j] holds column 2j in its low nibble and 2j + 1 in its high nibble,
+Nibbles (docs/contract.md#packed-weight): byte [o, j] holds column 2j in its low nibble and 2j + 1 in its high nibble,
 v = nibble - 8. A K tile of BLOCK_K columns is BLOCK_K // 2 bytes per row, unpacked into its
 even columns (low nibbles) and odd columns (high nibbles); x's tile is split the same way, so the
 GEMM costs two tl.dot per tile and never interleaves W.
@@ -12,7 +12,7 @@ whose last mantissa bit is worth 1 (2**23 in fp32, 2**10 in fp16, 2**7 in bf16) 
 P + q exactly, and subtracting P + 8 leaves v, also exactly. In fp16/bf16 the compiler packs
 these into two-lane HADD2/HFMA2 instructions.
 
-Scales and zero points, whatever their granularity (SPEC §2), are read as a [BLOCK_N, CHUNKS]
+Scales and zero points, whatever their granularity (docs/contract.md#packed-weight), are read as a [BLOCK_N, CHUNKS]
 tile per K tile: the values at the first column of each of CHUNKS equal runs of the tile's
 columns, repeated across each run. Per-tensor and per-channel tensors come with zero strides; a
 grouped tensor whose groups cover whole K tiles uses CHUNKS = 1, one whose power-of-two groups

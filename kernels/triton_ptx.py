@@ -23,7 +23,7 @@ def unavailable_reason():
 
 
 def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias):
-    """SPEC §4 linear, as kernels.triton_int4.linear (same shapes, dtypes and errors), PTX unpack."""
+    """docs/contract.md#linear linear, as kernels.triton_int4.linear (same shapes, dtypes and errors), PTX unpack."""
     return triton_int4.linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices,
                               scaling, bias, ptx_unpack=True)
 

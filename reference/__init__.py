@@ -1,4 +1,4 @@
-"""NumPy ground truth for the INT4 + LoRA contract of SPEC.md: float64, readable, slow on purpose.
+"""NumPy ground truth for the INT4 + LoRA contract of docs/contract.md: float64, readable, slow on purpose.
 
 Imports no torch. Read in this order: packing, rounding, granularity, dequantize, linear, quantize;
 checks holds the argument rules they share with kernels.checks (TypeError for the wrong kind of

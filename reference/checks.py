@@ -1,4 +1,4 @@
-"""Argument rules of SPEC §2-4 that the reference applies, and kernels.checks applies to tensors too.
+"""Argument rules of docs/contract.md#packed-weight, #dequantizer, #linear that the reference applies, and kernels.checks applies to tensors too.
 
 The wrong kind of object (None, a str, a float group size, a tensor for `scaling`) is a TypeError;
 the right kind with a wrong dtype, shape or value is a ValueError. Both name the argument and the rule.
@@ -18,7 +18,7 @@ def is_integer(value):
 
 
 def check_group_size(group_size):
-    """SPEC §2: group_size is None or an integer; whether it must be >= 1 is decided where grouped tensors need it."""
+    """docs/contract.md#packed-weight: group_size is None or an integer; whether it must be >= 1 is decided where grouped tensors need it."""
     if group_size is not None and not is_integer(group_size):
         raise TypeError(f"group_size must be None or an integer (int or numpy integer, not bool or float), "
                         f"got {type(group_size).__name__} {group_size!r}")
@@ -33,7 +33,7 @@ def check_size(value, name):
 
 
 def check_scaling(scaling):
-    """SPEC §4: scaling is a real number (int, float, NumPy integer or floating scalar), finite or not;
+    """docs/contract.md#linear: scaling is a real number (int, float, NumPy integer or floating scalar), finite or not;
     bool, str, complex, arrays and tensors (even 0-d: they would hide a device sync) are refused."""
     if isinstance(scaling, bool) or not isinstance(scaling, (int, float, np.integer, np.floating)):
         raise TypeError(f"scaling must be a real number (int, float or numpy scalar), got {type(scaling).__name__}")

@@ -1,4 +1,4 @@
-"""The dequantizer of SPEC §3: W[o, c] = (v[o, c] - z[o, c]) * s[o, c], rounded once."""
+"""The dequantizer of docs/contract.md#dequantizer: W[o, c] = (v[o, c] - z[o, c]) * s[o, c], rounded once."""
 import numpy as np
 
 from int4_lora_harness.reference.checks import check_format_name, real_array

@@ -1,4 +1,4 @@
-"""Scale and zero-point granularities of SPEC §2, told apart by shape.
+"""Scale and zero-point granularities of docs/contract.md#packed-weight, told apart by shape.
 
 | granularity | shape                      | column c of row o uses |
 | per-tensor  | any shape with one element | the single value       |

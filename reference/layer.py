@@ -1,4 +1,4 @@
-"""The serving layer of SPEC §7 around §4's linear: adapter slots, output slices, tensor-parallel shards.
+"""The serving layer of docs/contract.md#layer around its linear: adapter slots, output slices, tensor-parallel shards.
 
 A layer of out_features = sum(output_slices) holds one packed INT4 base and, per output slice s,
 a stack of adapter slots (one slot per adapter a serving engine keeps loaded):
@@ -70,7 +70,7 @@ def layer_exact(x, packed_weights, scales, zero_points, group_size, lora_a_stack
                 lora_indices, scaling, bias):
     """float64 [M, out]: the layer before its final rounding.
 
-    x: float [M, in]; packed_weights, scales, zero_points, group_size: the base of SPEC §1-2;
+    x: float [M, in]; packed_weights, scales, zero_points, group_size: the base of docs/contract.md#packed-weight;
     lora_a_stacked / lora_b_stacked: tuples of float [L, 1, R, in] / [L, 1, slice_out[s], R];
     output_slices: tuple of ints summing to out; lora_indices: int [M] in [-1, L); scaling: float;
     bias: [out] | None.
@@ -89,7 +89,7 @@ def layer_exact(x, packed_weights, scales, zero_points, group_size, lora_a_stack
 
 
 def layer(*args, x_dtype="fp16"):
-    """SPEC §7 rounded once to `x_dtype` ('fp16', 'bf16', 'fp32'); positional arguments as in layer_exact."""
+    """docs/contract.md#layer rounded once to `x_dtype` ('fp16', 'bf16', 'fp32'); positional arguments as in layer_exact."""
     check_format_name(x_dtype, "x_dtype")
     with np.errstate(over="ignore"):
         return round_to(layer_exact(*args), x_dtype)

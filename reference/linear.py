@@ -1,4 +1,4 @@
-"""INT4 base + multi-LoRA linear of SPEC §4, in float64, rounded once to x's dtype.
+"""INT4 base + multi-LoRA linear of docs/contract.md#linear, in float64, rounded once to x's dtype.
 
     y[m] = x[m] @ W^T + bias + scaling * (x[m] @ A[i_m]^T) @ B[i_m]^T   (if i_m >= 0)
 
@@ -14,7 +14,7 @@ from int4_lora_harness.reference.rounding import round_to
 
 
 def check_lora(lora_a, lora_b, lora_indices, m, out_features, in_features):
-    """Validate the adapter arguments of SPEC §4; raise ValueError (TypeError for None indices) naming the argument."""
+    """Validate the adapter arguments of docs/contract.md#linear; raise ValueError (TypeError for None indices) naming the argument."""
     indices = real_array(lora_indices, "lora_indices", INTEGER_KINDS)
     if indices.shape != (m,):
         raise ValueError(f"lora_indices must be an integer array of shape [{m}], got {indices.dtype} {indices.shape}")
@@ -74,7 +74,7 @@ def lora_exact(x, lora_a, lora_b, lora_indices, scaling):
 
 
 def linear_from_weights(x, w, lora_a, lora_b, lora_indices, scaling, bias):
-    """float64 [M, out]: SPEC §4 before its final rounding, on already-dequantized weights w [out, in].
+    """float64 [M, out]: docs/contract.md#linear before its final rounding, on already-dequantized weights w [out, in].
 
     The one formula every design reference of the tolerance model is built from."""
     check_scaling(scaling)
@@ -84,7 +84,7 @@ def linear_from_weights(x, w, lora_a, lora_b, lora_indices, scaling, bias):
 
 
 def linear_exact(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias):
-    """float64 [M, out]: the exact result of SPEC §4 before the final rounding.
+    """float64 [M, out]: the exact result of docs/contract.md#linear before the final rounding.
 
     x: real [M, in]; packed_weights: uint8 [out, in // 2]; scales/zero_points/group_size as in
     dequantize; lora_a: real [L, rank, in] | None; lora_b: real [L, out, rank] | None;
@@ -96,7 +96,7 @@ def linear_exact(x, packed_weights, scales, zero_points, group_size, lora_a, lor
 
 def linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias,
            x_dtype="fp16"):
-    """SPEC §4 rounded once to `x_dtype` ('fp16', 'bf16', 'fp32'); arguments as in linear_exact."""
+    """docs/contract.md#linear rounded once to `x_dtype` ('fp16', 'bf16', 'fp32'); arguments as in linear_exact."""
     check_format_name(x_dtype, "x_dtype")
     y = linear_exact(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias)
     with np.errstate(over="ignore"):

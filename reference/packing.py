@@ -1,4 +1,4 @@
-"""Nibble packing of SPEC §1: two signed 4-bit values per byte, offset binary.
+"""Nibble packing of docs/contract.md#packed-weight: two signed 4-bit values per byte, offset binary.
 
 Byte `packed[o, j]` holds column `2j` in its low nibble and column `2j + 1` in its
 high nibble; a nibble `q` in [0, 15] stands for `v = q - 8` in [-8, 7].

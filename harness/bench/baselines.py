@@ -24,7 +24,7 @@ def dense_forward(x, w, lora_a, lora_b, lora_indices, scaling, bias):
 
 
 def dense_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling, bias):
-    """The dense baseline under SPEC §4's contract, for its check: dequantizes on every call."""
+    """The dense baseline under docs/contract.md#linear's contract, for its check: dequantizes on every call."""
     w = dequantize(packed_weights, scales, zero_points, group_size, output_dtype=x.dtype)  # [out, in]
     return dense_forward(x, w, lora_a, lora_b, lora_indices, scaling, bias)
 
@@ -50,7 +50,7 @@ def materialize_dequantize(packed_weights, scales, zero_points=None, group_size=
 
 def materialize_linear(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices, scaling,
                        bias):
-    """SPEC §4 by materializing the dense weight in x.dtype on every call, then `dense_forward`."""
+    """docs/contract.md#linear by materializing the dense weight in x.dtype on every call, then `dense_forward`."""
     w = materialize_dequantize(packed_weights, scales, zero_points, group_size, output_dtype=x.dtype)
     return dense_forward(x, w, lora_a, lora_b, lora_indices, scaling, bias)
 

@@ -55,7 +55,7 @@ def unavailable_reason(backend, device):
 
 
 def contract_fn(backend, operation, targets=None):
-    """The contract function (SPEC §3 dequantizer or §4 linear) `backend` runs for `operation` (a two-phase TARGET's:
+    """The contract function (docs/contract.md#dequantizer or #linear) `backend` runs for `operation` (a two-phase TARGET's:
     prepare then apply, harness.bench.two_phase)."""
     if targets and backend in targets:
         target = targets[backend]
@@ -110,7 +110,7 @@ def check(backend, operation, point, device, verdicts, targets=None):
 
 
 def call_inputs(backend, case, device):
-    """The arguments one call reads, by contract name: the case's NumPy arrays for the reference (SPEC §4's order),
+    """The arguments one call reads, by contract name: the case's NumPy arrays for the reference (docs/contract.md#linear's order),
     else its tensors on `device` (harness.verify.cases.LinearCase.torch_kwargs)."""
     if backend == "reference":
         return dict(zip(CONTRACT_PARAMETERS["linear"], case.reference_args()))

@@ -1,4 +1,4 @@
-"""The seed's dequantization (SPEC §6), rewritten as a timing baseline under the dequantizer contract.
+"""The seed's dequantization (the system this harness replaces), rewritten as a timing baseline under the dequantizer contract.
 
 What it computes, as the system we replace does: unpack every nibble into a full [out, in]
 tensor, convert v to `output_dtype`, subtract the zero points in `output_dtype`, multiply by
@@ -8,7 +8,7 @@ seed's module path does, as in_features // num_groups from the scales (the `grou
 argument is ignored for them), so a ragged last group is an error. It checks nothing but the
 packed dtype.
 
-For benchmarks only: it is not correct (SPEC §3) and nothing else may call it.
+For benchmarks only: it is not correct (docs/contract.md#dequantizer) and nothing else may call it.
 """
 import torch
 

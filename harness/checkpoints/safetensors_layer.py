@@ -33,7 +33,7 @@ LAYER_EXTRAS = {"bias"}
 
 
 class Layer(NamedTuple):
-    """One linear layer in the canonical layout (SPEC §1-2), on the CPU."""
+    """One linear layer in the canonical layout (docs/contract.md#packed-weight), on the CPU."""
     packed_weights: torch.Tensor  # uint8 [out, in // 2]
     scales: torch.Tensor  # [1] | [out] | [out, G], the checkpoint's float dtype
     zero_points: torch.Tensor | None  # int8, shape rules as scales

@@ -1,6 +1,6 @@
 """The memory section: bytes of the packed format against a materialized fp16 copy, computed from shapes.
 
-Nothing is measured: these are the byte counts of SPEC §1-2 (one byte per two weights, one fp16
+Nothing is measured: these are the byte counts of docs/contract.md#packed-weight (one byte per two weights, one fp16
 scale per group of MEMORY_GROUP_SIZE columns, no zero points) for the layers of
 int4_lora_harness.shapes.
 """

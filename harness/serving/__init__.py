@@ -1,4 +1,4 @@
-"""The serving layer around the INT4 + LoRA linear (SPEC §7): stacked adapter slots, merged output slices and
+"""The serving layer around the INT4 + LoRA linear (docs/contract.md#layer): stacked adapter slots, merged output slices and
 tensor parallelism, as a third contract (`layer`) that verify judges (docs/serving.md).
 
 Read in this order: cases (LayerCase, the contract's parameters), strategies (what is drawn), tolerance

@@ -1,9 +1,9 @@
-"""Whole, valid inputs for the layer contract (SPEC §7), built from a few named parameters and a seed.
+"""Whole, valid inputs for the layer contract (docs/contract.md#layer), built from a few named parameters and a seed.
 
 A LayerCase holds NumPy arrays (the reference's inputs) and the dtype each stands for, as
 verify.cases.LinearCase does, plus the adapter rewrite the slot property performs. Two views tie it
 to the linear contract's tolerance model:
-  as_linear()         the same layer as one §4 linear: the slices' adapters side by side along the rank
+  as_linear()         the same layer as one linear (docs/contract.md#linear): the slices' adapters side by side along the rank
                       (A = [A_0; A_1; ...], [L, S * R, in]) and B block-diagonal ([L, out, S * R], slice s's
                       B_s in rows offset_s.., columns s * R..): y_lora is exactly the sum over slices
   shard(r, tp, style) rank r's own layer (reference.layer.shard), whose as_linear() judges that rank

@@ -1,4 +1,4 @@
-"""What "correct" means for a layer (SPEC §7), judged from the ranks' replies to one case (serving.ranks).
+"""What "correct" means for a layer (docs/contract.md#layer), judged from the ranks' replies to one case (serving.ranks).
 
 Reused from int4_lora_harness.verify.properties: Outcome, same_bits and the names of the properties the
 linear shares; from verify.tolerance (through serving.tolerance): the error model. Each property returns

@@ -1,5 +1,5 @@
 """What a tensor-parallel layer may differ from the unsharded layer by: verify.tolerance's linear model plus the
-roundings of the collective that combines the ranks (SPEC §7).
+roundings of the collective that combines the ranks (docs/contract.md#layer).
 
 Reused from int4_lora_harness.verify.tolerance: linear_error (every design and term of the linear),
 ratio_with_overflow (term 6 and the overflow rule), ulp_distance, ErrorReport. Added here: allreduce_error.

@@ -1,4 +1,4 @@
-"""`verify --layer TARGET --tp N [--style ...]`: judge a layer (SPEC §7) on tp ranks, one verdict per style.
+"""`verify --layer TARGET --tp N [--style ...]`: judge a layer (docs/contract.md#layer) on tp ranks, one verdict per style.
 
 For each style, verify_layer examines the named merged layers of serving.strategies (QKV 4:1:1, gate/up,
 one slice), then layers Hypothesis draws, until a property fails (Hypothesis then shrinks the case,

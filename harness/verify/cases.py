@@ -16,7 +16,7 @@ from int4_lora_harness.verify.domain import POPULARITIES
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "uint8": torch.uint8,
                 "int8": torch.int8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
 DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
-# The contracts' parameters (SPEC §3 and §4), in order. Every candidate is called by keyword (docs/contract.md).
+# The contracts' parameters (docs/contract.md#dequantizer, #linear), in order. Every candidate is called by keyword (docs/contract.md).
 CONTRACT_PARAMETERS = {
     "dequantizer": ("packed_weights", "scales", "zero_points", "group_size", "output_dtype"),
     "linear": ("x", "packed_weights", "scales", "zero_points", "group_size", "lora_a", "lora_b", "lora_indices",
@@ -26,7 +26,7 @@ CONTRACT_PARAMETERS = {
 
 @dataclass
 class Weights:
-    """The packed base of SPEC §1-2. packed: uint8 [out, in // 2]."""
+    """The packed base of docs/contract.md#packed-weight. packed: uint8 [out, in // 2]."""
     packed: np.ndarray
     scales: np.ndarray
     scales_dtype: str
@@ -67,7 +67,7 @@ class DequantCase:
         printer.text(repr(self))
 
     def torch_kwargs(self, device):
-        """The SPEC §3 contract's keyword arguments, as tensors on `device`."""
+        """The docs/contract.md#dequantizer contract's keyword arguments, as tensors on `device`."""
         values = (*self.weights.torch_args(device), TORCH_DTYPES[self.output_dtype])
         return dict(zip(CONTRACT_PARAMETERS["dequantizer"], values))
 
@@ -110,7 +110,7 @@ class LinearCase:
                 self.lora_indices, self.scaling, self.bias)
 
     def torch_args(self, device):
-        """Positional arguments of the SPEC §4 contract, as tensors on `device`."""
+        """Positional arguments of the docs/contract.md#linear contract, as tensors on `device`."""
         opt = lambda a: None if a is None else tensor(a, self.x_dtype, device)  # noqa: E731
         return (tensor(self.x, self.x_dtype, device), *self.weights.torch_args(device), opt(self.lora_a),
                 opt(self.lora_b), torch.from_numpy(self.lora_indices.copy()).to(device), self.scaling, opt(self.bias))

@@ -1,4 +1,4 @@
-"""The dequantizer's standard (SPEC §3, §5): at most 1 ulp from the exact value rounded once, equal to it where exact.
+"""The dequantizer's standard (docs/contract.md#dequantizer): at most 1 ulp from the exact value rounded once, equal to it where exact.
 
 The exact value W = (v - z) * s (reference.dequantize_exact) is rounded once (RN) to the output dtype; ULPs
 are counted on the format's number line (reference.rounding.ordinal), so a binade edge is exact. Two

@@ -1,4 +1,4 @@
-"""The correct designs of SPEC §5 a linear may follow, by name, and the sets `--designs` accepts.
+"""The correct designs of docs/contract.md#linear a linear may follow, by name, and the sets `--designs` accepts.
 
 A design fixes where a correct kernel may round: the weight (rounded once to x's dtype, or kept
 exact in fp32 registers) and the output (one rounding of the whole sum, or the base rounded to

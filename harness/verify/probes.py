@@ -1,4 +1,4 @@
-"""Probes: inputs built so that a defect only large shapes reach shows as an exact mismatch (SPEC §5).
+"""Probes: inputs built so that a defect only large shapes reach shows as an exact mismatch (docs/contract.md#linear).
 
 A bound on random data at K = 14336 is about one product term, so fp16 split-K partial sums, a
 double-rounded weight inside a fused linear or a narrower LoRA intermediate pass it. Three probes
@@ -15,7 +15,7 @@ exact    small-integer activations (7..15) and weights with power-of-two scales:
          skipped tile or a wrong tile offset leaves: judged bit for bit. With adapters and a bias
          (`tokens`): integer biases and sparse adapters of +-1 (a few columns of A per rank, one
          rank of B per output), so the shrink is an integer below 64 and the delta a half-integer
-         below 32, exact in every dtype; the two answers SPEC §5 allows (one rounding, or the
+         below 32, exact in every dtype; the two answers docs/contract.md#linear allows (one rounding, or the
          base rounded first and the delta added: unfused) are both computed, and a result must
          equal one of them everywhere. Scales may be shifted far below fp16's range (bf16 or fp32
          scales only), the biases and adapters with them.
@@ -198,7 +198,7 @@ def lora_probe(seed, out_features, in_features, x_dtype, num_loras=4, rank=16, m
 
 def exact_expected(case):
     """(single, unfused): float64 [M, out], RN_x of the exact result, and RN_x(RN_x(x @ W^T + bias) + delta),
-    SPEC §5's unfused answer (the same values without adapters), by row blocks; exact in float64 (integer
+    docs/contract.md#linear's unfused answer (the same values without adapters), by row blocks; exact in float64 (integer
     partial sums / one-hot)."""
     from int4_lora_harness.reference.linear import base_exact, lora_exact
     from int4_lora_harness.verify.tables import block_weights

@@ -1,4 +1,4 @@
-"""What "correct" means for an implementation of each contract (SPEC §3 and §4), in one place.
+"""What "correct" means for an implementation of each contract (docs/contract.md#dequantizer, #linear), in one place.
 
 `run_properties` runs the candidate (through an executor: harness.verify.executor) on one case and
 returns one Outcome per property, with the numbers behind it. Nothing here returns a bare bool.
@@ -365,5 +365,5 @@ def dequantizer_properties(dequantizer, case, device="cpu"):
 
 
 def linear_properties(linear, case, device="cpu", designs=tuple(DESIGNS)):
-    """Outcomes of `linear(**kwargs)` (SPEC §4) on a harness.verify.cases.LinearCase, in this process."""
+    """Outcomes of `linear(**kwargs)` (docs/contract.md#linear) on a harness.verify.cases.LinearCase, in this process."""
     return properties_in_process(linear, case, device, designs)

@@ -6,7 +6,7 @@ shrunk counterexample reads as parameters ("M=1, out=3, in=26, group_size=24, ..
 and is rebuilt exactly from them.
 
 A `Domain` narrows the space for kernels that support only part of it; the default
-is the whole of SPEC §1-4.
+is the whole of docs/contract.md#packed-weight, #dequantizer, #linear.
 """
 import math
 from dataclasses import replace
@@ -81,7 +81,7 @@ def weight_params(draw, domain, dtype, exponents):
 
 @st.composite
 def dequant_cases(draw, domain=FULL):
-    """A DequantCase covering SPEC §1-3."""
+    """A DequantCase covering docs/contract.md#packed-weight, #dequantizer."""
     out_features, in_features, group_size = draw(shapes(domain))
     output_dtype = draw(st.sampled_from(domain.dtypes))
     params = draw(weight_params(domain, output_dtype, SCALE_EXPONENTS))
@@ -94,7 +94,7 @@ POISONS = (None, "nan in lora_a", "inf in lora_b", "inf scaling", "nan scaling")
 
 @st.composite
 def linear_cases(draw, domain=FULL):
-    """A LinearCase covering SPEC §4: M = 1, multiples of 16 and not, 128 and more; ranks 1..max_rank; 0..max_loras
+    """A LinearCase covering docs/contract.md#linear: M = 1, multiples of 16 and not, 128 and more; ranks 1..max_rank; 0..max_loras
     adapters; sometimes an adapter holding NaN or inf, or a non-finite scaling (tokens without that adapter must not see
     it), and sometimes one of the probes of harness.verify.probes at the drawn shape."""
     large_m = draw(st.integers(0, 2)) == 2  # one case in three; shrinks towards the short branch

@@ -1,4 +1,4 @@
-"""The error model of SPEC §5: what a correct fast path may differ from the exact result by.
+"""The error model of docs/contract.md#linear: what a correct fast path may differ from the exact result by.
 
 Dequantizer: harness.verify.dequantizer (at most 1 ulp from the exact value rounded once, equal where exact).
 
@@ -146,7 +146,7 @@ def final_excess(got, expected, dtype):
 
 
 def ratio_with_overflow(got, expected, bound, dtype):
-    """error / allowed per element after term 6, with SPEC §3's overflow rule: inf allowed (same sign) only
+    """error / allowed per element after term 6, with docs/contract.md#dequantizer's overflow rule: inf allowed (same sign) only
     where |expected| + bound reaches the overflow threshold, required where |expected| - bound does. Where the
     exact result itself is not finite (a token whose adapter holds NaN or inf, a non-finite scaling), got must
     not be finite either, and may be NaN or inf as the kernel's order of operations makes it."""

@@ -1,4 +1,4 @@
-"""Native INT4 layouts into and out of the canonical layout of SPEC §1-2, one module per format. NumPy only.
+"""Native INT4 layouts into and out of the canonical layout of docs/contract.md#packed-weight, one module per format. NumPy only.
 
 Canonical: `packed` uint8 [out, in // 2] (low nibble = column 2j, high nibble = column 2j + 1,
 nibble q stands for v = q - 8), scales and zero points per-tensor, [out] or [out, ceil(in / g)],

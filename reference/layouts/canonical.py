@@ -1,6 +1,6 @@
 """The canonical layer every converter reads and writes, and the checks they share at their boundary.
 
-Canonical (SPEC §1-2): `packed` uint8 [out, in // 2] (reference.pack: low nibble = column 2j, high
+Canonical (docs/contract.md#packed-weight): `packed` uint8 [out, in // 2] (reference.pack: low nibble = column 2j, high
 nibble = column 2j + 1, nibble q stands for v = q - 8), scales and zero points per-tensor, [out] or
 [out, ceil(in / group_size)], and W[o, c] = (v[o, c] - z[o, c]) * s[o, c].
 """
