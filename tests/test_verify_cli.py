@@ -18,6 +18,9 @@ from planted.bugs import CORRECT_DEQUANTIZERS, CORRECT_LINEARS, DEQUANTIZER_BUGS
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}  # the planted candidates are TARGETs planted.*
 FAST = ["--no-large-tier", "--examples", "40", "--timeout", "20", "--quiet"]
+# A correct candidate through the CLI: the whole coverage floor and 10 fuzzed cases. How deep the search of correct
+# variants goes is tests/test_planted_bugs.py's to show (100 cases each, in this process); here, the CLI's verdict.
+PASSING = ["--no-large-tier", "--examples", "10", "--timeout", "20", "--quiet"]
 
 
 def verify(tmp_path, capsys, *args):
@@ -58,7 +61,7 @@ def test_a_repro_script_runs_standalone_and_exits_1(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", sorted(CORRECT_DEQUANTIZERS) + sorted(CORRECT_LINEARS))
 def test_verify_passes_each_correct_variant(tmp_path, capsys, name):
-    code, out, err = verify(tmp_path, capsys, contract_flag(name), f"planted.bugs:{name}", *FAST)
+    code, out, err = verify(tmp_path, capsys, contract_flag(name), f"planted.bugs:{name}", *PASSING)
     assert code == 0, out + err
     assert out.count("PASS") >= 6
     assert "large tier and probes skipped (--no-large-tier): not a full verdict" in out
@@ -204,10 +207,10 @@ def test_a_failing_case_is_not_counted_as_explained_by_a_design(tmp_path, capsys
 @pytest.mark.parametrize("name", ["peft_style", "punica_style"])
 def test_unfused_linears_pass_naming_the_design_and_fail_when_only_single_rounding_is_accepted(tmp_path, capsys,
                                                                                                 name):
-    code, out, err = verify(tmp_path / "all", capsys, "--linear", f"planted.unfused:{name}", *FAST)
+    code, out, err = verify(tmp_path / "all", capsys, "--linear", f"planted.unfused:{name}", *PASSING)
     assert code == 0, out + err
     assert "unfused, w in x.dtype" in verdict(tmp_path / "all")["results"][0]["designs"]
-    code, out, err = verify(tmp_path / "single", capsys, "--linear", f"planted.unfused:{name}", *FAST,
+    code, out, err = verify(tmp_path / "single", capsys, "--linear", f"planted.unfused:{name}", *PASSING,
                             "--designs", "single-rounding")
     assert code == 1, out + err
     failure = verdict(tmp_path / "single")["results"][0]["failure"]
