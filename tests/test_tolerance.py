@@ -1,6 +1,5 @@
 """int4_lora_harness.verify.tolerance admits every correct design and rejects the errors SPEC §5 names, on fixed cases."""
 from dataclasses import replace
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -118,21 +117,6 @@ def test_abs_products_bound_the_exact_float64_product():
     exact = x_abs.astype(np.float64) @ w_abs.astype(np.float32).astype(np.float64).T
     bound = abs_products(x_abs, w_abs)
     assert np.all(bound >= exact) and np.all(bound <= exact * (1 + 4096 * 2.0 ** -22))
-
-
-@pytest.mark.parametrize("nonzero", [0.0, 0.01, 0.5])
-def test_abs_products_of_mostly_zero_weights_bound_the_exact_product_by_either_path(nonzero):
-    from int4_lora_harness.verify import tolerance
-    rng = np.random.default_rng(2)
-    x_abs = np.abs(rng.standard_normal((5, 4096))).astype(np.float16).astype(np.float32)
-    w_abs = np.where(rng.random((40, 4096)) < nonzero, np.abs(rng.standard_normal((40, 4096))), 0.0)
-    exact = x_abs.astype(np.float64) @ w_abs.astype(np.float32).astype(np.float64).T
-    with mock.patch.object(tolerance, "SPARSE", 10 ** 9):  # the GEMM path, for a 1 % nonzero W too
-        gemm = tolerance.abs_products(x_abs, w_abs, sparse=True)
-    sparse = tolerance.abs_products(x_abs, w_abs, sparse=True)
-    for bound in (gemm, sparse):
-        assert np.all(bound >= exact) and np.all(bound <= exact * (1 + 4096 * 2.0 ** -22) + 4097 * 2.0 ** -150)
-    assert np.allclose(gemm, sparse, rtol=1e-6, atol=0)
 
 
 def test_the_grouped_dequantization_equals_the_per_element_definition():

@@ -26,7 +26,7 @@ import torch
 from int4_lora_harness.verify.cases import TORCH_DTYPES, DequantCase
 from int4_lora_harness.verify.designs import DESIGNS
 from int4_lora_harness.verify.probes import probe_judgement
-from int4_lora_harness.verify.region import tensor_bytes
+from int4_lora_harness.verify.region import same_bytes, tensor_bytes
 from int4_lora_harness.verify.dequantizer import dequant_judgement
 from int4_lora_harness.verify.tolerance import linear_judgement
 
@@ -65,7 +65,7 @@ class CaseRun:
 def same_bits(a, b):
     """Bitwise equal tensors on any devices: same dtype and shape, same bytes (NaN == NaN, -0 != +0)."""
     return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and \
-        a.shape == b.shape and np.array_equal(tensor_bytes(a.cpu()), tensor_bytes(b.cpu()))
+        a.shape == b.shape and same_bytes(tensor_bytes(a.cpu()), tensor_bytes(b.cpu()))
 
 
 def same_result(reply, other):

@@ -51,7 +51,6 @@ U32 = FORMATS["fp32"].unit_roundoff  # 2**-24: unit roundoff of the fp32 accumul
 ETA32 = FORMATS["fp32"].underflow_error  # 2**-150: absolute error of one fp32 rounding that underflows
 WINDOW = 4.0  # fp32 roundings allowed while computing one weight (term 3)
 EXPAND_PRODUCT = 8.0  # a 3xTF32 product in the LoRA expand, in units of u32 (term 4)
-SPARSE = 16  # abs_products sums the nonzero products alone where at most 1 element in SPARSE is nonzero
 
 
 # --- the terms -----------------------------------------------------------------------------------
@@ -216,26 +215,18 @@ def _base_block(case, rows, weights_kind, space=None):
                                          space=space, per_weight=term_3)
     bias = None if case.bias is None else case.bias.astype(np.float64)[rows]
     with np.errstate(over="ignore", invalid="ignore"):
-        slack = 0.0 if slack is None else abs_products(x_abs, slack, sparse=weights_kind == "x")
+        slack = 0.0 if slack is None else abs_products(x_abs, slack)
         y_base = base_exact(x, w_d, bias)
         s_abs = abs_products(x_abs, w_abs) + (0.0 if bias is None else np.abs(bias))
         bound = accumulation(s_abs, x.shape[1]) + slack
     return y_base, bound, s_abs
 
 
-def abs_products(x_abs, weights_abs, sparse=False):
+def abs_products(x_abs, weights_abs):
     """An upper bound of |x| @ |W|^T [M, rows] (both non-negative) by an fp32 GEMM: its relative error is below
-    K u32 (K additions of non-negative terms, each product exact or rounded once), so it is scaled up by that.
-    sparse: W is mostly zeros (term 3's flips): where under 1/SPARSE of it is nonzero, the products of its
-    nonzero elements only, summed per row in float64 (then scaled up as the GEMM's)."""
+    K u32 (K additions of non-negative terms, each product exact or rounded once), so it is scaled up by that."""
     k = x_abs.shape[1]
-    rows, cols = np.nonzero(weights_abs) if sparse else ((), ())
-    if sparse and len(rows) * SPARSE <= weights_abs.size:
-        values = weights_abs[rows, cols]
-        product = np.stack([np.bincount(rows, weights=x_abs[m, cols] * values, minlength=weights_abs.shape[0])
-                            for m in range(x_abs.shape[0])]).reshape(x_abs.shape[0], weights_abs.shape[0])
-    else:
-        product = x_abs @ weights_abs.astype(np.float32, copy=False).T
+    product = x_abs @ weights_abs.astype(np.float32, copy=False).T
     return product.astype(np.float64) * (1 + (k + 2) * U32) + (k + 1) * ETA32
 
 
