@@ -51,16 +51,15 @@ class Region:
         fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
         self.map = mmap.mmap(self.fd, self.size)
         self.bytes = np.frombuffer(self.map, dtype=np.uint8)
-        for name, *_ in self.layout:
+        self.spans = {name: self.bytes[offset:offset + self.sent[name].numel() * self.sent[name].element_size()]
+                      for name, _, _, offset in self.layout}  # each input's bytes in the shared memory
+        self.sent_bytes = {}  # each input's bytes as the judge sent them (views of `sent`)
+        for name in self.spans:
             self._write(name, self.sent[name])
 
-    def _span(self, name):
-        _, dtype, shape, offset = next(entry for entry in self.layout if entry[0] == name)
-        t = self.sent[name]
-        return self.bytes[offset:offset + t.numel() * t.element_size()]
-
     def _write(self, name, t):
-        self._span(name)[:] = tensor_bytes(t)
+        self.sent_bytes[name] = tensor_bytes(t)
+        self.spans[name][:] = self.sent_bytes[name]
 
     def update(self, name, t):
         """New values for input `name` (same dtype and shape), in the shared memory and in `sent`."""
@@ -72,14 +71,14 @@ class Region:
 
     def modified(self):
         """Names of the inputs whose shared bytes differ from what the judge sent (NaN == NaN, -0 != +0)."""
-        return [name for name, *_ in self.layout if not same_bytes(self._span(name), tensor_bytes(self.sent[name]))]
+        return [name for name, span in self.spans.items() if not same_bytes(span, self.sent_bytes[name])]
 
     def descriptor(self):
         """A new descriptor of the memory file, for sending (the receiver closes it)."""
         return os.dup(self.fd)
 
     def close(self):
-        del self.bytes
+        del self.bytes, self.spans
         try:
             self.map.close()
         except BufferError:  # a view still exported (an in-process candidate kept its input): the GC frees it
