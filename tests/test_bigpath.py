@@ -112,3 +112,13 @@ def test_correct_candidates_pass_the_big_k_design(name):
     cases = [(label, c) for group, label, c in verdict_plan(contract) if group == "big K"]
     for label, case in cases if name.startswith("torch_path") else cases[::3]:
         assert failures(properties_in_process(candidate, case, updates=QUICK)) == [], label
+
+
+@pytest.mark.parametrize("name", ["bf16_lora_intermediate_past_4096", "lora_index_of_the_previous_tile_past_64"])
+def test_a_narrower_lora_path_past_k_4096_is_killed_by_the_big_k_lora_probe_without_the_large_tier(name):
+    from planted.large import LARGE_SHAPE_BUGS
+    lora = [(label, c) for group, label, c in verdict_plan("linear") if group == "big K" and label.startswith("lora")]
+    assert {c.x_dtype for _, c in lora} == set(FULL.dtypes)  # one per x dtype
+    killed = [label for label, c in lora if "within tolerance" in
+              [o.name for o in failures(properties_in_process(LARGE_SHAPE_BUGS[name], c, updates=QUICK))]]
+    assert killed, f"{name} passed every lora probe of the big K design"

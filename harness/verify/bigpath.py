@@ -18,8 +18,9 @@ large shape never meets it. So the domain's dimensions (`factors`, each value be
 
 `big_k_cases` builds a pairwise covering design of them (harness.verify.covering) at K = 4096 (4160 when
 ragged) and N = 72: for the linear each row an exact probe (its M, adapters and bias: harness.verify.probes)
-and a column probe, for the dequantizer one case; small enough that an interpreted candidate runs it in
-seconds. `large_rows` gives each value once (strength 1), for the large tier's real shapes (plan.py).
+and a column probe, and the first row of each x dtype with adapters a lora probe too (a narrower shrink
+intermediate past K = 4096); for the dequantizer one case per row; small enough that an interpreted candidate
+runs it in seconds. `large_rows` gives each value once (strength 1), for the large tier's real shapes (plan.py).
 """
 import math
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from int4_lora_harness.verify.cases import DequantCase, make_weights
 from int4_lora_harness.verify.covering import covering
-from int4_lora_harness.verify.probes import columns_probe, exact_probe
+from int4_lora_harness.verify.probes import columns_probe, exact_probe, lora_probe
 
 BIG_K, SMALL_N = 4096, 72  # 72 outputs: past a 64-row tile, and every rank of B at the domain's max rank 64
 BEYOND_FP16 = "bf16 beyond fp16"
@@ -142,7 +143,8 @@ def tokens_of(row):
 
 def row_cases(contract, row, shape, seed, m=None, columns_m=None, kinds=("exact", "columns")):
     """[(kind, case)] realizing one row at shape (out, in, group size): the dequantizer's random case, or the
-    linear's exact probe (m tokens, or the row's M) and column probe (columns_m rows, or one per column)."""
+    linear's exact probe (m tokens, or the row's M), column probe (columns_m rows, or one per column) and, where
+    `kinds` has it, lora probe (the row's x dtype, rank and adapters)."""
     out_features, in_features, group_size = shape
     params = weight_params(row, group_size)
     beyond = row["scales"] == BEYOND_FP16
@@ -160,6 +162,9 @@ def row_cases(contract, row, shape, seed, m=None, columns_m=None, kinds=("exact"
         weights = make_weights(rng, out_features, in_features, scale_exponent=SCALE_SHIFT if beyond else -3.0,
                                **params)
         cases.append(("columns", columns_probe(weights, row["x"], seed, m=columns_m)))
+    if "lora" in kinds:
+        cases.append(("lora", lora_probe(seed, out_features, in_features, row["x"], num_loras=row["adapters"],
+                                         rank=row["rank"])))
     return cases
 
 
@@ -170,10 +175,13 @@ def describe_row(row):
 
 def big_k_cases(contract, domain, seed=0):
     """[(group, name, case)]: the pairwise design at K >= 4096, N = 72 (module docstring)."""
-    cases = []
+    cases, lora_dtypes = [], set()
     for i, row in enumerate(design(contract, domain)):
-        shape = shape_of(row, domain)
-        for kind, case in row_cases(contract, row, shape, seed + 1000 + i):
+        shape, kinds = shape_of(row, domain), ("exact", "columns")
+        if contract == "linear" and row.get("adapters") and row["x"] not in lora_dtypes:  # a lora probe per x dtype
+            lora_dtypes.add(row["x"])
+            kinds += ("lora",)
+        for kind, case in row_cases(contract, row, shape, seed + 1000 + i, kinds=kinds):
             cases.append(("big K", f"{kind} {shape[0]}x{shape[1]}: {describe_row(row)}", case))
     return cases
 

@@ -34,7 +34,7 @@ from int4_lora_harness.verify import bigpath
 from int4_lora_harness.verify.cases import DequantCase, make_linear_case, make_weights, weights_from_tensors
 from int4_lora_harness.verify.covering import coverage_counts
 from int4_lora_harness.verify.domain import FULL
-from int4_lora_harness.verify.probes import EXACT_M, lora_probe
+from int4_lora_harness.verify.probes import EXACT_M
 
 ZERO_KINDS = (None, "int8", "int32", "float", "fp32")  # None: no zero points; float: the scales' dtype
 COVERAGE_SHAPE = (24, 96, 64)  # out, in, group size: 96 = 64 + 32 leaves a ragged last group
@@ -143,13 +143,9 @@ def probe_cases(domain=FULL, seed=0, shapes=LARGE_TIER, only=None):
     for i, (name, shape, row) in enumerate(large_tier_rows("linear", domain, shapes)):
         if only is not None and name not in only:
             continue
-        kinds = probe_kinds(shape, domain)
         for kind, case in bigpath.row_cases("linear", row, shape, seed + 10 * i, m=EXACT_M,
-                                            columns_m=bigpath.M_BUCKETS[row["M"]], kinds=kinds):
+                                            columns_m=bigpath.M_BUCKETS[row["M"]], kinds=probe_kinds(shape, domain)):
             cases.append(("probes", f"{kind} {_label(name, shape)} {row['x']}", case))
-        if "lora" in kinds:
-            cases.append(("probes", f"lora {_label(name, shape)} {row['x']}", lora_probe(
-                seed + 10 * i, shape[0], shape[1], row["x"], num_loras=row["adapters"], rank=row["rank"])))
     return cases
 
 
