@@ -65,10 +65,11 @@ def table_layer(packed, scales, zero_points, group_size, width):
     return every_nibble, of_group(scales, "scales"), zeros_g
 
 
-def nibble_table(packed, scales, zero_points, group_size, width):
+def nibble_table(packed, scales, zero_points, group_size, width, layer=None):
     """float64 [rows, groups, 16]: entry [o, g, q] = reference.dequantize_exact's weight of row o, group g for
-    nibble q. packed: uint8 [rows, in // 2]; scales, zero_points: as reference.dequantize_exact takes them."""
-    layer = table_layer(packed, scales, zero_points, group_size, width)
+    nibble q. packed: uint8 [rows, in // 2]; scales, zero_points: as reference.dequantize_exact takes them;
+    layer: their table_layer where the caller has it already."""
+    layer = layer or table_layer(packed, scales, zero_points, group_size, width)
     return dequantize_exact(*layer, 16).reshape(packed.shape[0], -1, 16)
 
 
@@ -146,7 +147,7 @@ def block_weights(packed, scales, zero_points, group_size, dtype, need_exact, ne
         extra = None if per_weight is None else per_weight(packed, scales, zero_points, group_size, exact)
         return BlockWeights(w, exact if need_exact else None, w_abs, extra)
     layer = table_layer(packed, scales, zero_points, group_size, width)
-    table = dequantize_exact(*layer, 16).reshape(packed.shape[0], -1, 16)
+    table = nibble_table(packed, scales, zero_points, group_size, width, layer)
     exact = lookup(table, packed, width, space=space, name="exact")[0] if need_exact and dtype is not None else None
     extra = None
     if per_weight is not None:
