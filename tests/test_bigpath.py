@@ -63,8 +63,16 @@ def test_every_pair_of_values_meets_k_4096_inside_the_domain(contract, domain):
 def test_each_big_k_case_holds_its_rows_values():
     rows = bigpath.design("linear", FULL)
     cases = bigpath.big_k_cases("linear", FULL, seed=0)
-    assert len(cases) == 2 * len(rows)
-    for row, (_, _, exact), (_, _, columns) in zip(rows, cases[::2], cases[1::2]):
+    kinds = ("exact", "columns", "lora")
+    by_kind = {kind: [c for _, name, c in cases if name.startswith(kind + " ")] for kind in kinds}
+    assert len(by_kind["exact"]) == len(by_kind["columns"]) == len(rows)
+    assert len(cases) == 2 * len(rows) + len(by_kind["lora"])
+    lora_rows = {row["x"]: row for row in reversed(rows) if row.get("adapters")}  # the first row of each x dtype
+    assert sorted(bigpath.dimensions_of(c)["x"] for c in by_kind["lora"]) == sorted(lora_rows)
+    for lora in by_kind["lora"]:
+        dims = bigpath.dimensions_of(lora)
+        assert (dims["rank"], dims["adapters"]) == (lora_rows[dims["x"]]["rank"], lora_rows[dims["x"]]["adapters"])
+    for row, exact, columns in zip(rows, by_kind["exact"], by_kind["columns"]):
         assert bigpath.dimensions_of(exact) == row
         weight_side = ("x", "scales", "scale granularity", "zero points", "zero granularity", "group")
         assert {k: bigpath.dimensions_of(columns)[k] for k in weight_side} == {k: row[k] for k in weight_side}
