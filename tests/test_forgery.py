@@ -53,6 +53,13 @@ def candidate_processes(marker):
     return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid() and marker in cmdline(e)]
 
 
+# `python` with SIGINT at its default, whatever this process inherited: a suite started in the background by a
+# non-interactive shell (`nohup tox -e test &`) has SIGINT ignored, a child keeps that across exec, and Python
+# then installs no KeyboardInterrupt handler. A run sent SIGINT is started through this.
+INTERRUPTIBLE_PYTHON = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"]
+
+
 def ours(judge):
     """The candidate processes (int4_lora_harness.verify.child) under the judge process `judge`."""
     from int4_lora_harness.verify.limits import tree
@@ -111,10 +118,11 @@ def test_a_grandchild_holding_the_output_pipe_does_not_hold_the_run(tmp_path):
 def test_a_signal_to_the_verifier_ends_the_run_as_interrupted_and_leaves_no_candidate(tmp_path, signum, jobs):
     log = tmp_path / "out.log"
     with open(log, "w") as out:
-        run = subprocess.Popen([sys.executable, "-m", "int4_lora_harness", "verify", "--report", str(tmp_path),
-                                "--dequantizer", "planted.forgers:ignores_sigterm_and_sleeps", "--seeds", "0,1",
-                                "--jobs", jobs, "--timeout", "600", *FAST],
-                               env={**os.environ, "PYTHONPATH": str(ROOT / "tests")}, stdout=out, stderr=subprocess.STDOUT)
+        run = subprocess.Popen([*INTERRUPTIBLE_PYTHON, "-m", "int4_lora_harness", "verify", "--report",
+                                str(tmp_path), "--dequantizer", "planted.forgers:ignores_sigterm_and_sleeps",
+                                "--seeds", "0,1", "--jobs", jobs, "--timeout", "600", *FAST],
+                               env={**os.environ, "PYTHONPATH": str(ROOT / "tests")}, stdout=out,
+                               stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 240
         while len(ours(run.pid)) < 2 * int(jobs) and time.monotonic() < deadline:
             time.sleep(0.5)  # each candidate: its warden and its PID 1
