@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 from int4_lora_harness.__main__ import main
+from int4_lora_harness.shapes import LARGE_TIER
+from int4_lora_harness.verify import plan
+from int4_lora_harness.verify.parts import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "RAY_USAGE_STATS_ENABLED": "0"}
@@ -86,6 +89,27 @@ def test_a_planted_bug_on_ray_exits_1_and_the_driver_writes_its_repro(tmp_path, 
     assert replay(Path(result["repro"]).with_suffix(".case"), ["--in-process"]) == 1
 
 
+def test_a_long_plan_on_ray_runs_a_task_per_part_merged_into_one_result_with_the_first_failure(tmp_path, capsys,
+                                                                                                 local_ray):
+    bug = "planted.large:dequantize_raises_past_a_million_weights"  # every large-tier case raises, nothing below
+    code = verify(tmp_path, "--dequantizer", bug, "--ray", "--examples", "5", "--timeout", "60", "--quiet")
+    assert code == 1, capsys.readouterr().out
+    verdict = json.loads((tmp_path / "verify.json").read_text())
+    assert verdict["status"] == "complete" and verdict["tasks"] == [f"dequantizer {bug} seed 0"]
+    [result] = verdict["results"]
+    assert result["task"] == f"dequantizer {bug} seed 0" and result["fuzzed_cases"] == 5
+    assert [(p["part"], p["passed"], p["task"]) for p in result["parts"]] == [
+        (part, part == SMALL, f"dequantizer {bug} seed 0 part {part}") for part in (SMALL, *LARGE_TIER)]
+    node_id = local_ray.get_runtime_context().get_node_id()
+    assert all(p["node"]["id"] == node_id for p in result["parts"])
+    failing = [e for e in result["explicit"] if not e["passed"]]
+    assert [e["group"] for e in failing] == ["large tier"] * len(LARGE_TIER)
+    assert failing[0]["shape"].startswith(LARGE_TIER[0])  # the first failure in plan order is the verdict's
+    assert result["failure"]["kind"] == "raised" and "too many weights" in result["failure"]["message"]
+    assert result["planned"]["large tier"] == len(plan.large_tier_rows("dequantizer"))
+    assert Path(result["repro"]).parent == tmp_path and Path(result["repro"]).with_suffix(".case").is_file()
+
+
 def test_a_target_ray_cannot_import_is_a_usage_error_as_without_ray(tmp_path, capsys, local_ray):
     code = verify(tmp_path, "--dequantizer", "planted.bugs:no_such_function", "--ray", *FAST)
     err = capsys.readouterr().err
@@ -144,8 +168,9 @@ def ray_processes(folder):
 
 def run_verify(report, ray_tmp, *args, **popen):
     """`python -m int4_lora_harness verify --ray` in its own process, Ray's files under `ray_tmp`."""
-    return subprocess.Popen([sys.executable, "-m", "int4_lora_harness", "verify", "--report", str(report), "--ray",
-                             *args], env={**ENV, "RAY_TMPDIR": ray_tmp}, **popen)
+    from test_forgery import INTERRUPTIBLE_PYTHON
+    return subprocess.Popen([*INTERRUPTIBLE_PYTHON, "-m", "int4_lora_harness", "verify", "--report", str(report),
+                             "--ray", *args], env={**ENV, "RAY_TMPDIR": ray_tmp}, **popen)
 
 
 def test_the_embedded_default_starts_a_local_instance_and_shuts_it_down(tmp_path):

@@ -155,7 +155,8 @@ def verify_candidate(contract, executor, explicit, options, progress):
     layout; progress: has update(n) and write(text) (a tqdm bar, or harness.verify.progress.Quiet)."""
     start = time.perf_counter()
     record = Record()
-    search(executor, contract, record, options, progress)
+    if options["examples"]:  # 0: a part of a plan (harness.verify.parts) runs its explicit examples only
+        search(executor, contract, record, options, progress)
     fuzzed = record.counts[PROPERTIES[0]]["passed"] + record.counts[PROPERTIES[0]]["failed"]
     if record.failure is None and explicit:
         from int4_lora_harness.verify.plan import coverage_line

@@ -4,7 +4,9 @@ Without ADDRESS the driver (this process) starts a local Ray instance and shuts 
 one it joins that cluster (`auto`, `HOST:6379`, `ray://HOST:10001`) and leaves it running. A process that has Ray
 up already (a pytest session, a notebook) is used as it is. A verify task is one candidate x contract x seed: the
 same function a --jobs worker runs (harness.verify.run._job), on a Ray worker, where the candidate runs in its own
-sandboxed child process as it does everywhere. Only names travel: the TARGET as its module or file name, with the
+sandboxed child process as it does everywhere. A long plan (one with the large tier) is several tasks, its parts
+(harness.verify.parts: the search and small cases, then each large-tier shape), merged into the candidate's one
+result once the last has landed. Only names travel: the TARGET as its module or file name, with the
 driver's working folder, found on every node at the same path. A task returns plain dicts; the driver yields each
 result as it lands, with its `task` and its `node`, and harness.verify.run.record_run writes the verdict.
 On CUDA each task asks Ray for one GPU (Ray sets its CUDA_VISIBLE_DEVICES).
@@ -20,9 +22,11 @@ import signal
 import socket
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from int4_lora_harness.progress import say
+from int4_lora_harness.verify.parts import merge, split
 from int4_lora_harness.verify.targets import UsageError
 
 EXTRA = "pip install 'int4-lora-harness[ray]'"
@@ -107,8 +111,10 @@ def node():
 
 
 def task_name(candidate):
-    """'dequantizer mykernel.py:dequantize seed 3': one task of a verify run, unique within it."""
-    return f"{candidate.contract} {candidate.label} seed {candidate.seed}"
+    """'dequantizer mykernel.py:dequantize seed 3' (and ' part llama3-8b.q_proj' for a part of its plan): one task
+    of a verify run, unique within it."""
+    part = f" part {candidate.part}" if candidate.part else ""
+    return f"{candidate.contract} {candidate.label} seed {candidate.seed}{part}"
 
 
 def judge_task(candidate, options, task, cwd):
@@ -125,7 +131,8 @@ def judge_task(candidate, options, task, cwd):
             if repro.is_relative_to(scratch) else {}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return dict(result, task=task, node=node(), repro_files=files)
+    part = {"part": candidate.part} if candidate.part else {}
+    return dict(result, task=task, node=node(), repro_files=files, **part)
 
 
 def run_tasks(function, tasks, address, num_gpus=0):
@@ -163,34 +170,46 @@ def judge_run(candidates, skipped, options, argv):
 
 
 def judged(candidates, options):
-    """Each candidate's result (harness.verify.record, with `task` and `node`), printed, in the order they land."""
+    """Each candidate's result (harness.verify.record, with `task` and `node`), printed, in the order they land:
+    a long plan's parts (harness.verify.parts) are tasks of their own, merged once the last of them has landed."""
     from int4_lora_harness.verify.printing import print_verdict
     ray = require_ray()
-    tasks = [(c, (c, options, task_name(c), os.getcwd())) for c in candidates]
+    parts = {c: split(c) for c in candidates}
+    tasks = [(p, (p, options, task_name(p), os.getcwd())) for c in candidates for p in parts[c]]
+    results = {c: {} for c in candidates}
     with contextlib.closing(run_tasks(judge_task, tasks, options["ray"], int(options["device"] == "cuda"))) as landing:
-        for candidate, ref in landing:  # closed on the way out, however it ends: the tasks left are cancelled
-            result = landed(ray, ref, candidate, options)
-            print_verdict(result)
-            yield result
+        for part, ref in landing:  # closed on the way out, however it ends: the tasks left are cancelled
+            candidate = replace(part, part=None)
+            results[candidate][part.part] = landed(ray, ref, part, options)
+            if len(results[candidate]) == len(parts[candidate]):
+                result = whole(candidate, [results[candidate][p.part] for p in parts[candidate]], options)
+                print_verdict(result)
+                yield result
+
+
+def whole(candidate, results, options):
+    """The candidate's result from its parts' (one part: its own), the repro of the first failing part written here."""
+    failed = next((r for r in results if not r["passed"]), None)
+    for result in results:
+        files = result.pop("repro_files", {})
+        if result is failed and files:
+            for name, data in files.items():
+                (Path(options["report"]) / name).write_bytes(data)
+            result["repro"] = str(Path(options["report"]) / Path(result["repro"]).name)
+    return results[0] if len(results) == 1 else dict(merge(results), task=task_name(candidate))
 
 
 def landed(ray, ref, candidate, options):
-    """The result of a finished task, its repro written here; a usage error raised as itself."""
+    """The result of a finished task (its repro's files in `repro_files`); a usage error raised as itself."""
     from int4_lora_harness.verify.executor import TargetRefused
     try:
-        result = ray.get(ref)
+        return ray.get(ref)
     except ray.exceptions.RayTaskError as error:  # raised by the harness on the worker
         if isinstance(error.cause, (TargetRefused, UsageError)):
             raise error.cause from None
         raise
     except ray.exceptions.RayError as error:  # its worker or its node died: it was never judged
         return lost(candidate, error, options)
-    files = result.pop("repro_files")
-    for name, data in files.items():
-        (Path(options["report"]) / name).write_bytes(data)
-    if files:
-        result["repro"] = str(Path(options["report"]) / Path(result["repro"]).name)
-    return result
 
 
 def lost(candidate, error, options):

@@ -18,6 +18,7 @@ from int4_lora_harness.verify.candidate_text import raised_at
 from int4_lora_harness.verify.executor import CandidateFailure, ChildExecutor, TargetRefused
 from int4_lora_harness.verify.in_process import InProcessExecutor
 from int4_lora_harness.verify.limits import MAX_SLOWDOWN
+from int4_lora_harness.verify.parts import SMALL
 from int4_lora_harness.verify.printing import print_summary, print_verdict
 from int4_lora_harness.verify.properties import REPEATED, fitted
 from int4_lora_harness.verify.targets import parameters, repro_target
@@ -31,6 +32,7 @@ class Candidate:
     kind: str  # 'backend' (kernels.registry) | 'third-party'
     large_tier_skipped: str | None = None  # why the large tier and probes are not run, if they are not
     seed: int = 0
+    part: str | None = None  # None: the whole plan; else one part of it (harness.verify.parts)
 
 
 def open_executor(candidate, options):
@@ -49,12 +51,13 @@ def explicit_cases(candidate, options):
     fitted to a native layout; a probe whose values the layout would change is left out (its exactness is
     built from those values: harness.verify.properties.fitted)."""
     domain, seed, contract, layout = options["domain"], candidate.seed, candidate.contract, options["layout"]
-    cases = plan.coverage_cases(contract, domain, seed)
-    cases = [(REPEATED, *cases[0][1:])] + cases  # its first case again, called 256 more times (properties.REPEAT)
-    if candidate.large_tier_skipped is None:
-        cases += plan.large_tier_cases(contract, domain, seed)
-        cases += plan.probe_cases(domain, seed) if contract == "linear" else []
-    cases += options["checkpoint"].get(contract, [])
+    small, only = candidate.part in (None, SMALL), None if candidate.part is None else {candidate.part}
+    cases = plan.coverage_cases(contract, domain, seed) if small else []
+    cases = [(REPEATED, *cases[0][1:])] + cases if small else []  # its first case again, called 256 more times
+    if candidate.large_tier_skipped is None and candidate.part != SMALL:
+        cases += plan.large_tier_cases(contract, domain, seed, only=only)
+        cases += plan.probe_cases(domain, seed, only=only) if contract == "linear" else []
+    cases += options["checkpoint"].get(contract, []) if small else []
     fitted_cases = [(group, name, fitted(case, layout)) for group, name, case in cases]
     return [(g, n, c) for g, n, c in fitted_cases if g != "probes" or c.expect != "tolerance"]
 
@@ -85,14 +88,16 @@ def judge_with(executor, candidate, options, progress_enabled):
     begun = time.perf_counter()
     explicit = explicit_cases(candidate, options)
     cases_s = time.perf_counter() - begun
-    progress = bar(options["examples"] + len(explicit), f"{candidate.label} [{candidate.contract}]",
+    searched = candidate.part in (None, SMALL)  # a part of the large tier runs its explicit examples only
+    examples = options["examples"] if searched else 0
+    progress = bar(examples + len(explicit), f"{candidate.label} [{candidate.contract}]",
                    progress_enabled and options["progress"])
-    run_options = dict(seed=candidate.seed, examples=options["examples"], domain=options["domain"],
+    run_options = dict(seed=candidate.seed, examples=examples, domain=options["domain"],
                        designs=options["designs"], layout=options["layout"], cases_s=cases_s,
                        shrink_budget=options.get("shrink_budget"), label=f"{candidate.label} [{candidate.contract}]")
     result, failure = verify_candidate(candidate.contract, executor, explicit, run_options, progress)
     progress.close()
-    if result["passed"] and candidate.contract == "linear" and options["layout"] == "canonical":
+    if result["passed"] and searched and candidate.contract == "linear" and options["layout"] == "canonical":
         try:
             result["batch_invariance"] = batch_invariance(executor, options["domain"], candidate.seed)
         except CandidateFailure as error:  # informational only: reported, never failed on
