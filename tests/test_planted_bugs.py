@@ -7,10 +7,15 @@ from int4_lora_harness.verify.properties import assert_holds, dequantizer_proper
 from int4_lora_harness.verify.strategies import dequant_cases, linear_cases
 
 
-def _search(check, candidate, strategy):
+# A correct variant is searched with as many cases as a verify run of the loaded profile draws (ci: 40,
+# thorough: 600); test_verify_cli passes each through the whole plan as well.
+CORRECT_EXAMPLES = settings().max_examples
+
+
+def _search(check, candidate, strategy, examples=100):
     # A fixed search (derandomize, no example database) so a kill never depends on luck or a remembered
     # example; no shrinking: a kill needs one counterexample, not the smallest.
-    @settings(database=None, derandomize=True, max_examples=100, phases=[Phase.explicit, Phase.generate])
+    @settings(database=None, derandomize=True, max_examples=examples, phases=[Phase.explicit, Phase.generate])
     @given(case=strategy)
     def holds(case):
         assert_holds(check(candidate, case, "cpu"))
@@ -31,12 +36,12 @@ def test_properties_reject_planted_linear_bug(name):
 
 @pytest.mark.parametrize("name", sorted(CORRECT_DEQUANTIZERS))
 def test_properties_accept_correct_dequantizer_written_differently(name):
-    _search(dequantizer_properties, CORRECT_DEQUANTIZERS[name], dequant_cases())
+    _search(dequantizer_properties, CORRECT_DEQUANTIZERS[name], dequant_cases(), CORRECT_EXAMPLES)
 
 
 @pytest.mark.parametrize("name", sorted(CORRECT_LINEARS))
 def test_properties_accept_correct_linear_written_differently(name):
-    _search(linear_properties, CORRECT_LINEARS[name], linear_cases())
+    _search(linear_properties, CORRECT_LINEARS[name], linear_cases(), CORRECT_EXAMPLES)
 
 
 def test_there_are_at_least_twelve_planted_bugs():

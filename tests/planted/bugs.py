@@ -190,17 +190,19 @@ def correct_linear_per_adapter(x, packed_weights, scales, zero_points, group_siz
 
 def correct_linear_gathered(x, packed_weights, scales, zero_points, group_size, lora_a, lora_b, lora_indices,
                             scaling, bias):
-    """Weights rounded to x.dtype, split-K accumulation in two fp32 halves, LoRA gathered per token."""
+    """Weights rounded to x.dtype, split-K accumulation in two fp32 halves; the shrink of every adapter for every
+    token in one GEMM, each token's own gathered from it, and its expand by B gathered per token."""
     w = correct_dequantize_fp64_expand(packed_weights, scales, zero_points, group_size, x.dtype).float()
     half = (x.shape[1] // 4) * 2
     y = x[:, :half].float() @ w[:, :half].T + x[:, half:].float() @ w[:, half:].T
     if bias is not None:
         y = y + bias.float()
     if lora_a is not None:
+        num_loras, rank, _ = lora_a.shape
         used = (lora_indices >= 0)[:, None].float()  # [M, 1]
-        a = lora_a[lora_indices.clamp(min=0)].float()  # [M, rank, in]: a per-token copy, fine for tests
+        every = (x.float() @ lora_a.float().reshape(num_loras * rank, -1).T).reshape(-1, num_loras, rank)
+        shrunk = every[torch.arange(x.shape[0]), lora_indices.clamp(min=0)][:, :, None]  # [M, rank, 1]
         b = lora_b[lora_indices.clamp(min=0)].float()  # [M, out, rank]
-        shrunk = torch.bmm(a, x.float()[:, :, None])  # [M, rank, 1]
         y = torch.where(used > 0, y + scaling * torch.bmm(b, shrunk)[:, :, 0], y)  # index -1: the base, whatever A, B hold
     return y.to(x.dtype)
 
