@@ -9,6 +9,7 @@ only dispatches. Heavy modules (torch, hypothesis, matplotlib, pandas) load afte
 are parsed, so `--help` is quick.
 """
 import argparse
+import os
 import sys
 
 from int4_lora_harness import __version__
@@ -53,10 +54,20 @@ def command(argv):
     sys.stdout.reconfigure(line_buffering=True)  # piped output arrives as it is printed
     args = parser().parse_args(argv)
     if args.command == "verify":
-        from int4_lora_harness.verify.main import run  # torch, hypothesis: after the flags are parsed
-        return run(args, argv[1:])
+        return run_verify(args, argv[1:])
     commands = {"real-weights": real_weights_cli.run, "bench": bench_cli.run, "report": report_cli.run}
     return commands[args.command](args)
+
+
+def run_verify(args, argv):
+    """harness.verify.main.run, imported (torch, hypothesis) once the flags are parsed, OpenMP's threads set passive
+    where torch is not loaded yet (harness.verify.limits.THREAD_WAIT; a process that has it, a pytest session under
+    the plugin, keeps its environment as it is: only the candidate's gets the setting)."""
+    from int4_lora_harness.verify.limits import passive_threads
+    if "torch" not in sys.modules:
+        passive_threads(os.environ)
+    from int4_lora_harness.verify.main import run
+    return run(args, argv)
 
 
 def verify_parser():
@@ -71,9 +82,7 @@ def verify_main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         sys.stdout.reconfigure(line_buffering=True)  # piped output arrives as it is printed
-        args = verify_parser().parse_args(argv)
-        from int4_lora_harness.verify.main import run  # torch, hypothesis: after the flags are parsed
-        return run(args, argv)
+        return run_verify(verify_parser().parse_args(argv), argv)
     except KeyboardInterrupt:
         return 1
 

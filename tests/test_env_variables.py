@@ -1,4 +1,9 @@
-"""The environment variables that pick the harness's behaviour hold to their rules (harness/environment.py)."""
+"""The environment variables that pick the harness's behaviour hold to their rules (harness/environment.py), and
+the one it sets for the judge's and the candidate's threads (harness.verify.limits.THREAD_WAIT)."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from int4_lora_harness import cbuild, environment
@@ -27,3 +32,26 @@ def test_the_cache_must_be_a_folder_or_a_path_a_folder_can_be_made_at(tmp_path):
     assert environment.folder_problem(str(tmp_path / "new" / "cache")) is None
     with pytest.raises(ValueError, match="INT4_LORA_HARNESS_CACHE=.* is a file; it must name a folder"):
         environment.check(environ={"INT4_LORA_HARNESS_CACHE": str(tmp_path / "a_file")})
+
+
+STUB_RUN = ("import os, sys, types; stub = types.ModuleType('stub'); "
+            "stub.run = lambda args, argv: print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules); "
+            "sys.modules['int4_lora_harness.verify.main'] = stub; "
+            "from int4_lora_harness.__main__ import run_verify; run_verify(None, [])")
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE False"), ("ACTIVE", "ACTIVE False")])
+def test_int4_verify_sets_openmp_threads_passive_before_torch_loads_unless_the_user_chose(given, expected):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update({} if given is None else {"OMP_WAIT_POLICY": given})
+    out = subprocess.run([sys.executable, "-c", STUB_RUN], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == expected, out.stderr
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_candidates_openmp_threads_are_passive_unless_the_user_chose(tmp_path, monkeypatch, given, expected):
+    from int4_lora_harness.verify.executor import candidate_env
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    if given is not None:
+        monkeypatch.setenv("OMP_WAIT_POLICY", given)
+    assert candidate_env(str(tmp_path))["OMP_WAIT_POLICY"] == expected

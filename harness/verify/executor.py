@@ -86,9 +86,9 @@ def candidate_env(scratch):
     kernel's, Triton's, CUDA's JIT) kept in `scratch`, which is removed after the run: no candidate can leave a
     compiled file that the judge, or a later candidate, would load."""
     cache = os.path.join(scratch, "cache")
-    return dict(os.environ, TMPDIR=scratch, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1",
-                INT4_LORA_HARNESS_CACHE=cache, TRITON_CACHE_DIR=os.path.join(cache, "triton"),
-                CUDA_CACHE_PATH=os.path.join(cache, "nv"))
+    return limits.passive_threads(dict(os.environ, TMPDIR=scratch, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1",
+                                       INT4_LORA_HARNESS_CACHE=cache, TRITON_CACHE_DIR=os.path.join(cache, "triton"),
+                                       CUDA_CACHE_PATH=os.path.join(cache, "nv")))
 
 
 def readable_paths(target):
