@@ -42,16 +42,19 @@ STUB_RUN = ("import os, sys, types; stub = types.ModuleType('stub'); "
 
 @pytest.mark.parametrize("given, expected", [(None, "PASSIVE False"), ("ACTIVE", "ACTIVE False")])
 def test_int4_verify_sets_openmp_threads_passive_before_torch_loads_unless_the_user_chose(given, expected):
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "TRITON_INTERPRET")}
     env.update({} if given is None else {"OMP_WAIT_POLICY": given})
     out = subprocess.run([sys.executable, "-c", STUB_RUN], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == expected, out.stderr
 
 
-@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_the_candidates_openmp_threads_are_passive_unless_the_user_chose(tmp_path, monkeypatch, given, expected):
+@pytest.mark.parametrize("given, interpreter, expected", [(None, "0", "PASSIVE"), ("ACTIVE", "0", "ACTIVE"),
+                                                           (None, "1", None)])
+def test_the_candidates_openmp_threads_are_passive_unless_the_user_chose_or_the_interpreter_runs(
+        tmp_path, monkeypatch, given, interpreter, expected):
     from int4_lora_harness.verify.executor import candidate_env
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", interpreter)
     if given is not None:
         monkeypatch.setenv("OMP_WAIT_POLICY", given)
-    assert candidate_env(str(tmp_path))["OMP_WAIT_POLICY"] == expected
+    assert candidate_env(str(tmp_path)).get("OMP_WAIT_POLICY") == expected

@@ -25,12 +25,16 @@ _rate = None  # flops per CPU second of a dense fp32 matmul here, measured on fi
 # CPU ops run on it). The judge and the candidate take turns on the same cores: a pool left spinning by one slows
 # the other's turn and bills it CPU seconds it did not use (big K cases here: 2.7 s -> 1.5 s of wall with both
 # passive). Set in the candidate's environment and in int4-verify's own before torch loads; a value the user set
-# is kept.
+# is kept. Not under Triton's interpreter (TRITON_INTERPRET=1): it runs a kernel as a stream of tiny ops, each of
+# which would wake the sleeping threads (tests/test_backends.py's interpreter tests: 157 s -> 287 s passive).
 THREAD_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def passive_threads(env):
-    """`env` (a mutable mapping) with THREAD_WAIT's variables where it has none of its own."""
+    """`env` (a mutable mapping) with THREAD_WAIT's variables where it has none of its own (none under Triton's
+    interpreter)."""
+    if env.get("TRITON_INTERPRET") == "1":
+        return env
     for name, value in THREAD_WAIT.items():
         env.setdefault(name, value)
     return env

@@ -49,15 +49,19 @@ def open_executor(candidate, options):
 def explicit_cases(candidate, options):
     """The explicit examples of harness.verify.plan for this candidate (large tier and probes unless skipped),
     fitted to a native layout; a probe whose values the layout would change is left out (its exactness is
-    built from those values: harness.verify.properties.fitted)."""
+    built from those values: harness.verify.properties.fitted). A part of the plan (candidate.part) holds its share:
+    SMALL all but the large tier and probes, a large-tier shape's part those at that shape (harness.verify.parts)."""
     domain, seed, contract, layout = options["domain"], candidate.seed, candidate.contract, options["layout"]
-    small, only = candidate.part in (None, SMALL), None if candidate.part is None else {candidate.part}
-    cases = plan.coverage_cases(contract, domain, seed) if small else []
-    cases = [(REPEATED, *cases[0][1:])] + cases if small else []  # its first case again, called 256 more times
+    small, cases = candidate.part in (None, SMALL), []
+    if small:
+        coverage = plan.coverage_cases(contract, domain, seed)
+        cases = [(REPEATED, *coverage[0][1:])] + coverage  # its first case again, called 256 more times (REPEAT)
     if candidate.large_tier_skipped is None and candidate.part != SMALL:
+        only = None if candidate.part is None else {candidate.part}
         cases += plan.large_tier_cases(contract, domain, seed, only=only)
         cases += plan.probe_cases(domain, seed, only=only) if contract == "linear" else []
-    cases += options["checkpoint"].get(contract, []) if small else []
+    if small:
+        cases += options["checkpoint"].get(contract, [])
     fitted_cases = [(group, name, fitted(case, layout)) for group, name, case in cases]
     return [(g, n, c) for g, n, c in fitted_cases if g != "probes" or c.expect != "tolerance"]
 
