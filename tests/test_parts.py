@@ -74,6 +74,15 @@ def test_merged_parts_sum_their_counts_and_keep_the_first_failure_in_plan_order(
         (SMALL, True, dict(id=SMALL)), ("a", False, dict(id="a")), ("b", False, dict(id="b"))]
 
 
+def test_parts_whose_candidate_died_at_import_merge_into_a_failure_without_a_sandbox():
+    results = [part_result(SMALL, False, 0, [], failure=dict(kind="crashed", message="import")),
+               part_result("a", False, 0, [], failure=dict(kind="crashed", message="import"))]
+    for result in results:
+        del result["sandbox"]  # as harness.verify.run.ended_at_import leaves it: no child ever reported one
+    merged = merge(results)
+    assert merged["passed"] is False and merged["failure"]["kind"] == "crashed" and merged.get("sandbox") is None
+
+
 def test_merged_parts_that_all_pass_pass_and_the_weakest_sandbox_is_reported():
     results = [part_result(SMALL, True, 3, []), part_result("a", True, 2, [])]
     results[1]["sandbox"] = dict(sandboxed=False, files="unavailable")

@@ -43,8 +43,7 @@ def merge(results):
                   failure=failed[0]["failure"] if failed else None,
                   seconds=round(sum(r.get("seconds") or 0.0 for r in results), 2),
                   timing=_summed([r.get("timing") or {} for r in results]),
-                  sandbox=next((r["sandbox"] for r in results if not (r.get("sandbox") or {}).get("sandboxed")),
-                               first.get("sandbox")),
+                  sandbox=_weakest([r.get("sandbox") for r in results]),
                   exit_note="; ".join(r["exit_note"] for r in results if r.get("exit_note")) or None,
                   parts=[dict(part=r.get("part"), task=r.get("task"), node=r.get("node"), passed=r["passed"],
                               seconds=r.get("seconds")) for r in results])
@@ -53,6 +52,13 @@ def merge(results):
     if failed and failed[0].get("repro"):
         merged["repro"] = failed[0]["repro"]
     return merged
+
+
+def _weakest(sandboxes):
+    """The first sandbox a part reported unsandboxed, else the first reported (a part whose candidate died at
+    import reports none)."""
+    reported = [s for s in sandboxes if s]
+    return next((s for s in reported if not s.get("sandboxed")), reported[0] if reported else None)
 
 
 def _properties(lines_of_parts):
