@@ -75,11 +75,16 @@ class Record:
         lines = []
         for name in PROPERTIES:
             c = self.counts[name]
-            status = "failed" if name in failed else "not judged" if c["not judged"] and not c["passed"] else \
-                "passed" if c["passed"] else "not run"
+            status = property_status(name in failed, c["passed"], c["not judged"])
             lines.append(dict(name=name, status=status, passed=status == "passed", cases=c["passed"] + c["failed"],
                               not_judged=c["not judged"], message=failed[name].message if name in failed else ""))
         return lines
+
+
+def property_status(failed, passed, not_judged):
+    """A property's line status: 'failed' where it failed, else 'passed' where it held on some case, else 'not judged'
+    where some case could not judge it, else 'not run'."""
+    return "failed" if failed else "passed" if passed else "not judged" if not_judged else "not run"
 
 
 def _granularity(case):

@@ -63,7 +63,8 @@ def _weakest(sandboxes):
 
 def _properties(lines_of_parts):
     """Property lines (harness.verify.engine.Record.property_lines) summed over the parts: a property failed if it
-    failed in any part, passed if it held in some part and failed in none."""
+    failed in any part, passed if it held in some part and failed in none (harness.verify.engine.property_status)."""
+    from int4_lora_harness.verify.engine import property_status
     merged = {}
     for lines in lines_of_parts:
         for line in lines:
@@ -75,8 +76,7 @@ def _properties(lines_of_parts):
                 seen["message"] = line.get("message", "")
     for line in merged.values():
         statuses = line.pop("statuses")
-        line["status"] = "failed" if "failed" in statuses else "passed" if "passed" in statuses else \
-            "not judged" if "not judged" in statuses else "not run"
+        line["status"] = property_status("failed" in statuses, "passed" in statuses, "not judged" in statuses)
         line["passed"] = line["status"] == "passed"
     return list(merged.values())
 
