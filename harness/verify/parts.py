@@ -21,6 +21,12 @@ from int4_lora_harness.shapes import LARGE_TIER
 SMALL = "small"  # the search and the explicit examples below the large tier
 
 
+def runs_small(candidate):
+    """Whether `candidate` (a whole plan, or its SMALL part) runs the search and the explicit examples below the
+    large tier."""
+    return candidate.part in (None, SMALL)
+
+
 def split(candidate):
     """[Candidate]: the candidate itself where its plan has no large tier, else its SMALL part and one part per
     large-tier shape."""

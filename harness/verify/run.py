@@ -18,7 +18,7 @@ from int4_lora_harness.verify.candidate_text import raised_at
 from int4_lora_harness.verify.executor import CandidateFailure, ChildExecutor, TargetRefused
 from int4_lora_harness.verify.in_process import InProcessExecutor
 from int4_lora_harness.verify.limits import MAX_SLOWDOWN
-from int4_lora_harness.verify.parts import SMALL
+from int4_lora_harness.verify.parts import SMALL, runs_small
 from int4_lora_harness.verify.printing import print_summary, print_verdict
 from int4_lora_harness.verify.properties import REPEATED, fitted
 from int4_lora_harness.verify.targets import parameters, repro_target
@@ -52,7 +52,7 @@ def explicit_cases(candidate, options):
     built from those values: harness.verify.properties.fitted). A part of the plan (candidate.part) holds its share:
     SMALL all but the large tier and probes, a large-tier shape's part those at that shape (harness.verify.parts)."""
     domain, seed, contract, layout = options["domain"], candidate.seed, candidate.contract, options["layout"]
-    small, cases = candidate.part in (None, SMALL), []
+    small, cases = runs_small(candidate), []
     if small:
         coverage = plan.coverage_cases(contract, domain, seed)
         cases = [(REPEATED, *coverage[0][1:])] + coverage  # its first case again, called 256 more times (REPEAT)
@@ -92,7 +92,7 @@ def judge_with(executor, candidate, options, progress_enabled):
     begun = time.perf_counter()
     explicit = explicit_cases(candidate, options)
     cases_s = time.perf_counter() - begun
-    searched = candidate.part in (None, SMALL)  # a part of the large tier runs its explicit examples only
+    searched = runs_small(candidate)  # a part of the large tier runs its explicit examples only
     examples = options["examples"] if searched else 0
     progress = bar(examples + len(explicit), f"{candidate.label} [{candidate.contract}]",
                    progress_enabled and options["progress"])
