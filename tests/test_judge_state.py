@@ -1,5 +1,6 @@
 """The judge runs under its own NumPy error state and torch defaults, whatever the user's process set."""
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 
@@ -56,3 +57,38 @@ def test_a_users_given_test_draws_and_judges_linear_cases_under_numpy_raise():
     with UsersState():
         users_test()
     assert judged == [[]] * 6  # every case drawn and judged, each property held, no FloatingPointError
+
+
+def blas_threads():
+    """{library: threads} of every BLAS NumPy loaded here (threadpoolctl's view)."""
+    from threadpoolctl import threadpool_info
+    return {info["filepath"]: info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+
+
+def test_the_judge_runs_numpys_blas_on_one_thread_and_gives_the_callers_count_back():
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(2, user_api="blas"):
+        users = blas_threads()
+        assert users and set(users.values()) == {2}  # NumPy has a BLAS here, set to the user's 2 threads
+        with judge_numerics():
+            assert set(blas_threads().values()) == {1}
+        assert blas_threads() == users
+
+
+def test_the_judges_products_are_the_references_and_float32_stays_float32_under_a_users_lower_precision():
+    from int4_lora_harness.reference.linear import base_exact
+    from int4_lora_harness.verify import gemm
+    rng = np.random.default_rng(0)
+    x, w, bias = rng.integers(-9, 9, (16, 300)) * 0.5, rng.integers(-8, 8, (40, 300)) * 0.25, rng.normal(size=40)
+    assert np.array_equal(gemm.base(x, w, bias), base_exact(x, w, bias))  # integer sums: exact in any order
+    a, b = np.float32(1 + 2 ** -23), np.float32(1 - 2 ** -23)  # a product bf16 or tf32 inputs would round
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        with judge_numerics():
+            product = gemm.products(np.full((1, 1), a), np.full((1, 1), b))
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert product.dtype == np.float32 and product[0, 0] == np.float32(np.float64(a) * np.float64(b))
+    with pytest.raises(TypeError, match="one dtype"):
+        gemm.products(x.astype(np.float32), w)

@@ -7,6 +7,12 @@ user's exception. The judge's entry points (engine.verify_candidate, verify's ru
 int4_lora_harness.testing, the serving judge) run under `judge_numerics()`: the state a fresh interpreter
 starts with (NumPy's default error handling, torch's defaults), which is also the state of the
 candidate's own child process. The caller's state is restored on exit.
+
+One thing differs from a fresh interpreter: NumPy's BLAS runs on one thread (JUDGE_BLAS_THREADS). NumPy's
+OpenBLAS parks its threads by spinning and hands work between them at barriers; on a busy machine a thread
+that loses its core holds the others up, and the judge's skinny GEMMs (16 tokens x a layer) ran 50x slower
+at load 10 on 2 cores (16 x 14400 x 291 float64: 440 ms on 2 threads, 8 ms on one). The judge's big
+products run on torch's BLAS instead (harness.verify.gemm), whose OpenMP threads sleep when idle.
 """
 import contextlib
 import functools
@@ -15,6 +21,7 @@ import numpy as np
 
 NUMPY_DEFAULT = dict(divide="warn", over="warn", under="ignore", invalid="warn")  # np.geterr() of a fresh interpreter
 TINY_FP32 = 1e-40  # a float32 subnormal: it multiplies to 0 only where denormals are flushed
+JUDGE_BLAS_THREADS = 1  # NumPy's BLAS threads while the judge runs (see above)
 
 
 def torch_defaults():
@@ -46,12 +53,14 @@ def set_torch_state(state):
 @contextlib.contextmanager
 def judge_numerics():
     """Run the body under NumPy's default error state and torch's defaults: float32 default dtype, CPU default
-    device, grad mode on, inference mode off (as in a fresh interpreter); the caller's state comes back on exit,
-    raised or not."""
+    device, grad mode on, inference mode off (as in a fresh interpreter), NumPy's BLAS on JUDGE_BLAS_THREADS;
+    the caller's state comes back on exit, raised or not."""
     import torch
+    from threadpoolctl import threadpool_limits
     saved = torch_state()
     with contextlib.ExitStack() as stack:
-        for context in (np.errstate(**NUMPY_DEFAULT), torch.inference_mode(False), torch.enable_grad()):
+        for context in (np.errstate(**NUMPY_DEFAULT), torch.inference_mode(False), torch.enable_grad(),
+                        threadpool_limits(JUDGE_BLAS_THREADS, user_api="blas")):
             stack.enter_context(context)
         if torch.get_default_device().type != "cpu":  # set_default_device or `with torch.device(...)`
             stack.enter_context(torch.device("cpu"))  # the innermost device context wins

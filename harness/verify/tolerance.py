@@ -39,9 +39,10 @@ import functools
 import numpy as np
 
 from int4_lora_harness.reference.granularity import from_groups, in_groups, per_group, weights_width
-from int4_lora_harness.reference.linear import base_exact, lora_exact
+from int4_lora_harness.reference.linear import lora_exact
 from int4_lora_harness.reference.packing import unpack
 from int4_lora_harness.reference.rounding import FORMATS, float_format, ordinal, round_to, rounded, spacing
+from int4_lora_harness.verify import gemm
 from int4_lora_harness.verify.designs import DESIGNS
 from int4_lora_harness.verify.judgement import ErrorReport, Judgement, Tally, row_blocks, weight_rows
 from int4_lora_harness.verify.tables import block_weights
@@ -216,7 +217,7 @@ def _base_block(case, rows, weights_kind, space=None):
     bias = None if case.bias is None else case.bias.astype(np.float64)[rows]
     with np.errstate(over="ignore", invalid="ignore"):
         slack = 0.0 if slack is None else abs_products(x_abs, slack)
-        y_base = base_exact(x, w_d, bias)
+        y_base = gemm.base(x, w_d, bias)
         s_abs = abs_products(x_abs, w_abs) + (0.0 if bias is None else np.abs(bias))
         bound = accumulation(s_abs, x.shape[1]) + slack
     return y_base, bound, s_abs
@@ -226,7 +227,7 @@ def abs_products(x_abs, weights_abs):
     """An upper bound of |x| @ |W|^T [M, rows] (both non-negative) by an fp32 GEMM: its relative error is below
     K u32 (K additions of non-negative terms, each product exact or rounded once), so it is scaled up by that."""
     k = x_abs.shape[1]
-    product = x_abs @ weights_abs.astype(np.float32, copy=False).T
+    product = gemm.products(x_abs, weights_abs.astype(np.float32, copy=False))
     return product.astype(np.float64) * (1 + (k + 2) * U32) + (k + 1) * ETA32
 
 

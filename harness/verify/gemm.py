@@ -1,0 +1,33 @@
+"""The judge's big matrix products, on torch's CPU BLAS rather than NumPy's.
+
+The tolerance model and the exact probes multiply a few tokens by a whole layer: skinny GEMMs of
+16 x 14336 by 14336 x 4096. NumPy's OpenBLAS runs them on threads that wait for each other by
+spinning, which a busy machine turns into a 50x slowdown (harness.verify.numerics: the judge keeps
+NumPy's BLAS on one thread); torch's BLAS runs them on OpenMP threads that sleep when idle
+(harness.verify.limits.THREAD_WAIT), so the judge keeps every core on a quiet machine and loses
+little on a busy one. The judge runs under harness.verify.numerics.judge_numerics, so float32
+products are float32 (torch's default "highest" matmul precision), whatever the user's process set.
+"""
+import numpy as np
+import torch
+
+
+def products(a, b):
+    """a @ b.T: a [M, K], b [N, K] NumPy arrays of one dtype (float64 or float32) -> [M, N] of that dtype."""
+    if a.dtype != b.dtype:
+        raise TypeError(f"products needs one dtype, got a {a.dtype} and b {b.dtype}")
+    return torch.mm(_tensor(a), _tensor(b).T).numpy()
+
+
+def base(x, w, bias):
+    """float64 [M, out]: reference.linear.base_exact's x @ W^T + bias, its product by `products`. x: float64
+    [M, in]; w: float64 [out, in]; bias: [out] | None."""
+    y = products(x, w)
+    return y if bias is None else y + np.asarray(bias, np.float64)
+
+
+def _tensor(array):
+    """A CPU tensor over `array`'s memory (a copy only where NumPy marks it read-only or its strides are negative)."""
+    if not array.flags.writeable or any(s < 0 for s in array.strides):
+        array = array.copy()
+    return torch.from_numpy(array)
