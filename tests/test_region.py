@@ -34,3 +34,18 @@ def test_a_write_through_the_shared_memory_names_that_input_only():
         assert region.modified() == ["packed_weights"]
     finally:
         region.close()
+
+
+def test_sharing_a_cases_inputs_and_updating_them_counts_as_transfer_not_as_judging():
+    from int4_lora_harness.verify.in_process import InProcessExecutor
+    x = torch.ones(64, 1024, dtype=torch.float32)  # 256 KiB
+    executor = InProcessExecutor(lambda x: x * 2, "cpu", timeout=60.0)
+    executor.start_case(dict(x=x), ("float32", [64, 1024]))
+    assert executor.transfer_bytes == x.numel() * 4 and executor.transfer_s > 0
+    before = executor.transfer_s
+    reply = executor.call(updates=dict(x=-x))
+    assert executor.transfer_bytes == 2 * x.numel() * 4 and executor.transfer_s > before
+    executor.call_fresh()
+    assert executor.transfer_bytes == 3 * x.numel() * 4
+    assert reply["modified"] == [] and executor.calls == 2
+    executor.region.close()

@@ -127,6 +127,7 @@ class Judge:
 
     device = "cpu"
     region, expect, held, work, calls = None, None, (), 0.0, 0
+    transfer_s, transfer_bytes = 0.0, 0  # moving inputs to the candidate and results back (not judging)
     weights, two_phase, unprepared = (), False, True  # a two-phase candidate's weight names; prepared this case?
 
     def start_case(self, inputs, expect):
@@ -134,7 +135,7 @@ class Judge:
         if self.region is not None:
             self.region.close()
         tensors = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-        self.region, self.held, self.unprepared = Region(tensors), [], True
+        self.region, self.held, self.unprepared = self._share(tensors), [], True
         self.expect = (str(expect[0]).removeprefix("torch."), [int(n) for n in expect[1]])
         self.work = limits.work(self.expect[1], tensors)
         plain = {k: _plain_value(v) for k, v in inputs.items() if k not in tensors}
@@ -145,8 +146,11 @@ class Judge:
         """The reply of one call on the held inputs, those named in `updates` ({name: tensor}) first updated in
         place: the result's values where send_out, its digest (the judge's) always, the inputs it modified."""
         self.calls += 1
+        start = time.perf_counter()
         for name, values in (updates or {}).items():
             self.region.update(name, values)
+            self.transfer_bytes += values.numel() * values.element_size()
+        self.transfer_s += time.perf_counter() - start
         prepare = self.unprepared or any(name in self.weights for name in updates or ())
         again = ", preparing again" if prepare and updates and self.two_phase else ""
         doing = f"updating {', '.join(updates)} in place{again} and calling the candidate" if updates else \
@@ -162,7 +166,7 @@ class Judge:
         """The reply of one call on new tensors (a new shared memory) holding the values last sent (a two-phase
         candidate prepared on them first)."""
         self.calls += 1
-        fresh = Region(self.region.sent)
+        fresh = self._share(self.region.sent)
         try:
             reply = self._ask(dict(verb="call_fresh", expect=self.expect, layout=fresh.layout, prepare=True),
                               "calling the candidate", [fresh.descriptor()])
@@ -179,6 +183,14 @@ class Judge:
             if now is None or result_digest(self.expect[0], self.expect[1], now) != then:
                 changed.append(index)
         return changed
+
+    def _share(self, tensors):
+        """A Region holding `tensors` for the candidate: its copy counts as transfer (both ways), not as judging."""
+        start = time.perf_counter()
+        region = Region(tensors)
+        self.transfer_s += time.perf_counter() - start
+        self.transfer_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
+        return region
 
     def _result(self, reply, send_out, region, prepared):
         """The reply as properties read it: out (a CPU tensor where send_out), digest, modified (the judge's), and
