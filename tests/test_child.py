@@ -1,5 +1,6 @@
 """The boundary with the candidate's process: a wire format that deserializes no object and allocates only what
 the judge expects, and checks the judge computes itself on the bytes it received or reads in shared memory."""
+import os
 import socket
 import struct
 import tracemalloc
@@ -144,3 +145,17 @@ def test_a_result_of_another_shape_or_dtype_is_described_but_its_bytes_are_never
     reply = judge.call()
     assert reply["out"] is None and reply["digest"] is None
     assert reply["tensor"] and reply["shape"] == [5] and reply["dtype"] == "float64"
+
+
+def test_the_scratch_folder_of_a_judge_that_is_gone_is_swept_and_a_live_ones_kept(tmp_path):
+    import subprocess
+    from int4_lora_harness.verify.executor import SCRATCH_PREFIX, sweep_scratch
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its PID is free now (reused only after the PID space wraps)
+    dead = tmp_path / f"{SCRATCH_PREFIX}{gone.pid}-abc"
+    live = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-abc"
+    other = tmp_path / "int4-candidate-notapid"
+    for folder in (dead, live, other):
+        (folder / "cache").mkdir(parents=True)
+    sweep_scratch(tmp_path)
+    assert not dead.exists() and live.exists() and other.exists()
