@@ -59,6 +59,7 @@ def test_merged_parts_sum_their_counts_and_keep_the_first_failure_in_plan_order(
     merged = merge(results)
     assert merged["passed"] is False and merged["failure"] == dict(kind="wrong", message="a")
     assert merged["repro"] == "repro a" and "part" not in merged
+    assert (merged["task"], merged["node"]) == ("t a", dict(id="a"))  # where the failure was judged
     assert merged["fuzzed_cases"] == 40 and merged["seconds"] == 3.0
     assert [e["group"] for e in merged["explicit"]] == [SMALL] * 3 + ["a"] * 2 + ["b"]
     assert merged["planned"] == {SMALL: 3, "a": 2, "b": 1}
@@ -88,4 +89,5 @@ def test_merged_parts_that_all_pass_pass_and_the_weakest_sandbox_is_reported():
     results[1]["sandbox"] = dict(sandboxed=False, files="unavailable")
     merged = merge(results)
     assert merged["passed"] is True and merged["failure"] is None and "repro" not in merged
+    assert (merged["task"], merged["node"]) == (f"t {SMALL}", dict(id=SMALL))
     assert merged["sandbox"] == dict(sandboxed=False, files="unavailable")

@@ -36,7 +36,8 @@ def split(candidate):
 
 
 def merge(results):
-    """The result of one candidate from its parts' results (in split's order; each with `part`, `task`, `node`)."""
+    """The result of one candidate from its parts' results (in split's order; each with `part`, `task`, `node`):
+    its `task` and `node` are those of the first failing part (where the failure was judged), else the first's."""
     first, failed = results[0], [r for r in results if not r["passed"]]
     worst = max(results, key=lambda r: r.get("max_ratio") or 0.0)
     merged = dict(first, passed=not failed, fuzzed_cases=sum(r.get("fuzzed_cases") or 0 for r in results),
@@ -51,6 +52,7 @@ def merge(results):
                   timing=_summed([r.get("timing") or {} for r in results]),
                   sandbox=_weakest([r.get("sandbox") for r in results]),
                   exit_note="; ".join(r["exit_note"] for r in results if r.get("exit_note")) or None,
+                  task=(failed or results)[0].get("task"), node=(failed or results)[0].get("node"),
                   parts=[dict(part=r.get("part"), task=r.get("task"), node=r.get("node"), passed=r["passed"],
                               seconds=r.get("seconds")) for r in results])
     merged.pop("part", None)
