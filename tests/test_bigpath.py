@@ -11,7 +11,7 @@ from int4_lora_harness.verify import bigpath, plan
 from int4_lora_harness.verify.covering import all_targets, coverage_counts, covering
 from int4_lora_harness.verify.domain import FULL, Domain
 from int4_lora_harness.verify.properties import QUICK, failures, properties_in_process
-from planted.bigpath import BIG_PATH_BUGS
+from planted.bigpath import BIG_PATH_BUGS, wide
 from planted.bugs import CORRECT_DEQUANTIZERS, CORRECT_LINEARS
 from planted.unfused import UNFUSED_LINEARS
 
@@ -92,7 +92,7 @@ def killed_at(name):
     """(group, name) of an explicit case of the verdict that kills the defect: the cases on the big path it needs
     (the others are a correct candidate's), probes before random cases of the same size (cheaper to judge)."""
     contract, candidate, on_its_path = BIG_PATH_BUGS[name]
-    large = [WIDE_LAYER] if name.endswith("32768") else ()
+    large = [WIDE_LAYER] if on_its_path is wide else ()
     cases = [c for c in verdict_plan(contract, large) if on_its_path(c[2])]
     for group, label, case in sorted(cases, key=lambda c: (c[2].weights.packed.size, c[0] != "probes")):
         if failures(properties_in_process(candidate, case, updates=QUICK)):
@@ -104,7 +104,8 @@ def killed_at(name):
 def test_every_big_path_defect_is_killed_by_the_default_plan_at_its_smallest_shape(name):
     killed = killed_at(name)
     assert killed is not None, f"{name} passed every case of the plan"
-    assert killed[0] == ("big K" if not name.endswith("32768") else "probes" if BIG_PATH_BUGS[name][0] == "linear"
+    contract, _, on_its_path = BIG_PATH_BUGS[name]
+    assert killed[0] == ("big K" if on_its_path is not wide else "probes" if contract == "linear"
                          else "large tier"), killed  # K = 4096 at N = 72, or the LM head's first 2**16 + 64 rows
 
 

@@ -215,7 +215,7 @@ def _tokens(least):
     return lambda case: _big_k(case) and case.x.shape[0] >= least
 
 
-def _wide(case):
+def wide(case):
     return _big_k(case) and case.weights.shape[0] > WIDE
 
 
@@ -235,7 +235,7 @@ BIG_PATH_BUGS = {
     "adapters_past_4_wrap": ("linear", adapters_past_4_wrap, _big_k),
     "bias_added_twice": ("linear", bias_added_twice, _big_k),
     "no_adapter_reads_the_last": ("linear", no_adapter_reads_the_last, _big_k),
-    "row_offset_wraps_past_32768": ("linear", row_offset_wraps_past_32768, _wide),
+    "row_offset_wraps_past_32768": ("linear", row_offset_wraps_past_32768, wide),
     "dq_bf16_output_through_fp16": ("dequantizer", dq_bf16_output_through_fp16, _big_k),
     "dq_bf16_scales_through_fp16": ("dequantizer", dq_bf16_scales_through_fp16, _big_k),
     "dq_per_channel_scales_read_per_tile": ("dequantizer", dq_per_channel_scales_read_per_tile, _big_k),
@@ -244,5 +244,5 @@ BIG_PATH_BUGS = {
     "dq_per_channel_zero_points_read_per_tensor": ("dequantizer", dq_per_channel_zero_points_read_per_tensor, _big_k),
     "dq_group_index_as_k_over_128": ("dequantizer", dq_group_index_as_k_over_128, _big_k),
     "dq_ragged_last_group_reads_the_previous": ("dequantizer", dq_ragged_last_group_reads_the_previous, _big_k),
-    "dq_row_offset_wraps_past_32768": ("dequantizer", dq_row_offset_wraps_past_32768, _wide),
+    "dq_row_offset_wraps_past_32768": ("dequantizer", dq_row_offset_wraps_past_32768, wide),
 }
