@@ -92,3 +92,15 @@ def test_the_judges_products_are_the_references_and_float32_stays_float32_under_
     assert product.dtype == np.float32 and product[0, 0] == np.float32(np.float64(a) * np.float64(b))
     with pytest.raises(TypeError, match="one dtype"):
         gemm.products(x.astype(np.float32), w)
+
+
+def test_small_products_stay_on_numpy_and_big_ones_give_the_same_values_on_torch(monkeypatch):
+    from int4_lora_harness.verify import gemm
+    rng = np.random.default_rng(1)
+    x, w = rng.integers(-9, 9, (16, 4096)) * 0.5, rng.integers(-8, 8, (300, 4096)) * 0.25  # 19.7 M multiply-adds
+    used = []
+    monkeypatch.setattr(gemm.torch, "mm", lambda a, b: used.append(a.shape) or torch.matmul(a, b))
+    small = gemm.products(x[:, :64], w[:, :64])
+    assert used == [] and np.array_equal(small, x[:, :64] @ w[:, :64].T)
+    big = gemm.products(x, w)
+    assert used == [(16, 4096)] and np.array_equal(big, x @ w.T)  # integer sums: exact in any order
