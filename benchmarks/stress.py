@@ -19,8 +19,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from power import candidates, run_one  # noqa: E402  (benchmarks/power.py: one list of planted candidates)
 
-WIDE_ONLY = "past_32768"  # defects that exist only past 2**15 rows: the large tier's LM head alone reaches them
-                          # (tests/test_bigpath.py), so these rows run with it
+
+def wide_only():
+    """Names of the planted defects that exist only past 2**15 rows (planted.bigpath.wide): the large tier's LM head
+    alone reaches them (tests/test_bigpath.py), so their rows run with it."""
+    from planted.bigpath import BIG_PATH_BUGS, wide
+    return {name for name, (_, _, on_its_path) in BIG_PATH_BUGS.items() if on_its_path is wide}
 
 
 def rows_to_run():
@@ -55,12 +59,12 @@ def main(argv=None):
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burners)]
     print(f"{len(burners)} burners running: pids {' '.join(str(b.pid) for b in burners)}; load "
           f"{os.getloadavg()[0]:.1f}", flush=True)
-    rows = []
+    rows, wide = [], wide_only()
     try:
         for name, contract, target, expected, env in rows_to_run():
             if args.only and name not in args.only:
                 continue
-            extra = [] if args.large_tier or name.endswith(WIDE_ONLY) else ["--no-large-tier"]
+            extra = [] if args.large_tier or name in wide else ["--no-large-tier"]
             if env.get("TRITON_INTERPRET"):
                 extra = ["--no-large-tier"]  # the interpreter runs no layer shapes (harness.verify.main)
             row = run_one(name, contract, target, expected, "ci", extra, env)
