@@ -59,9 +59,10 @@ def main(argv=None):
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burners)]
     print(f"{len(burners)} burners running: pids {' '.join(str(b.pid) for b in burners)}; load "
           f"{os.getloadavg()[0]:.1f}", flush=True)
-    rows, wide = [], wide_only()
+    rows, todo = [], rows_to_run()
+    wide = wide_only()  # after rows_to_run: power.candidates puts tests/ on sys.path
     try:
-        for name, contract, target, expected, env in rows_to_run():
+        for name, contract, target, expected, env in todo:
             if args.only and name not in args.only:
                 continue
             extra = [] if args.large_tier or name in wide else ["--no-large-tier"]
