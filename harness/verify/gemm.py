@@ -5,8 +5,9 @@ The tolerance model and the exact probes multiply a few tokens by a whole layer:
 spinning, which a busy machine turns into a 50x slowdown (harness.verify.numerics: the judge keeps
 NumPy's BLAS on one thread); torch's BLAS runs the big ones on OpenMP threads that sleep when idle
 (harness.verify.limits.THREAD_WAIT), so the judge keeps every core on a quiet machine and loses
-little on a busy one. Small products stay on NumPy's one thread. The judge runs under harness.verify.numerics.judge_numerics, so float32
-products are float32 (torch's default "highest" matmul precision), whatever the user's process set.
+little on a busy one. Small products stay on NumPy's one thread. The judge runs under
+harness.verify.numerics.judge_numerics, so float32 products are float32 (torch's default "highest" matmul
+precision), whatever the user's process set.
 """
 import numpy as np
 import torch
