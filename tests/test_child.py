@@ -149,13 +149,13 @@ def test_a_result_of_another_shape_or_dtype_is_described_but_its_bytes_are_never
 
 def test_the_scratch_folder_of_a_judge_that_is_gone_is_swept_and_a_live_ones_kept(tmp_path):
     import subprocess
-    from int4_lora_harness.verify.executor import SCRATCH_PREFIX, sweep_scratch
+    from int4_lora_harness.verify.scratch import PREFIX, sweep
     gone = subprocess.Popen(["true"])
     gone.wait()  # its PID is free now (reused only after the PID space wraps)
-    dead = tmp_path / f"{SCRATCH_PREFIX}{gone.pid}-abc"
-    live = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-abc"
+    dead = tmp_path / f"{PREFIX}{gone.pid}-abc"
+    live = tmp_path / f"{PREFIX}{os.getpid()}-abc"
     other = tmp_path / "int4-candidate-notapid"
     for folder in (dead, live, other):
         (folder / "cache").mkdir(parents=True)
-    sweep_scratch(tmp_path)
+    sweep(tmp_path)
     assert not dead.exists() and live.exists() and other.exists()

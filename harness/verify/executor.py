@@ -26,19 +26,16 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-from int4_lora_harness.verify import limits, wire
+from int4_lora_harness.verify import limits, scratch, wire
 from int4_lora_harness.verify.output import CandidateOutput
 from int4_lora_harness.verify.region import Region
 
 IMPORT_STALL_S = 300.0  # importing a TARGET (torch, triton, a package's kernels) may wait on disk a while
 IMPORT_BUDGET_S = 1800.0  # CPU seconds an import may take
-SCRATCH_PREFIX = "int4-candidate-"  # + the judge's PID + "-": a candidate's scratch folder, in the temp folder
 EXIT_GRACE_S = 5.0  # after 'stop', how long the process may take to exit before it is killed (never a failure)
 
 
@@ -91,27 +88,6 @@ def candidate_env(scratch):
     return limits.passive_threads(dict(os.environ, TMPDIR=scratch, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1",
                                        INT4_LORA_HARNESS_CACHE=cache, TRITON_CACHE_DIR=os.path.join(cache, "triton"),
                                        CUDA_CACHE_PATH=os.path.join(cache, "nv")))
-
-
-def sweep_scratch(folder=None):
-    """Remove the scratch folders (candidate_env) of judges that are gone: a judge killed by SIGKILL cannot remove
-    its own. Each folder's name holds its judge's PID; a PID in use (by anyone) keeps its folder."""
-    folder = folder or tempfile.gettempdir()
-    for path in Path(folder).glob(f"{SCRATCH_PREFIX}*-*"):
-        pid = path.name.removeprefix(SCRATCH_PREFIX).split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid):
-    """Whether a process with this PID exists (another user's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def readable_paths(target):
@@ -263,8 +239,7 @@ class ChildExecutor(Judge):
         self.weights = prepare_parameters(parameters, contract)
         self.transfer_s, self.transfer_bytes, self.calls, self.exit_note = 0.0, 0, 0, None
         start = time.perf_counter()
-        sweep_scratch()
-        self.scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+        self.scratch = scratch.make()
         env = candidate_env(self.scratch)
         self.sock, theirs = socket.socketpair()
         config = dict(target=target, parameters=list(parameters), contract=contract, device=device,
