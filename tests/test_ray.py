@@ -39,12 +39,11 @@ def ray_folder():
 def local_ray(ray_folder):
     """A local Ray instance with 2 CPUs in this process, shut down after the module's tests."""
     ray = pytest.importorskip("ray", reason=NO_RAY)
-    import logging
+    from int4_lora_harness.verify.ray_jobs import start_local
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PYTHONPATH", str(ROOT / "tests"))  # the workers' (they inherit it): planted.* are TARGETs
         patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
-                 _temp_dir=ray_folder, object_store_memory=100 * 2**20)
+        start_local(num_cpus=2, _temp_dir=ray_folder)
         yield ray
         ray.shutdown()
 
@@ -69,8 +68,9 @@ def test_a_correct_candidate_on_ray_passes_with_every_task_in_one_verdict_naming
     assert verdict["tasks"] == tasks
     assert sorted(r["task"] for r in verdict["results"]) == tasks
     assert {r["seed"] for r in verdict["results"]} == {0, 1} and all(r["passed"] for r in verdict["results"])
-    node_id = local_ray.get_runtime_context().get_node_id()
-    assert all(r["node"] == dict(id=node_id, host=socket.gethostname()) for r in verdict["results"])
+    node_id, nice = local_ray.get_runtime_context().get_node_id(), os.getpriority(os.PRIO_PROCESS, 0)
+    assert all(r["node"] == dict(id=node_id, host=socket.gethostname(), nice=nice) for r in verdict["results"])
+    assert "ray: note" not in out  # its workers run at this process's niceness, not Ray's default 15 below
     from test_forgery import walls_here
     assert all(r["sandbox"]["sandboxed"] is (walls_here() is None) for r in verdict["results"])
     assert "repro_files" not in path.read_text()
@@ -108,6 +108,17 @@ def test_a_long_plan_on_ray_runs_a_task_per_part_merged_into_one_result_with_the
     assert result["failure"]["kind"] == "raised" and "too many weights" in result["failure"]["message"]
     assert result["planned"]["large tier"] == len(plan.large_tier_rows("dequantizer"))
     assert Path(result["repro"]).parent == tmp_path and Path(result["repro"]).with_suffix(".case").is_file()
+
+
+def test_a_task_run_niced_by_a_cluster_is_noted_once_per_host():
+    from int4_lora_harness.verify.ray_jobs import niced_note
+    own, noted = os.getpriority(os.PRIO_PROCESS, 0), set()
+    assert niced_note(dict(node=dict(host="a", nice=own)), noted) is None
+    assert niced_note(dict(node=None), noted) is None  # a worker that died before it returned
+    note = niced_note(dict(node=dict(host="a", nice=own + 15)), noted)
+    assert note.startswith("ray: note: the tasks on a run at nice") and "RAY_worker_niceness=0" in note
+    assert niced_note(dict(node=dict(host="a", nice=own + 15)), noted) is None
+    assert niced_note(dict(node=dict(host="b", nice=own + 1)), noted) is not None
 
 
 def test_a_target_ray_cannot_import_is_a_usage_error_as_without_ray(tmp_path, capsys, local_ray):
@@ -181,7 +192,8 @@ def test_the_embedded_default_starts_a_local_instance_and_shuts_it_down(tmp_path
                          stderr=subprocess.STDOUT, text=True)
         out, _ = run.communicate(timeout=600)
         assert run.returncode == 0, out
-        assert json.loads((tmp_path / "verify.json").read_text())["results"][0]["node"]["host"] == socket.gethostname()
+        where = json.loads((tmp_path / "verify.json").read_text())["results"][0]["node"]
+        assert where["host"] == socket.gethostname() and where["nice"] == os.getpriority(os.PRIO_PROCESS, 0), out
         assert_ray_gone(ray_tmp)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -33,6 +33,10 @@ EXTRA = "pip install 'int4-lora-harness[ray]'"
 CANCEL_GRACE_S = 5.0  # a cancelled task's worker closes its candidate within this, or is killed
 TOKEN_NOTICE = "ray._private.authentication.authentication_token_setup"  # Ray 2.5x's logger of it
 OBJECT_STORE_BYTES = 256 * 2**20  # a local instance's: results are dicts of at most a few MB (Ray's least is 75 MB)
+# Ray starts its workers 15 nice levels below the raylet (RAY_worker_niceness); on a busy machine a task at nice 15
+# gets about 1% of a core next to a process at nice 0 (measured: 4 s of CPU in 5 min beside 8 busy processes on 2
+# cores). A local instance's workers run at the driver's own niceness; a cluster's are reported (`niced_note`).
+WORKER_NICENESS = 0
 
 
 def require_ray():
@@ -59,11 +63,10 @@ def check_usage(args):
 def connect(address):
     """Ray ready in this process; True when this call started a local instance (then ours to shut down).
 
-    address: '' for a local instance, else the cluster's address. Ray logs warnings only; the workers' output (the
-    judge's plan lines, the candidate's output, escaped) stays in Ray's logs, not on this console; usage statistics
-    are not sent unless RAY_USAGE_STATS_ENABLED says so; a local instance starts with Ray's token authentication
-    (its default) without saying so each time; and SIGTERM keeps the handler it had (ray.init installs one
-    that exits without a verdict)."""
+    address: '' for a local instance (start_local), else the cluster's address. Ray logs warnings only; the workers'
+    output (the judge's plan lines, the candidate's output, escaped) stays in Ray's logs, not on this console; usage
+    statistics are not sent unless RAY_USAGE_STATS_ENABLED says so; and SIGTERM keeps the handler it had (ray.init
+    installs one that exits without a verdict)."""
     ray = require_ray()
     if ray.is_initialized():
         return False
@@ -73,15 +76,24 @@ def connect(address):
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         else:
-            with _quiet(TOKEN_NOTICE):  # a warning that Ray turned its default on, on every start
-                ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING,
-                         log_to_driver=False, object_store_memory=OBJECT_STORE_BYTES)
+            start_local()
     except (ConnectionError, ValueError) as error:
         raise UsageError(f"--ray {address or '(local)'}: cannot start or join Ray: {error}") from None
     finally:
         if threading.current_thread() is threading.main_thread() and previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return not address
+
+
+def start_local(**options):
+    """A new local Ray instance in this process (ray.init `options` added, e.g. num_cpus): no dashboard, warnings
+    only, the workers' output in Ray's logs, a small object store, workers at this process's niceness, and Ray's
+    token authentication (its default) without its notice of it on every start."""
+    import ray
+    with _quiet(TOKEN_NOTICE):
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+                 object_store_memory=OBJECT_STORE_BYTES, _system_config={"worker_niceness": WORKER_NICENESS},
+                 **options)
 
 
 @contextlib.contextmanager
@@ -105,9 +117,21 @@ def cluster_line(ray):
 
 
 def node():
-    """{id, host}: the Ray node this worker runs on."""
+    """{id, host, nice}: the Ray node this worker runs on, and the worker's niceness."""
     import ray
-    return dict(id=ray.get_runtime_context().get_node_id(), host=socket.gethostname())
+    return dict(id=ray.get_runtime_context().get_node_id(), host=socket.gethostname(),
+                nice=os.getpriority(os.PRIO_PROCESS, 0))
+
+
+def niced_note(result, noted):
+    """The line to print when `result`'s task ran at a higher niceness than this driver (a cluster started with
+    Ray's default RAY_worker_niceness), once per host (`noted`: the hosts said already), else None."""
+    where, own = result.get("node") or {}, os.getpriority(os.PRIO_PROCESS, 0)
+    if where.get("nice", own) <= own or where.get("host") in noted:
+        return None
+    noted.add(where.get("host"))
+    return (f"ray: note: the tasks on {where.get('host')} run at nice {where['nice']} (this process: {own}); on a "
+            f"busy node they get a sliver of a core. Start the cluster with RAY_worker_niceness=0")
 
 
 def task_name(candidate):
@@ -176,11 +200,14 @@ def judged(candidates, options):
     ray = require_ray()
     parts = {c: split(c) for c in candidates}
     tasks = [(p, (p, options, task_name(p), os.getcwd())) for c in candidates for p in parts[c]]
-    results = {c: {} for c in candidates}
+    results, noted = {c: {} for c in candidates}, set()
     with contextlib.closing(run_tasks(judge_task, tasks, options["ray"], int(options["device"] == "cuda"))) as landing:
         for part, ref in landing:  # closed on the way out, however it ends: the tasks left are cancelled
             candidate = replace(part, part=None)
             results[candidate][part.part] = landed(ray, ref, part, options)
+            note = niced_note(results[candidate][part.part], noted)
+            if note:
+                say(note)
             if len(results[candidate]) == len(parts[candidate]):
                 result = whole(candidate, [results[candidate][p.part] for p in parts[candidate]], options)
                 print_verdict(result)
