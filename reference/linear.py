@@ -34,14 +34,15 @@ def check_lora(lora_a, lora_b, lora_indices, m, out_features, in_features):
         raise ValueError(f"lora_indices must lie in [-1, {num_loras - 1}], got min {indices.min()} max {indices.max()}")
 
 
-def base_exact(x, w, bias):
-    """float64 [M, out]: x @ W^T + bias on already-dequantized weights. x: [M, in]; w: [out, in]; bias: [out] | None."""
+def base_exact(x, w, bias, products=None):
+    """float64 [M, out]: x @ W^T + bias on already-dequantized weights. x: [M, in]; w: [out, in]; bias: [out] | None.
+    products(a, b) -> a @ b.T of two float64 arrays: NumPy's by default (the judge passes its own BLAS's)."""
     x, w = real_array(x, "x").astype(np.float64, copy=False), real_array(w, "w").astype(np.float64, copy=False)
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D [out, in], got shape {w.shape}")
     if x.ndim != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"x must have shape [M, {w.shape[1]}], got {x.shape}")
-    y = x @ w.T  # [M, out]
+    y = x @ w.T if products is None else products(x, w)  # [M, out]
     if bias is None:
         return y
     bias = real_array(bias, "bias")

@@ -27,13 +27,6 @@ def products(a, b):
     return torch.mm(_tensor(a), _tensor(b).T).numpy()
 
 
-def base(x, w, bias):
-    """float64 [M, out]: reference.linear.base_exact's x @ W^T + bias, its product by `products`. x: float64
-    [M, in]; w: float64 [out, in]; bias: [out] | None."""
-    y = products(x, w)
-    return y if bias is None else y + np.asarray(bias, np.float64)
-
-
 def _tensor(array):
     """A CPU tensor over `array`'s memory (a copy only where NumPy marks it read-only or its strides are negative)."""
     if not array.flags.writeable or any(s < 0 for s in array.strides):

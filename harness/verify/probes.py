@@ -200,7 +200,7 @@ def exact_expected(case):
     """(single, unfused): float64 [M, out], RN_x of the exact result, and RN_x(RN_x(x @ W^T + bias) + delta),
     docs/contract.md#linear's unfused answer (the same values without adapters), by row blocks; exact in float64 (integer
     partial sums / one-hot)."""
-    from int4_lora_harness.reference.linear import lora_exact
+    from int4_lora_harness.reference.linear import base_exact, lora_exact
     from int4_lora_harness.verify import gemm
     from int4_lora_harness.verify.tables import block_weights
     w = case.weights
@@ -212,7 +212,7 @@ def exact_expected(case):
         packed, scales, zeros = weight_rows(w, rows)
         bias = None if case.bias is None else case.bias[rows]
         exact = block_weights(packed, scales, zeros, w.group_size, None, need_exact=False, space=space).w
-        y[:, rows] = gemm.base(x, exact, bias)
+        y[:, rows] = base_exact(x, exact, bias, gemm.products)
     if zero_base and case.bias is not None:
         y += case.bias
     if case.lora_a is None:

@@ -39,7 +39,7 @@ import functools
 import numpy as np
 
 from int4_lora_harness.reference.granularity import from_groups, in_groups, per_group, weights_width
-from int4_lora_harness.reference.linear import lora_exact
+from int4_lora_harness.reference.linear import base_exact, lora_exact
 from int4_lora_harness.reference.packing import unpack
 from int4_lora_harness.reference.rounding import FORMATS, float_format, ordinal, round_to, rounded, spacing
 from int4_lora_harness.verify import gemm
@@ -217,7 +217,7 @@ def _base_block(case, rows, weights_kind, space=None):
     bias = None if case.bias is None else case.bias.astype(np.float64)[rows]
     with np.errstate(over="ignore", invalid="ignore"):
         slack = 0.0 if slack is None else abs_products(x_abs, slack)
-        y_base = gemm.base(x, w_d, bias)
+        y_base = base_exact(x, w_d, bias, gemm.products)
         s_abs = abs_products(x_abs, w_abs) + (0.0 if bias is None else np.abs(bias))
         bound = accumulation(s_abs, x.shape[1]) + slack
     return y_base, bound, s_abs
