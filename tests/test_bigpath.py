@@ -131,3 +131,23 @@ def test_a_narrower_lora_path_past_k_4096_is_killed_by_the_big_k_lora_probe_with
     killed = [label for label, c in lora if "within tolerance" in
               [o.name for o in failures(properties_in_process(LARGE_SHAPE_BUGS[name], c, updates=QUICK))]]
     assert killed, f"{name} passed every lora probe of the big K design"
+
+
+@pytest.mark.parametrize("contract", CONTRACTS)
+def test_every_seeds_forty_ci_cases_reach_k_4096_and_the_linears_reach_m_128(contract):
+    from hypothesis import HealthCheck, Phase, given, seed, settings
+
+    from int4_lora_harness.verify.engine import STRATEGIES
+    for run_seed in range(8):
+        drawn = []
+
+        @seed(run_seed)  # as harness.verify.engine.search draws them: same settings but the shrink
+        @settings(max_examples=40, database=None, deadline=None, phases=[Phase.explicit, Phase.generate],
+                  suppress_health_check=list(HealthCheck))
+        @given(case=STRATEGIES[contract](FULL))
+        def draw(case):
+            drawn.append((case.weights.shape[1], case.x.shape[0] if contract == "linear" else None))
+
+        draw()
+        assert len(drawn) == 40 and any(k >= 4096 for k, _ in drawn), (run_seed, drawn)
+        assert contract == "dequantizer" or any(m >= 128 for _, m in drawn), (run_seed, drawn)
