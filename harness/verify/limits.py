@@ -1,14 +1,18 @@
 """Time limits that measure the candidate, not the machine: its CPU time, never the wall clock alone.
 
 A wait for the candidate's process ends in one of two ways besides an answer:
-  hung  its process tree made no progress: over a window of `stall_s` seconds (--timeout) it used less
-        than PROGRESS_SHARE of one core. A busy machine slows a process, it does not stop it: at load 30
-        on 2 cores a CPU-bound process still gets about 7 % of a core.
+  hung  its process tree made no progress: over a window of `stall_s` seconds (--timeout) its CPU time
+        plus the time its threads spent ready to run but waiting for a core (the kernel's run-queue delay)
+        grew by less than PROGRESS_SHARE of that window. A busy machine slows a process, it does not stop
+        it: at load 30 on 2 cores a CPU-bound process at nice 0 still gets about 7 % of a core, but one at
+        nice 15 (Ray's workers, `nice int4-verify`) next to busy processes at nice 0 gets less than 1 %; it is
+        waiting for a core all that time, which is not a hang.
   slow  it used more CPU seconds than the case's budget: stall_s + max_slowdown x what a dense fp32
         matmul of the case's work costs on this machine, calibrated once per judge process on NumPy (in
         CPU seconds too, so the calibration does not depend on the load either).
 The process tree is the candidate's process and every process under it, read from /proc (CPU time of
-children that ended and were waited for included).
+children that ended and were waited for included; run-queue delay from each thread's schedstat, counted
+where the kernel keeps it).
 """
 import os
 import signal
@@ -74,10 +78,28 @@ def tree(root):
     return members
 
 
-def cpu_seconds(root):
-    """CPU seconds used so far by `root`'s process tree (0.0 once it is gone)."""
-    members = tree(root)
+def cpu_seconds(root, members=None):
+    """CPU seconds used so far by `root`'s process tree (`members`: its tree(root), read here if not given; 0.0 once
+    it is gone)."""
+    members = tree(root) if members is None else members
     return sum(own for _, own, _ in members.values()) + (members[root][2] if root in members else 0.0)
+
+
+def run_delays(pids):
+    """{(pid, tid): ns} for each thread of the processes `pids`: how long it has been ready to run but waiting for a
+    core (the second field of /proc/PID/task/TID/schedstat; a thread or kernel without one is left out)."""
+    delays = {}
+    for pid in pids:
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in threads:
+            try:
+                delays[pid, tid] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return delays
 
 
 def dense_rate():
@@ -108,19 +130,23 @@ def work(expect_shape, inputs):
 class Watch:
     """One wait for the candidate: called whenever POLL_S passes with no answer, it raises LimitPassed. It reads
     /proc only from its first call on (a quick answer costs no scan): the first POLL_S is not counted; then at
-    most once per SCAN_S."""
+    most once per SCAN_S. Progress is CPU time plus time spent waiting for a core; a thread's waiting counts from
+    the first scan that sees it (its growth since, summed, so a thread that ends takes none of it back)."""
 
     def __init__(self, pid, stall_s, budget_s, doing):
         self.pid, self.stall_s, self.budget_s, self.doing = pid, stall_s, budget_s, doing
-        self.start_cpu, self.scanned = None, None
+        self.start_cpu, self.scanned, self.delays, self.waited = None, None, {}, 0.0
 
     def __call__(self):
         now = time.monotonic()
         if self.scanned is not None and now - self.scanned < SCAN_S:
             return
-        self.scanned, used = now, cpu_seconds(self.pid)
+        members = tree(self.pid)
+        self.scanned, used, delays = now, cpu_seconds(self.pid, members), run_delays(members)
+        self.waited += sum(max(0, ns - self.delays.get(t, ns)) for t, ns in delays.items()) / 1e9
+        self.delays = delays
         if self.start_cpu is None:
-            self.start_cpu = self.window_cpu = used
+            self.start_cpu, self.window_cpu, self.window_waited = used, used, self.waited
             self.window_start = now
         if used - self.start_cpu > self.budget_s:
             raise LimitPassed("slow", f"the call used {used - self.start_cpu:.1f} CPU s while {self.doing}, more "
@@ -128,11 +154,13 @@ class Watch:
                                       "times a dense fp32 matmul of the same work here): raise --max-slowdown if the "
                                       "kernel is meant to be this slow")
         if now - self.window_start >= self.stall_s:
-            if used - self.window_cpu < PROGRESS_SHARE * (now - self.window_start):
+            ran, waited = used - self.window_cpu, self.waited - self.window_waited
+            if ran + waited < PROGRESS_SHARE * (now - self.window_start):
                 raise LimitPassed("hung", f"no progress for {now - self.window_start:.0f} s while {self.doing}: the "
-                                          f"candidate's processes used {used - self.window_cpu:.2f} CPU s in that time "
-                                          f"(--timeout {self.stall_s:g} s of no progress ends a call)")
-            self.window_cpu, self.window_start = used, now
+                                          f"candidate's processes used {ran:.2f} CPU s in that time and waited "
+                                          f"{waited:.2f} s for a core (--timeout {self.stall_s:g} s of no progress "
+                                          "ends a call)")
+            self.window_cpu, self.window_waited, self.window_start = used, self.waited, now
 
 
 def kill_tree(process):
