@@ -44,6 +44,22 @@ def passive_threads(env):
     return env
 
 
+_interrupts = []  # the signals `interrupt` turned into KeyboardInterrupt in this process, until forget_interrupts()
+
+
+def interrupt(signum, frame=None):
+    """A signal handler (SIGINT, SIGTERM): KeyboardInterrupt now, and again at every later Watch. Python prints and
+    drops an exception raised while a garbage collector callback or a __del__ runs (Hypothesis keeps one on gc), so
+    the one raised here can be lost; the wait for the candidate then still ends."""
+    _interrupts.append(signum)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def forget_interrupts():
+    """The interrupts so far handled: Watch raises none of them again."""
+    _interrupts.clear()
+
+
 class LimitPassed(Exception):
     """The candidate passed a limit: kind 'hung' or 'slow', and a message with the numbers and the flag."""
 
@@ -138,6 +154,8 @@ class Watch:
         self.start_cpu, self.scanned, self.delays, self.waited = None, None, {}, 0.0
 
     def __call__(self):
+        if _interrupts:
+            raise KeyboardInterrupt(f"signal {_interrupts[-1]} (again: the first was lost)")
         now = time.monotonic()
         if self.scanned is not None and now - self.scanned < SCAN_S:
             return

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from int4_lora_harness.progress import bar, say
-from int4_lora_harness.verify import plan, record
+from int4_lora_harness.verify import limits, plan, record
 from int4_lora_harness.verify.candidate_text import raised_at
 from int4_lora_harness.verify.executor import CandidateFailure, ChildExecutor, TargetRefused
 from int4_lora_harness.verify.in_process import InProcessExecutor
@@ -138,11 +138,10 @@ def _job(candidate, options):
 
 
 def interrupt_on_sigterm():
-    """SIGTERM raises KeyboardInterrupt here, as SIGINT does: the same clean-up (candidates killed, verdict
-    'interrupted') whichever signal ends the run."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, handler)
+    """SIGTERM and SIGINT raise KeyboardInterrupt here (harness.verify.limits.interrupt, which a lost one does not
+    escape): the same clean-up (candidates killed, verdict 'interrupted') whichever signal ends the run."""
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, limits.interrupt)
 
 
 def judge_all(candidates, options):
@@ -203,7 +202,7 @@ def record_run(results, skipped, options, argv, layout, domain, printed, **field
                             skipped=[dict(candidate=n, reason=r) for n, r in skipped], **fields)
     path = record.write(options["report"], verdict)
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
     if main_thread:
         interrupt_on_sigterm()
     try:
@@ -222,7 +221,10 @@ def record_run(results, skipped, options, argv, layout, domain, printed, **field
         raise  # the caller stops too (a pytest session under the plugin); the console script exits 1
     finally:
         if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+            for number, handler in previous.items():
+                if handler is not None:  # None: set outside Python, which cannot be put back
+                    signal.signal(number, handler)
+        limits.forget_interrupts()
     status = 0 if verdict["results"] and all(r["passed"] for r in verdict["results"]) else 1
     record.write(options["report"], record.finish(verdict, "complete", status))
     print_summary(verdict["results"], skipped, path)
